@@ -1,0 +1,145 @@
+"""Leads, their allocations, the per-service pool cursor and the API keys of lead sources."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from providers.models import Membership, Provider, Service
+
+TRACE_LIMIT = 50
+PROVIDERS_PER_LEAD = 3
+
+
+class LeadQuerySet(models.QuerySet["Lead"]):
+    def waiting(self) -> LeadQuerySet:
+        return self.filter(status=Lead.Status.WAITING)
+
+    def allocated(self) -> LeadQuerySet:
+        return self.filter(status=Lead.Status.ALLOCATED)
+
+    def for_service(self, service_id: int) -> LeadQuerySet:
+        return self.filter(service_id=service_id)
+
+
+class Lead(models.Model):
+    class Status(models.TextChoices):
+        WAITING = "waiting", "Waiting"
+        ALLOCATED = "allocated", "Allocated"
+
+    class WaitReason(models.TextChoices):
+        NONE = "", "—"
+        NOT_ENOUGH_PROVIDERS = "not_enough_providers", "Fewer than 3 eligible providers"
+        QUEUED = "queued", "Queued behind an older waiting lead"
+
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="leads")
+    name = models.CharField(max_length=120)
+    phone = models.CharField(max_length=16, help_text="Normalised: digits, with an optional +.")
+    city = models.CharField(max_length=120)
+    description = models.TextField(max_length=2000, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    wait_reason = models.CharField(max_length=32, choices=WaitReason.choices, blank=True)
+    source = models.CharField(max_length=120, blank=True, help_text="API key name, form or staff.")
+    trace = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    allocated_at = models.DateTimeField(null=True, blank=True)
+
+    objects = LeadQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["phone", "service"], name="allocation_lead_unique_phone_per_service"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["waiting", "allocated"]),
+                name="allocation_lead_status_valid",
+            ),
+        ]
+        indexes = [
+            # The waiting queue: "does this service have waiting leads" and the drain's order.
+            models.Index(
+                fields=["service", "id"],
+                condition=Q(status="waiting"),
+                name="lead_waiting_queue",
+            ),
+            models.Index(fields=["status", "id"], name="lead_status_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Lead #{self.pk} ({self.status})"
+
+
+class Allocation(models.Model):
+    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="allocations")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="allocations")
+    role = models.CharField(max_length=16, choices=Membership.Role.choices)
+    rank = models.PositiveSmallIntegerField(help_text="1..3, in selection order.")
+    # The provider's billing cycle as read under the lock, so leads_this_cycle is derivable.
+    cycle = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["lead_id", "rank"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lead", "provider"], name="allocation_allocation_unique_provider"
+            ),
+            # With rank in 1..3 and unique per lead, no lead can hold more than three.
+            models.UniqueConstraint(
+                fields=["lead", "rank"], name="allocation_allocation_unique_rank"
+            ),
+            models.CheckConstraint(
+                condition=Q(rank__gte=1, rank__lte=PROVIDERS_PER_LEAD),
+                name="allocation_allocation_rank_1_to_3",
+            ),
+        ]
+        indexes = [models.Index(fields=["provider", "-id"], name="alloc_provider_recent")]
+
+    def __str__(self) -> str:
+        return f"Lead #{self.lead_id} → provider #{self.provider_id}"
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def usable(self) -> ApiKeyQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiKey(models.Model):
+    """A lead source's credential. Only the SHA-256 of the key is stored."""
+
+    PREFIX = "ld_"
+
+    name = models.CharField(max_length=120)
+    key_prefix = models.CharField(max_length=16, editable=False, help_text="To recognise a key.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-pk"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @staticmethod
+    def hash_key(raw: str) -> str:
+        # Keys are 32 random bytes, so a fast hash is enough: there is nothing to brute-force.
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def generate(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)

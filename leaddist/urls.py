@@ -1,0 +1,25 @@
+"""URL wiring. Routes are exactly those of SPEC §3-§7, without trailing slashes."""
+
+from django.contrib import admin
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+
+from leaddist.api import api
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database answers, 503 otherwise."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        return JsonResponse({"status": "unavailable"}, status=503)
+    return JsonResponse({"status": "ok"})
+
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("api/", api.urls),
+]

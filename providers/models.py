@@ -1,0 +1,159 @@
+"""The catalogue: services, providers and who serves what (SPEC §1)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import F, Q
+
+MAX_MANDATORY = 3
+
+
+class ServiceQuerySet(models.QuerySet["Service"]):
+    def active(self) -> ServiceQuerySet:
+        return self.filter(active=True)
+
+
+class Service(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    active = models.BooleanField(default=True)
+
+    objects = ServiceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ProviderQuerySet(models.QuerySet["Provider"]):
+    def active(self) -> ProviderQuerySet:
+        return self.filter(status=Provider.Status.ACTIVE)
+
+    def eligible(self) -> ProviderQuerySet:
+        return self.active().filter(remaining_quota__gt=0)
+
+
+class Provider(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+
+    name = models.CharField(max_length=120)
+    quota = models.PositiveIntegerField(default=10, help_text="Leads per billing cycle.")
+    remaining_quota = models.PositiveIntegerField(default=10)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    cycle = models.PositiveIntegerField(default=1, help_text="Incremented by every quota reset.")
+    # Counters kept in step with the allocations by the engine, in the same UPDATE that takes
+    # the quota; they are derivable from Allocation rows and the tests check that they agree.
+    leads_this_cycle = models.PositiveIntegerField(default=0)
+    leads_total = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ProviderQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(remaining_quota__gte=0) & Q(remaining_quota__lte=F("quota")),
+                name="providers_provider_remaining_quota_in_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["active", "paused"]),
+                name="providers_provider_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_eligible(self) -> bool:
+        return self.status == self.Status.ACTIVE and self.remaining_quota > 0
+
+
+class MembershipQuerySet(models.QuerySet["Membership"]):
+    def mandatory(self) -> MembershipQuerySet:
+        return self.filter(role=Membership.Role.MANDATORY)
+
+    def pool(self) -> MembershipQuerySet:
+        return self.filter(role=Membership.Role.POOL)
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        MANDATORY = "mandatory", "Mandatory"
+        POOL = "pool", "Pool"
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="memberships")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    position = models.PositiveIntegerField()
+    # Mirror of "provider is active and has quota", kept by PostgreSQL triggers (migration
+    # providers 0002). It lets the engine find the next eligible pool providers through a
+    # partial index, so the work per lead does not grow with the pool or with exhaustion.
+    provider_eligible = models.BooleanField(default=True, editable=False)
+
+    objects = MembershipQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["service_id", "role", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "provider"], name="providers_membership_unique_provider"
+            ),
+            models.UniqueConstraint(
+                fields=["service", "role", "position"], name="providers_membership_unique_position"
+            ),
+            # Mandatory positions are 1..3; with the unique position this caps a service at
+            # three mandatory providers in the database itself.
+            models.CheckConstraint(
+                condition=~Q(role="mandatory") | Q(position__gte=1, position__lte=MAX_MANDATORY),
+                name="providers_membership_mandatory_position_1_to_3",
+            ),
+            models.CheckConstraint(
+                condition=Q(role__in=["mandatory", "pool"]), name="providers_membership_role_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["service", "role", "position"],
+                condition=Q(provider_eligible=True),
+                name="membership_eligible_walk",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} in {self.service} ({self.role} #{self.position})"
+
+    def clean(self) -> None:
+        if self.role == self.Role.MANDATORY and not 1 <= (self.position or 0) <= MAX_MANDATORY:
+            raise ValidationError(
+                {
+                    "position": f"Mandatory positions are 1 to {MAX_MANDATORY}: a service has "
+                    f"at most {MAX_MANDATORY} mandatory providers."
+                }
+            )
+
+
+class PoolCursor(models.Model):
+    """Where a service's round robin stands: the position of the last pool provider picked.
+
+    Its row is also the service's allocation lock: the engine takes it FOR UPDATE first.
+    """
+
+    service = models.OneToOneField(Service, on_delete=models.CASCADE, related_name="cursor")
+    position = models.PositiveIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # OneToOneField is already unique; this names the rule the product depends on.
+            models.UniqueConstraint(fields=["service"], name="providers_poolcursor_one_per_service")
+        ]
+
+    def __str__(self) -> str:
+        return f"Cursor of {self.service_id} at {self.position}"
