@@ -98,6 +98,7 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
         try:
             return attempt(slack)
         except _CandidatesTaken:
+            logger.debug("candidates taken by another service, attempt %d/%d", number, attempts)
             slack *= 2
         except OperationalError as exc:
             if not _is_transient(exc):
