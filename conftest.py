@@ -10,6 +10,16 @@ from providers.models import PoolCursor, Provider, Service
 from providers.services import seed_catalogue
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Each test starts with an empty cache, so rate-limit windows never carry over."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @dataclass
 class Seeded:
     """Handles on SPEC §1's seed catalogue."""

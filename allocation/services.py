@@ -32,6 +32,7 @@ from django.db.models import F, QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
 
+from allocation import events
 from allocation.engine import (
     SLOTS,
     TRACE_LIMIT,
@@ -239,6 +240,13 @@ def submit_lead(data: LeadInput) -> Lead:
             )
             if decision.complete:
                 _record_allocation(lead, decision, cursor, locked)
+            # Sent after the commit only: a retried or rolled-back attempt announces nothing.
+            events.lead_stored(
+                lead_id=lead.pk,
+                service_id=data.service_id,
+                status=lead.status,
+                provider_ids=decision.provider_ids if decision.complete else (),
+            )
         return lead
 
     try:
@@ -281,6 +289,12 @@ def allocate_waiting_lead(lead_id: int) -> bool:
             lead.allocated_at = timezone.now()
             lead.save(update_fields=["status", "wait_reason", "trace", "allocated_at"])
             _record_allocation(lead, decision, cursor, locked)
+            events.lead_stored(
+                lead_id=lead.pk,
+                service_id=service_id,
+                status=lead.status,
+                provider_ids=decision.provider_ids,
+            )
         return True
 
     return run_with_retries(attempt)

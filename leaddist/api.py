@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
-from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 
+from allocation.api import router as intake_router
+from allocation.auth import ApiKeyOrStaffSession, Unauthorized, api_credential_required
 from leaddist.errors import error_response
+from webhooks.api import router as webhook_router
+
+logger = logging.getLogger(__name__)
 
 api = NinjaAPI(
     title="leaddist API",
     version="1.0",
     description="Lead intake, read API and the quota-reset webhook. See SPEC.md.",
     urls_namespace="api",
+    # Every route needs a key or a staff session unless it opts out: only the webhook does,
+    # its signature being its credential. The schema and the docs need one too (SPEC §7).
+    auth=ApiKeyOrStaffSession(),
+    docs_decorator=api_credential_required,
 )
+api.add_router("/", intake_router)
+api.add_router("/webhook", webhook_router)
 
 
 @api.exception_handler(AuthenticationError)
 def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
     return error_response(401, "unauthorized", "A valid API key or a staff session is required.")
+
+
+@api.exception_handler(Unauthorized)
+def on_unauthorized(request: HttpRequest, exc: Unauthorized) -> HttpResponse:
+    return error_response(401, "unauthorized", exc.message)
+
+
+@api.exception_handler(AuthorizationError)
+def on_authorization_error(request: HttpRequest, exc: AuthorizationError) -> HttpResponse:
+    return error_response(403, "forbidden", exc.message)
 
 
 @api.exception_handler(ValidationError)
@@ -34,3 +57,10 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 400: "malformed_json"}
     return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc))
+
+
+@api.exception_handler(Exception)
+def on_unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # Still a bug, logged with its traceback; the client gets the error shape, not HTML.
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "Something went wrong on our side.")

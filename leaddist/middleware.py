@@ -1,4 +1,4 @@
-"""Request guards that must run before any view reads the body, plus the API's error shape."""
+"""Request guards that must run before any view reads the body, the API's error shape, CSP."""
 
 from __future__ import annotations
 
@@ -144,3 +144,20 @@ class AsgiBodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+class ContentSecurityPolicyMiddleware:
+    """Send settings.CONTENT_SECURITY_POLICY with every response that has none of its own.
+
+    The policy allows scripts from our own origin only, so an injected inline script or
+    event-handler attribute does not run even if some text escapes escaping.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if settings.CONTENT_SECURITY_POLICY and "Content-Security-Policy" not in response:
+            response["Content-Security-Policy"] = settings.CONTENT_SECURITY_POLICY
+        return response

@@ -1,6 +1,8 @@
 """Settings for leaddist; deploy-specific values come from the environment (see README)."""
 
+import re
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -15,19 +17,53 @@ DEBUG = env.bool("DEBUG", default=True)
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off: it signs sessions and CSRF tokens, and "
+            "the development default is public. Generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`."
+        )
     SECRET_KEY = "insecure-dev-key-do-not-use-in-production"
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# --- HTTPS and proxies (README: production environment) -------------------------------------
+# Secure by default with DEBUG off; each can be overridden from the environment.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Load balancers and container probes call /healthz over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# Reverse proxies in front of the app. With N > 0 the app trusts X-Forwarded-Proto (HTTPS
+# detection) and takes the client address N hops from the right of X-Forwarded-For, the
+# address the outermost trusted proxy saw. With 0 both headers are ignored: a client could
+# forge them.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+if TRUSTED_PROXY_COUNT > 0:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Pages may run only their own scripts: no inline script, no script from elsewhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
 INSTALLED_APPS = [
+    # First, so that `manage.py runserver` serves ASGI (and so SSE) like production does.
+    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_eventstream",
+    # Serves the /api/docs assets (Swagger UI) from static files instead of a CDN.
+    "ninja",
     "providers",
     "allocation",
     "webhooks",
@@ -36,6 +72,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "leaddist.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "leaddist.middleware.ContentSecurityPolicyMiddleware",
+    # Serves /static/ from the app itself, so daphne needs no web server in front.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -110,6 +149,43 @@ BUSY_RETRY_AFTER_SECONDS = env.int("BUSY_RETRY_AFTER_SECONDS", default=1)
 # anything reads the body.
 MAX_BODY_BYTES = 64 * 1024
 
+# Intake rate limits (README: rate limits), "<count>/<s|m|h>" per fixed window, "0" off.
+# Counted in the cache (Redis with REDIS_URL), so they hold across processes and hosts.
+# Per key: every API key. Per IP: requests without a key, i.e. the public form. Staff
+# sessions are not limited.
+RATE_LIMIT_PER_KEY = env.str("RATE_LIMIT_PER_KEY", default="120/m")
+RATE_LIMIT_PER_IP = env.str("RATE_LIMIT_PER_IP", default="30/m")
+for _name, _value in (
+    ("RATE_LIMIT_PER_KEY", RATE_LIMIT_PER_KEY),
+    ("RATE_LIMIT_PER_IP", RATE_LIMIT_PER_IP),
+):
+    if not re.fullmatch(r"0|[1-9][0-9]*/[smh]", _value):
+        raise ImproperlyConfigured(f'{_name} must look like "120/m" (per s, m or h) or be "0".')
+
+# Logs carry a keyed hash of phone numbers, never the numbers: a plain hash of a 7-15 digit
+# number is brute-forced in minutes. Empty: a key derived from SECRET_KEY.
+PHONE_HASH_KEY = env.str("PHONE_HASH_KEY", default="")
+
+# --- Quota-reset webhook (SPEC §5) ---------------------------------------------------------
+# The Standard Webhooks secret shared with the payment gateway (whsec_<base64>). When set,
+# every call to /api/webhook/reset-quota must be signed with it. Unset, calls are accepted
+# unsigned, which only DEBUG allows: anyone could otherwise restore every provider's quota.
+WEBHOOK_SECRET = env.str("WEBHOOK_SECRET", default="")
+if WEBHOOK_SECRET:
+    from standardwebhooks import Webhook
+
+    try:
+        Webhook(WEBHOOK_SECRET)
+    except Exception as exc:
+        raise ImproperlyConfigured(
+            "WEBHOOK_SECRET is not a valid Standard Webhooks secret (whsec_<base64>)."
+        ) from exc
+elif not DEBUG:
+    raise ImproperlyConfigured(
+        "WEBHOOK_SECRET must be set when DEBUG is off: without it anyone could reset quotas "
+        "through /api/webhook/reset-quota. Set it to the gateway's whsec_... secret."
+    )
+
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -127,6 +203,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Compressed copies made by collectstatic; no manifest, so pages render without one.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 # --- Cache ----------------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -136,6 +217,39 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+# --- Live dashboard over SSE (SPEC §6) ------------------------------------------------------
+def _redis_kwargs(url: str) -> dict[str, object]:
+    """redis.Redis / redis.asyncio.Redis keyword arguments for redis://, rediss:// or unix://."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        kwargs: dict[str, object] = {"unix_socket_path": parts.path}
+    else:
+        kwargs = {"host": parts.hostname or "localhost", "port": parts.port or 6379}
+        if parts.scheme == "rediss":
+            kwargs["ssl"] = True
+    db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    kwargs["db"] = int(db or parse_qs(parts.query).get("db", ["0"])[0])
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    return kwargs
+
+
+# Events are stored in PostgreSQL, so a client reconnecting with Last-Event-ID misses nothing.
+EVENTSTREAM_STORAGE_CLASS = "django_eventstream.storage.DjangoModelStorage"
+# One channel, "dashboard", readable by staff sessions only.
+EVENTSTREAM_CHANNELMANAGER_CLASS = "allocation.sse.StaffChannelManager"
+if REDIS_URL:
+    # Several processes or hosts: each publishes through Redis pub/sub and relays to its own
+    # open streams. Without Redis an event reaches only the open streams of the process that
+    # sent it at once; the others get it from storage when they reconnect.
+    EVENTSTREAM_REDIS = _redis_kwargs(REDIS_URL)
+# Base URL the test tools send their requests to (the app itself). Empty: the URL the page was
+# requested on. Set it when that is not reachable from the server, e.g. behind a proxy.
+SELF_BASE_URL = env.str("SELF_BASE_URL", default="")
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from django.db import transaction
 
 from providers.models import Membership, PoolCursor, Provider, Service
-from providers.signals import capacity_added
+from providers.signals import capacity_added, provider_changed
 
 
 def lock_cursors(service_ids: Iterable[int]) -> dict[int, PoolCursor]:
@@ -46,6 +46,17 @@ def services_of(provider_ids: Iterable[int]) -> list[int]:
     )
 
 
+def _announce_change(provider: Provider) -> None:
+    """After commit, tell listeners (the live dashboard) the provider's committed state."""
+    state = {
+        "provider_id": provider.pk,
+        "status": provider.status,
+        "quota": provider.quota,
+        "remaining_quota": provider.remaining_quota,
+    }
+    transaction.on_commit(lambda: provider_changed.send(sender=Provider, **state), robust=True)
+
+
 def _announce_capacity(service_ids: list[int]) -> None:
     if service_ids:
         transaction.on_commit(
@@ -62,9 +73,9 @@ def update_provider(
 ) -> Provider:
     """Change a provider's name, quota or status under the engine's lock order.
 
-    A quota change moves the remaining quota by the same amount (a plan upgraded mid-cycle
-    gives the extra leads at once), clamped to 0..quota. It never restores used quota: only
-    the payment webhook does that.
+    After a quota change the remaining quota is the new quota less the leads this cycle already
+    used, never below 0: a plan upgraded mid-cycle gives the extra leads at once, and no
+    sequence of changes restores used quota. Only the payment webhook does that.
     """
     with transaction.atomic():
         service_ids = services_of([provider.pk])
@@ -77,8 +88,11 @@ def update_provider(
             locked.status = status
         if quota is not None and quota != old_quota:
             locked.quota = quota
-            locked.remaining_quota = min(max(locked.remaining_quota + quota - old_quota, 0), quota)
+            # What is left is the new quota less what this cycle already used, never less
+            # than 0: lowering a quota and raising it back gives nothing back.
+            locked.remaining_quota = max(quota - locked.leads_this_cycle, 0)
         locked.save()
+        _announce_change(locked)
         if locked.is_eligible and (not was_eligible or locked.quota > old_quota):
             _announce_capacity(service_ids)
     return locked

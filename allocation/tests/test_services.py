@@ -149,15 +149,17 @@ def test_resuming_a_provider_drains_the_waiting_queue(seeded_tx):
 
 
 @pytest.mark.django_db
-def test_quota_change_moves_remaining_by_the_difference_and_never_restores(seeded):
+def test_quota_change_leaves_the_new_quota_less_what_the_cycle_used(seeded):
     provider = seeded.provider(2)
-    Provider.objects.filter(pk=2).update(remaining_quota=3)  # 7 used this cycle
+    Provider.objects.filter(pk=2).update(remaining_quota=3, leads_this_cycle=7)
 
     raised = update_provider(provider, quota=15)
     lowered = update_provider(raised, quota=5)
+    raised_again = update_provider(lowered, quota=10)
 
     assert (raised.quota, raised.remaining_quota) == (15, 8)
     assert (lowered.quota, lowered.remaining_quota) == (5, 0)
+    assert (raised_again.quota, raised_again.remaining_quota) == (10, 3)
 
 
 @pytest.mark.django_db

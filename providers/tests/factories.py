@@ -7,6 +7,7 @@ from providers.models import Membership, PoolCursor, Provider, Service
 class ServiceFactory(DjangoModelFactory):
     class Meta:
         model = Service
+        skip_postgeneration_save = True
 
     slug = factory.Sequence(lambda n: f"svc-{n}")
     name = factory.Sequence(lambda n: f"Svc {n}")

@@ -1,0 +1,26 @@
+"""Who may see the staff pages (SPEC §6): anonymous users log in first; others get 403."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+
+View = Callable[..., HttpResponse]
+
+
+def staff_page(view: View) -> View:
+    """Redirect anonymous users to the login page (LOGIN_URL); answer 403 to non-staff."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.is_staff:
+            raise PermissionDenied("This page is for staff only.")
+        return view(request, *args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,129 @@
+"""API credentials (SPEC §3): a lead source's API key, or a logged-in staff session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.views import redirect_to_login
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils import timezone
+from ninja.errors import AuthenticationError, AuthorizationError
+from ninja.security.http import HttpBearer
+
+from allocation.models import ApiKey
+from leaddist.errors import error_response
+
+# last_used_at is informative; writing it on every request would make each key a hot row.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+class Unauthorized(AuthenticationError):
+    """No credential, or a wrong or revoked key: 401 unauthorized."""
+
+    def __init__(self, message: str = "A valid API key or a staff session is required.") -> None:
+        super().__init__(401, message)
+
+
+class Forbidden(AuthorizationError):
+    """A credential without the right (non-staff session, session write without CSRF): 403."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(403, message)
+
+
+def _csrf_view(request: HttpRequest) -> None:
+    """Stands for the view in the CSRF check; ninja's own views are all csrf_exempt."""
+
+
+def _passes_csrf(request: HttpRequest) -> bool:
+    """Django's own CSRF check (token and Origin/Referer), which skips safe methods."""
+    middleware = CsrfViewMiddleware(lambda request: HttpResponseForbidden())
+    middleware.process_request(request)
+    return middleware.process_view(request, _csrf_view, (), {}) is None
+
+
+def touch_api_key(key: ApiKey) -> None:
+    """Record the key's use, at most about once a minute per key."""
+    now = timezone.now()
+    stale = now - LAST_USED_RESOLUTION
+    if key.last_used_at is not None and key.last_used_at > stale:
+        return
+    # Filtered, so concurrent requests that all saw a stale value write it only once.
+    ApiKey.objects.filter(pk=key.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lte=stale)
+    ).update(last_used_at=now)
+    key.last_used_at = now
+
+
+def source_name(principal: ApiKey | AbstractBaseUser) -> str:
+    """What Lead.source records: the API key's name, or "staff:<username>"."""
+    if isinstance(principal, ApiKey):
+        return principal.name
+    return f"staff:{principal.get_username()}"
+
+
+class ApiKeyOrStaffSession(HttpBearer):
+    """`Authorization: Bearer <key>`, or else a staff session (with CSRF for writes).
+
+    Returns the ApiKey or the staff user, which ninja stores as ``request.auth``. Unlike
+    ninja's session auth, which checks CSRF first, a request with no credential at all is a
+    401 and never a 403.
+    """
+
+    # Read by ninja's Swagger UI only: it then sends the page's CSRF token with "Try it out",
+    # so a staff session can write from /api/docs. The check itself is in __call__.
+    csrf = True
+
+    def __call__(self, request: HttpRequest) -> ApiKey | AbstractBaseUser:
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("Use `Authorization: Bearer <api key>`.")
+            return self.authenticate(request, token.strip())
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            raise Unauthorized()
+        if not user.is_staff:
+            raise Forbidden("Only staff sessions may use the API.")
+        if not _passes_csrf(request):
+            raise Forbidden("A session request that writes needs its CSRF token.")
+        return user
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKey:
+        key = ApiKey.objects.usable().filter(key_hash=ApiKey.hash_key(token)).first()
+        if key is None:
+            raise Unauthorized("The API key is wrong or revoked.")
+        touch_api_key(key)
+        return key
+
+
+def api_credential_required(
+    view: Callable[..., HttpResponse],
+) -> Callable[..., HttpResponse]:
+    """Guard the schema (/api/openapi.json) and the docs (/api/docs) like the API itself.
+
+    The docs page is opened in a browser: with no credential at all it redirects to the login
+    page, as staff pages do. Every other refusal is the API's 401 or 403.
+    """
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        try:
+            ApiKeyOrStaffSession()(request)
+        except Unauthorized as exc:
+            match = request.resolver_match
+            is_page = match is not None and match.url_name == "openapi-view"
+            if is_page and "Authorization" not in request.headers:
+                return redirect_to_login(request.get_full_path())
+            return error_response(401, "unauthorized", exc.message)
+        except Forbidden as exc:
+            return error_response(403, "forbidden", exc.message)
+        return view(request, *args, **kwargs)
+
+    return wrapper

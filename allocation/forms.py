@@ -1,0 +1,98 @@
+"""The lead form of SPEC §3, shared by the public HTML page and the JSON API."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxLengthValidator
+
+from allocation.phones import normalise_phone
+from allocation.services import LeadInput
+from providers.models import Service
+
+NAME_MAX = 120
+CITY_MAX = 120
+DESCRIPTION_MAX = 2000
+SERVICE_MAX = 64  # the longest slug
+ID_PATTERN = re.compile(r"[0-9]+")
+MAX_ID = 2**63 - 1  # PostgreSQL bigint: a larger id would be a database error, not "unknown"
+
+
+def reject_unpaired_surrogates(value: str) -> None:
+    """A lone surrogate (JSON "\\ud800") cannot be stored or even sent to PostgreSQL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            "Text must not contain unpaired surrogates.", code="surrogate"
+        ) from exc
+
+
+def _text_field(**kwargs: Any) -> forms.CharField:
+    # CharField strips whitespace and already refuses NUL characters.
+    return forms.CharField(validators=[reject_unpaired_surrogates], **kwargs)
+
+
+def _active_service_choices() -> list[tuple[str, str]]:
+    # Called when the HTML form renders, never when the API validates.
+    return [("", "Choose a service…")] + [
+        (str(service.pk), service.name) for service in Service.objects.active()
+    ]
+
+
+class LeadForm(forms.Form):
+    name = _text_field(max_length=NAME_MAX)
+    phone = _text_field(
+        max_length=64,
+        help_text="7 to 15 digits; spaces, dashes, dots and parentheses are ignored.",
+        widget=forms.TextInput(attrs={"type": "tel", "autocomplete": "tel"}),
+    )
+    city = _text_field(max_length=CITY_MAX)
+    # Its length is checked by a validator, not max_length, which would put a maxlength
+    # attribute on the <select>.
+    service = forms.CharField(
+        validators=[reject_unpaired_surrogates, MaxLengthValidator(SERVICE_MAX)],
+        widget=forms.Select(choices=_active_service_choices),
+    )
+    description = _text_field(
+        max_length=DESCRIPTION_MAX, required=False, widget=forms.Textarea(attrs={"rows": 4})
+    )
+
+    def clean_phone(self) -> str:
+        phone = normalise_phone(self.cleaned_data["phone"])
+        if phone is None:
+            raise ValidationError(
+                "Enter a phone number of 7 to 15 digits, optionally starting with +.",
+                code="invalid_phone",
+            )
+        return phone
+
+    def clean_service(self) -> Service:
+        """An id if the value is all digits, a slug otherwise; only active services qualify."""
+        value = self.cleaned_data["service"]
+        if ID_PATTERN.fullmatch(value):
+            service_id = int(value)
+            lookup = {"pk": service_id} if service_id <= MAX_ID else None
+        else:
+            lookup = {"slug": value}
+        service = Service.objects.filter(**lookup).first() if lookup else None
+        if service is None:
+            raise ValidationError("Unknown service.", code="unknown_service")
+        if not service.active:
+            raise ValidationError("This service is not available.", code="inactive_service")
+        return service
+
+    def lead_input(self, *, source: str) -> LeadInput:
+        """The validated lead, ready for allocation.services.submit_lead."""
+        data = self.cleaned_data
+        return LeadInput(
+            service_id=data["service"].pk,
+            name=data["name"],
+            phone=data["phone"],
+            city=data["city"],
+            description=data["description"],
+            source=source,
+        )

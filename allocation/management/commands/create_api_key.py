@@ -1,0 +1,27 @@
+"""Create an API key for a lead source; the raw key is printed once, as the last line."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from allocation.services import create_api_key
+
+NAME_MAX = 120
+
+
+class Command(BaseCommand):
+    help = __doc__
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="Who uses the key; stored as the lead's source.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["name"].strip()
+        if not name or len(name) > NAME_MAX:
+            raise CommandError(f"NAME must be 1 to {NAME_MAX} characters.")
+        key, raw = create_api_key(name=name)
+        self.stdout.write(
+            self.style.SUCCESS(f'Created API key #{key.pk} "{key.name}" ({key.key_prefix}…).')
+        )
+        self.stdout.write("Store it now; it is not shown again:")
+        self.stdout.write(raw)

@@ -1,0 +1,569 @@
+"""Reads shared by several callers: the intake API, the public form and the dashboard."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.core.paginator import Page, Paginator
+from django.db import connection
+from django.db.models import Count, Max, Min, Prefetch, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
+from django_eventstream.models import Event as StoredEvent
+
+from allocation.events import CHANNEL, FEED_TYPES
+from allocation.models import PROVIDERS_PER_LEAD, Allocation, Lead
+from providers.models import Membership, PoolCursor, Provider, Service
+
+
+def lead_with_providers(lead_id: int) -> Lead:
+    """The lead with its service and its allocations (provider loaded) in selection order."""
+    return (
+        Lead.objects.select_related("service")
+        .prefetch_related(
+            Prefetch(
+                "allocations",
+                queryset=Allocation.objects.select_related("provider").order_by("rank"),
+            )
+        )
+        .get(pk=lead_id)
+    )
+
+
+def lead_outcome(lead: Lead) -> dict[str, Any]:
+    """SPEC §3's 201/202 body for a lead loaded by lead_with_providers."""
+    return {
+        "id": lead.pk,
+        "status": lead.status,
+        "service": {"id": lead.service.pk, "slug": lead.service.slug, "name": lead.service.name},
+        "providers": [
+            {"id": alloc.provider.pk, "name": alloc.provider.name, "role": alloc.role}
+            for alloc in lead.allocations.all()
+        ],
+        "created_at": lead.created_at,
+    }
+
+
+# --- Live dashboard (SPEC §6) ---------------------------------------------------------------
+# Each read below costs a fixed number of queries, whatever the number of providers, services
+# or leads: lists are paginated or cut, and per-row details come from one query per kind (a
+# LATERAL join where "the latest few per row" is needed).
+
+PROVIDERS_PER_PAGE = 50
+LATEST_LEADS_PER_PROVIDER = 3
+SERVICES_SHOWN = 20
+POOL_WINDOW = 16
+FEED_SIZE = 30
+
+
+@dataclass(frozen=True)
+class LatestLead:
+    lead_id: int
+    service_name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ProviderRow:
+    provider: Provider
+    latest: list[LatestLead]
+
+    @property
+    def remaining_percent(self) -> int:
+        quota = self.provider.quota
+        return round(100 * self.provider.remaining_quota / quota) if quota else 0
+
+    @property
+    def level(self) -> str:
+        """ "empty", "low" or "ok": how full the remaining-quota bar is, for its colour."""
+        if self.provider.remaining_quota == 0:
+            return "empty"
+        return "low" if self.remaining_percent <= 30 else "ok"
+
+
+@dataclass(frozen=True)
+class Summary:
+    waiting: int
+    allocated: int
+    providers: int
+    active: int
+    paused: int
+    exhausted: int
+    quota: int
+    remaining_quota: int
+    leads_this_cycle: int
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One provider as a service card shows it."""
+
+    provider_id: int
+    name: str
+    status: str
+    quota: int
+    remaining_quota: int
+    leads_this_cycle: int
+    position: int
+    is_cursor: bool = False
+    is_next: bool = False
+
+    @property
+    def eligible(self) -> bool:
+        return self.status == Provider.Status.ACTIVE and self.remaining_quota > 0
+
+
+@dataclass(frozen=True)
+class ServiceCard:
+    service: Service
+    cursor: int | None
+    mandatory: list[Chip]
+    pool: list[Chip]  # the whole pool in position order, or a window in walk order
+    pool_size: int
+    windowed: bool
+    last_picked: Chip | None
+    next_provider: Chip | None
+    waiting: int
+    low: int
+    high: int
+
+    @property
+    def hidden(self) -> int:
+        return self.pool_size - len(self.pool)
+
+    @property
+    def chart_max(self) -> int:
+        return max(self.high, 1)
+
+
+@dataclass(frozen=True)
+class TraceLine:
+    provider_id: int
+    name: str
+    role: str
+    outcome: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    eid: int
+    type: str
+    created: datetime
+    data: dict[str, Any]
+    lead: Lead | None = None
+    trace: list[TraceLine] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.type.replace(".", "-")
+
+
+def dashboard_summary() -> Summary:
+    """Totals over every provider and the waiting-queue size: two queries."""
+    active = Q(status=Provider.Status.ACTIVE)
+    totals = Provider.objects.aggregate(
+        providers=Count("pk"),
+        active=Count("pk", filter=active),
+        exhausted=Count("pk", filter=Q(remaining_quota=0)),
+        quota=Coalesce(Sum("quota"), 0),
+        remaining_quota=Coalesce(Sum("remaining_quota"), 0),
+        leads_this_cycle=Coalesce(Sum("leads_this_cycle"), 0),
+        allocations=Coalesce(Sum("leads_total"), 0),
+    )
+    allocations = totals.pop("allocations")
+    return Summary(
+        # Through the partial index lead_waiting_queue, however many leads are stored.
+        waiting=Lead.objects.waiting().count(),
+        # Every allocated lead has exactly PROVIDERS_PER_LEAD allocations (a DB invariant).
+        allocated=allocations // PROVIDERS_PER_LEAD,
+        paused=totals["providers"] - totals["active"],
+        **totals,
+    )
+
+
+def latest_leads(provider_ids: list[int], *, per_provider: int) -> dict[int, list[LatestLead]]:
+    """The newest allocations of each provider, through the (provider, -id) index."""
+    if not provider_ids:
+        return {}
+    sql = f"""
+        SELECT p.id, a.lead_id, s.name, a.created_at
+        FROM unnest(%s::bigint[]) AS p(id)
+        CROSS JOIN LATERAL (
+            SELECT lead_id, created_at FROM {Allocation._meta.db_table}
+            WHERE provider_id = p.id ORDER BY id DESC LIMIT %s
+        ) AS a
+        JOIN {Lead._meta.db_table} AS l ON l.id = a.lead_id
+        JOIN {Service._meta.db_table} AS s ON s.id = l.service_id
+        ORDER BY p.id, a.lead_id DESC
+    """
+    latest: dict[int, list[LatestLead]] = {pk: [] for pk in provider_ids}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [provider_ids, per_provider])
+        for provider_id, lead_id, service_name, created_at in cursor.fetchall():
+            latest[provider_id].append(LatestLead(lead_id, service_name, created_at))
+    return latest
+
+
+def _provider_rows(providers: list[Provider]) -> list[ProviderRow]:
+    latest = latest_leads([p.pk for p in providers], per_provider=LATEST_LEADS_PER_PROVIDER)
+    return [ProviderRow(p, latest.get(p.pk, [])) for p in providers]
+
+
+def provider_page(page_number: object, *, per_page: int = PROVIDERS_PER_PAGE) -> Page:
+    """One page of providers by id, each row with its latest leads: three queries."""
+    paginator = Paginator(Provider.objects.order_by("pk"), per_page)
+    page = paginator.get_page(page_number)
+    page.object_list = _provider_rows(list(page.object_list))
+    return page
+
+
+def provider_rows(provider_ids: list[int]) -> list[ProviderRow]:
+    """These providers' rows (unknown ids are left out): two queries."""
+    return _provider_rows(list(Provider.objects.filter(pk__in=provider_ids).order_by("pk")))
+
+
+def _chip(row: tuple, cursor: int | None, next_id: int | None) -> Chip:
+    provider_id, position, name, status, quota, remaining, this_cycle = row
+    return Chip(
+        provider_id,
+        name,
+        status,
+        quota,
+        remaining,
+        this_cycle,
+        position,
+        is_cursor=cursor is not None and position == cursor,
+        is_next=provider_id == next_id,
+    )
+
+
+def _pool_rows(service_ids: list[int], window: int) -> dict[int, dict[str, list[tuple]]]:
+    """Per service: the pool rows after the cursor, from the start up to it, the cursor's own
+    row, and the next eligible one each side. A handful of indexed reads per service, in one
+    query: nothing scans the whole pool."""
+    membership, provider = Membership._meta.db_table, Provider._meta.db_table
+    # In the order _chip() unpacks them.
+    columns = (
+        "m.provider_id, m.position, p.name, p.status, p.quota, p.remaining_quota, "
+        "p.leads_this_cycle"
+    )
+
+    def part(kind: str, condition: str, limit: str) -> str:
+        return f"""(
+            SELECT '{kind}' AS kind, {columns} FROM {membership} AS m
+            JOIN {provider} AS p ON p.id = m.provider_id
+            WHERE m.service_id = svc.id AND m.role = 'pool' AND {condition}
+            ORDER BY m.position LIMIT {limit})"""
+
+    sql = f"""
+        SELECT svc.id, w.* FROM (
+            SELECT s.id, COALESCE(c.position, 0) AS cur
+            FROM unnest(%(ids)s::bigint[]) AS s(id)
+            LEFT JOIN {PoolCursor._meta.db_table} AS c ON c.service_id = s.id
+        ) AS svc
+        CROSS JOIN LATERAL (
+            {part("after", "m.position > svc.cur", "%(window)s")}
+            UNION ALL {part("wrap", "m.position <= svc.cur", "%(window)s")}
+            UNION ALL {part("cursor", "m.position = svc.cur", "1")}
+            UNION ALL {part("next", "m.provider_eligible AND m.position > svc.cur", "1")}
+            UNION ALL {part("next_wrap", "m.provider_eligible AND m.position <= svc.cur", "1")}
+        ) AS w
+    """
+    rows: dict[int, dict[str, list[tuple]]] = {pk: defaultdict(list) for pk in service_ids}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"ids": service_ids, "window": window})
+        for service_id, kind, *row in cursor.fetchall():
+            rows[service_id][kind].append(tuple(row))
+    return rows
+
+
+def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> list[ServiceCard]:
+    """Each service with its mandatory providers, its pool around the cursor, the next
+    provider in line, its waiting leads and its pool's spread: six queries."""
+    services = list(Service.objects.select_related("cursor").order_by("pk")[:limit])
+    ids = [s.pk for s in services]
+    if not ids:
+        return []
+    mandatory: dict[int, list[Chip]] = defaultdict(list)
+    for m in (
+        Membership.objects.mandatory()
+        .filter(service_id__in=ids)
+        .select_related("provider")
+        .order_by("service_id", "position")
+    ):
+        p = m.provider
+        mandatory[m.service_id].append(
+            Chip(p.pk, p.name, p.status, p.quota, p.remaining_quota, p.leads_this_cycle, m.position)
+        )
+    stats = {
+        row["service_id"]: row
+        for row in Membership.objects.pool()
+        .filter(service_id__in=ids)
+        .values("service_id")
+        .annotate(
+            size=Count("pk"),
+            low=Min("provider__leads_this_cycle"),
+            high=Max("provider__leads_this_cycle"),
+        )
+    }
+    waiting = dict(
+        Lead.objects.waiting()
+        .filter(service_id__in=ids)
+        .values("service_id")
+        .annotate(n=Count("pk"))
+        .values_list("service_id", "n")
+    )
+    pool_rows = _pool_rows(ids, window)
+
+    cards = []
+    for service in services:
+        cursor_row = getattr(service, "cursor", None)
+        cursor = cursor_row.position if cursor_row is not None else None
+        rows = pool_rows[service.pk]
+        next_row = (rows["next"] or rows["next_wrap"] or [None])[0]
+        next_id = next_row[0] if next_row else None
+        size = stats.get(service.pk, {}).get("size", 0)
+        windowed = size > window
+        if windowed:
+            walk = rows["cursor"] + [r for r in rows["after"] + rows["wrap"] if r[1] != cursor]
+            pool = [_chip(r, cursor, next_id) for r in walk[:window]]
+        else:
+            pool = [
+                _chip(r, cursor, next_id)
+                for r in sorted(rows["after"] + rows["wrap"], key=lambda r: r[1])
+            ]
+        cards.append(
+            ServiceCard(
+                service=service,
+                cursor=cursor,
+                mandatory=mandatory[service.pk],
+                pool=pool,
+                pool_size=size,
+                windowed=windowed,
+                last_picked=next((_chip(r, cursor, next_id) for r in rows["cursor"]), None),
+                next_provider=_chip(next_row, cursor, next_id) if next_row else None,
+                waiting=waiting.get(service.pk, 0),
+                low=stats.get(service.pk, {}).get("low") or 0,
+                high=stats.get(service.pk, {}).get("high") or 0,
+            )
+        )
+    return cards
+
+
+def service_count() -> int:
+    return Service.objects.count()
+
+
+def stored_event_data(raw: str) -> dict[str, Any]:
+    """An event's data as django-eventstream stores it: JSON-encoded by send_event, then
+    encoded again by DjangoModelStorage."""
+    try:
+        value = json.loads(raw or "{}")
+        if isinstance(value, str):
+            value = json.loads(value)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _trace_lines(lead: Lead | None, names: dict[int, str]) -> list[TraceLine]:
+    entries = [
+        entry
+        for entry in (lead.trace if lead is not None else None) or []
+        if isinstance(entry, dict)
+    ]
+    return [
+        TraceLine(
+            entry.get("provider_id"),
+            names.get(entry.get("provider_id"), f"#{entry.get('provider_id')}"),
+            entry.get("role", ""),
+            entry.get("outcome", ""),
+            entry.get("reason", ""),
+        )
+        for entry in entries
+    ]
+
+
+def _feed_items(events: list[StoredEvent]) -> list[FeedItem]:
+    """Feed items for stored events, with their leads, allocations and the names in their
+    traces: three more queries at most, for any number of events."""
+    parsed = [(event, stored_event_data(event.data)) for event in events]
+    lead_ids = {data["lead_id"] for _, data in parsed if "lead_id" in data}
+    leads: dict[int, Lead] = {}
+    if lead_ids:
+        leads = {
+            lead.pk: lead
+            for lead in Lead.objects.filter(pk__in=lead_ids)
+            .select_related("service")
+            .prefetch_related(
+                Prefetch(
+                    "allocations",
+                    queryset=Allocation.objects.select_related("provider").order_by("rank"),
+                )
+            )
+        }
+    traced = {
+        entry.get("provider_id")
+        for lead in leads.values()
+        for entry in lead.trace or []
+        if isinstance(entry, dict)
+    }
+    names = dict(Provider.objects.filter(pk__in=traced).values_list("pk", "name")) if traced else {}
+    items = []
+    for event, data in parsed:
+        lead = leads.get(data.get("lead_id"))
+        items.append(
+            FeedItem(event.eid, event.type, event.created, data, lead, _trace_lines(lead, names))
+        )
+    return items
+
+
+def recent_feed(*, limit: int = FEED_SIZE) -> list[FeedItem]:
+    """The latest allocations, waiting leads and resets, newest first, from the event store."""
+    events = list(
+        StoredEvent.objects.filter(channel=CHANNEL, type__in=FEED_TYPES).order_by("-eid")[:limit]
+    )
+    return _feed_items(events)
+
+
+def feed_items(eids: list[int]) -> list[FeedItem]:
+    """The feed items of these stored events (others are left out), oldest first."""
+    events = list(
+        StoredEvent.objects.filter(channel=CHANNEL, type__in=FEED_TYPES, eid__in=eids).order_by(
+            "eid"
+        )
+    )
+    return _feed_items(events)
+
+
+def provider_allocations(provider: Provider, page_number: object, *, per_page: int = 50) -> Page:
+    """One page of the leads allocated to a provider, newest first."""
+    allocations = (
+        Allocation.objects.filter(provider=provider).select_related("lead__service").order_by("-pk")
+    )
+    return Paginator(allocations, per_page).get_page(page_number)
+
+
+# --- Read API (SPEC §4) ---------------------------------------------------------------------
+# Every list is newest first (by id, which is unique, so pages never overlap or skip) and
+# costs a fixed number of queries whatever its length: a count, the page, one prefetch.
+
+
+def _with_providers(leads: QuerySet[Lead]) -> QuerySet[Lead]:
+    return leads.select_related("service").prefetch_related(
+        Prefetch(
+            "allocations",
+            queryset=Allocation.objects.select_related("provider").order_by("rank"),
+        )
+    )
+
+
+def lead_page(
+    *,
+    limit: int,
+    offset: int,
+    service_id: int | None = None,
+    status: str | None = None,
+    provider_id: int | None = None,
+) -> tuple[list[Lead], int]:
+    """A page of leads, newest first, and how many match: three queries."""
+    leads = Lead.objects.all()
+    if service_id is not None:
+        leads = leads.for_service(service_id)
+    if status is not None:
+        leads = leads.filter(status=status)
+    if provider_id is not None:
+        # A provider holds at most one allocation per lead, so the join repeats no lead.
+        leads = leads.filter(allocations__provider_id=provider_id)
+    count = leads.count()
+    page = list(_with_providers(leads).order_by("-pk")[offset : offset + limit])
+    return page, count
+
+
+def lead_detail(lead_id: int) -> Lead | None:
+    """The lead with its service and allocations, or None: two queries."""
+    return _with_providers(Lead.objects.filter(pk=lead_id)).first()
+
+
+def lead_summary(lead: Lead) -> dict[str, Any]:
+    """A lead as the read API lists it: the intake answer plus the lead's own fields."""
+    return lead_outcome(lead) | {
+        "name": lead.name,
+        "phone": lead.phone,
+        "city": lead.city,
+        "description": lead.description,
+        "source": lead.source,
+        "wait_reason": lead.wait_reason or None,
+        "allocated_at": lead.allocated_at,
+    }
+
+
+def lead_trace(lead: Lead) -> list[dict[str, Any]]:
+    """The stored decision trace: every provider the engine examined, in order."""
+    return [
+        {
+            "provider_id": entry["provider_id"],
+            "role": entry["role"],
+            "outcome": entry["outcome"],
+            "reason": entry.get("reason"),
+        }
+        for entry in lead.trace or []
+    ]
+
+
+def provider_list(*, limit: int, offset: int) -> tuple[list[Provider], int]:
+    """A page of providers, newest first, and how many there are: two queries."""
+    return (
+        list(Provider.objects.order_by("-pk")[offset : offset + limit]),
+        Provider.objects.count(),
+    )
+
+
+def _next_pool_provider(pool: list[Membership], cursor: int | None) -> int | None:
+    """The first eligible pool provider after the cursor, wrapping: where the next walk starts."""
+    after = [m for m in pool if cursor is None or m.position > cursor]
+    before = [m for m in pool if cursor is not None and m.position <= cursor]
+    for membership in after + before:
+        if membership.provider.is_eligible:
+            return membership.provider_id
+    return None
+
+
+def service_list(*, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """A page of services, newest first, with their line-up and next pool provider: three
+    queries."""
+    services = (
+        Service.objects.select_related("cursor")
+        .prefetch_related(
+            Prefetch(
+                "memberships",
+                queryset=Membership.objects.select_related("provider").order_by("role", "position"),
+            )
+        )
+        .order_by("-pk")[offset : offset + limit]
+    )
+    items = []
+    for service in services:
+        members = list(service.memberships.all())
+        pool = [m for m in members if m.role == Membership.Role.POOL]
+        cursor_row = getattr(service, "cursor", None)
+        items.append(
+            {
+                "id": service.pk,
+                "slug": service.slug,
+                "name": service.name,
+                "active": service.active,
+                "mandatory": [
+                    m.provider_id for m in members if m.role == Membership.Role.MANDATORY
+                ],
+                "pool": [m.provider_id for m in pool],
+                "next_pool_provider": _next_pool_provider(
+                    pool, cursor_row.position if cursor_row is not None else None
+                ),
+            }
+        )
+    return items, Service.objects.count()

@@ -1,0 +1,121 @@
+"""A real daphne server on the committed test database, for tests that need ASGI streaming.
+
+pytest-django's live_server is WSGI, which cannot stream SSE. Tests that use these fixtures
+run with committed data (transactional_db): the server is another process with its own
+connections.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+BASE_DIR = Path(settings.BASE_DIR)
+ARTIFACTS = BASE_DIR / "test-artifacts"
+STARTUP_SECONDS = 30
+APPLICATION = "leaddist.asgi:application"
+
+
+@dataclass(frozen=True)
+class AsgiServer:
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def database_url_for_tests() -> str:
+    """A DATABASE_URL for the test database this process is using (TCP or Unix socket)."""
+    db = connection.settings_dict
+    user = quote(db.get("USER") or "", safe="")
+    password = quote(str(db.get("PASSWORD") or ""), safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    name = quote(db["NAME"], safe="")
+    host, port = db.get("HOST") or "", str(db.get("PORT") or "")
+    if host.startswith("/"):
+        # A socket directory (the embedded server): psycopg takes it as the host option.
+        query = f"?host={quote(host, safe='')}" + (f"&port={port}" if port else "")
+        return f"postgres://{auth}/{name}{query}"
+    return f"postgres://{auth}{host or 'localhost'}{':' + port if port else ''}/{name}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def run_daphne(log: Path, **environment: str) -> Iterator[AsgiServer]:
+    """Serve leaddist.asgi with daphne on a free port until the block ends."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_tests(),
+        "DEBUG": "1",  # static files through WhiteNoise's finders, no collectstatic needed
+        "LOG_LEVEL": "WARNING",
+        **environment,
+    }
+    server = AsgiServer(url=f"http://127.0.0.1:{port}", log=log)
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APPLICATION],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_up(server, process)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _wait_until_up(server: AsgiServer, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"daphne exited with {process.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"daphne did not answer within {STARTUP_SECONDS}s:\n{server.output()}")
+
+
+@pytest.fixture
+def asgi_server_factory(transactional_db, tmp_path) -> Iterator[Callable[..., AsgiServer]]:
+    """Start daphne servers with extra environment; all are stopped after the test."""
+    stack: list = []
+
+    def start(**environment: str) -> AsgiServer:
+        manager = run_daphne(tmp_path / f"daphne-{len(stack)}.log", **environment)
+        server = manager.__enter__()
+        stack.append(manager)
+        return server
+
+    yield start
+    for manager in reversed(stack):
+        manager.__exit__(None, None, None)

@@ -1,0 +1,220 @@
+"""Intake rate limits: per API key and per client address, 429 with Retry-After."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from django.test import Client, RequestFactory
+
+from allocation.models import Lead
+from allocation.services import create_api_key
+from allocation.tests.intake_support import LEAD, post_lead, stored_state
+from leaddist.ratelimit import Rate, RateLimited, client_ip, hit, parse_rate
+
+
+@pytest.fixture
+def api_key(db):
+    return create_api_key(name="acme")[1]
+
+
+def lead(n):
+    return {**LEAD, "phone": f"+1555020{n:04d}"}
+
+
+def form_post(client, n, **extra):
+    return client.post("/request-service", {**lead(n), "service": "1"}, **extra)
+
+
+# --- Per API key ----------------------------------------------------------------------------
+
+
+def test_key_past_its_limit_gets_429_with_retry_after_and_nothing_changes(
+    client, seeded, settings, api_key
+):
+    settings.RATE_LIMIT_PER_KEY = "2/m"
+    accepted = [post_lead(client, lead(n), key=api_key).status_code for n in range(2)]
+    before = stored_state()
+
+    response = post_lead(client, lead(3), key=api_key)
+
+    assert accepted == [201, 201]
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert stored_state() == before
+    assert Lead.objects.count() == 2
+
+
+def test_limit_is_per_key_and_shared_by_the_alias(client, seeded, settings, api_key):
+    settings.RATE_LIMIT_PER_KEY = "1/m"
+    other = create_api_key(name="other")[1]
+
+    first = post_lead(client, lead(1), key=api_key, path="/api/request-service")
+    second = post_lead(client, lead(2), key=api_key, path="/api/leads")
+    other_key = post_lead(client, lead(3), key=other)
+
+    assert [first.status_code, second.status_code, other_key.status_code] == [201, 429, 201]
+
+
+def test_rejected_requests_count_against_the_limit(client, seeded, settings, api_key):
+    settings.RATE_LIMIT_PER_KEY = "2/m"
+    post_lead(client, {"name": "no phone"}, key=api_key)
+    post_lead(client, "not json", key=api_key)
+
+    response = post_lead(client, lead(1), key=api_key)
+
+    assert response.status_code == 429
+    assert Lead.objects.count() == 0
+
+
+def test_credential_is_checked_before_the_rate_limit(client, seeded, settings, api_key):
+    settings.RATE_LIMIT_PER_KEY = "1/m"
+    post_lead(client, lead(1), key=api_key)
+
+    wrong_key = post_lead(client, lead(2), key="ld_wrong")
+
+    assert wrong_key.status_code == 401
+
+
+def test_rate_limit_is_checked_before_the_media_type(client, seeded, settings, api_key):
+    settings.RATE_LIMIT_PER_KEY = "1/m"
+    post_lead(client, lead(1), key=api_key)
+
+    response = post_lead(client, "x", key=api_key, content_type="text/plain")
+
+    assert response.status_code == 429
+
+
+def test_zero_disables_the_limit(client, seeded, settings, api_key):
+    settings.RATE_LIMIT_PER_KEY = "0"
+
+    statuses = {post_lead(client, lead(n), key=api_key).status_code for n in range(5)}
+
+    assert statuses == {201}
+
+
+def test_staff_sessions_are_not_limited(admin_client, seeded, settings):
+    settings.RATE_LIMIT_PER_KEY = settings.RATE_LIMIT_PER_IP = "1/m"
+
+    statuses = [post_lead(admin_client, lead(n)).status_code for n in range(3)]
+
+    assert statuses == [201, 201, 201]
+
+
+# --- Per client address (the public form) ---------------------------------------------------
+
+
+def test_form_past_the_address_limit_gets_429_and_stores_nothing(client, seeded, settings):
+    settings.RATE_LIMIT_PER_IP = "1/m"
+    first = form_post(client, 1)
+    before = stored_state()
+
+    response = form_post(client, 2)
+
+    assert first.status_code == 200
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert "too many requests" in response.content.decode()
+    assert stored_state() == before
+
+
+def test_other_addresses_have_their_own_limit(client, seeded, settings):
+    settings.RATE_LIMIT_PER_IP = "1/m"
+    form_post(client, 1, REMOTE_ADDR="192.0.2.1")
+
+    response = form_post(client, 2, REMOTE_ADDR="192.0.2.2")
+
+    assert response.status_code == 200
+
+
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(client, seeded, settings):
+    settings.RATE_LIMIT_PER_IP = "1/m"
+    form_post(client, 1, HTTP_X_FORWARDED_FOR="198.51.100.1")
+
+    response = form_post(client, 2, HTTP_X_FORWARDED_FOR="198.51.100.2")
+
+    assert response.status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("proxies", "forwarded", "expected"),
+    [
+        (0, "198.51.100.7", "10.0.0.1"),
+        (1, "198.51.100.7", "198.51.100.7"),
+        (1, "203.0.113.9, 198.51.100.7", "198.51.100.7"),  # the client forged the first hop
+        (2, "203.0.113.9, 198.51.100.7, 10.0.0.2", "198.51.100.7"),
+        (2, "198.51.100.7", "10.0.0.1"),  # fewer hops than proxies: not through them
+        (1, "", "10.0.0.1"),
+    ],
+)
+def test_client_address_comes_from_trusted_hops_only(settings, proxies, forwarded, expected):
+    settings.TRUSTED_PROXY_COUNT = proxies
+    request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
+
+    assert client_ip(request) == expected
+
+
+def test_form_never_counts_against_an_api_key(seeded, settings, api_key):
+    settings.RATE_LIMIT_PER_IP = "1/m"
+    settings.RATE_LIMIT_PER_KEY = "5/m"
+    form_post(Client(), 1)
+
+    response = post_lead(Client(), lead(2), key=api_key)
+
+    assert response.status_code == 201
+
+
+# --- The counter ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "rate"),
+    [("0", None), ("120/m", Rate(120, 60)), ("5/s", Rate(5, 1)), ("1000/h", Rate(1000, 3600))],
+)
+def test_rates_are_parsed(value, rate):
+    assert parse_rate(value) == rate
+
+
+def test_window_resets_at_its_end_and_retry_after_counts_down_to_it():
+    rate = Rate(1, 60)
+    hit("test:a", rate, now=120.0)
+    with pytest.raises(RateLimited) as limited:
+        hit("test:a", rate, now=135.5)
+
+    hit("test:a", rate, now=180.0)
+
+    assert limited.value.retry_after == 45
+
+
+def test_concurrent_requests_never_exceed_the_limit():
+    rate = Rate(5, 60)
+    passed, barrier = [], threading.Barrier(20)
+
+    def attempt():
+        barrier.wait()
+        try:
+            hit("test:burst", rate)
+        except RateLimited:
+            return
+        passed.append(1)
+
+    threads = [threading.Thread(target=attempt) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(passed) == 5
+
+
+def test_429_body_is_the_error_shape(client, seeded, settings, api_key):
+    settings.RATE_LIMIT_PER_KEY = "1/h"
+    post_lead(client, lead(1), key=api_key)
+
+    response = post_lead(client, lead(2), key=api_key)
+
+    assert response["Content-Type"] == "application/json"
+    assert set(json.loads(response.content)["error"]) == {"code", "message"}
+    assert int(response["Retry-After"]) <= 3600

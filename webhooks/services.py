@@ -1,0 +1,159 @@
+"""The quota-reset webhook's business action (SPEC §5): reset once per event, then drain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from allocation import events
+from allocation.services import allocate_waiting_leads, run_with_retries
+from providers.models import Provider, Service
+from providers.services import lock_cursors, services_of
+from webhooks.models import ProcessedEvent
+
+logger = logging.getLogger(__name__)
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+UNIQUE_EVENT_ID = "webhooks_processedevent_unique_event_id"
+# Provider ids are bigint: anything outside cannot exist, and must not reach the query.
+MAX_PK = 2**63 - 1
+
+
+class IdempotencyConflict(Exception):
+    """The event id was already processed with a different body."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"Event {event_id!r} was already processed with a different body.")
+        self.event_id = event_id
+
+
+class UnknownProviders(Exception):
+    """Some of the provider ids to reset do not exist; nothing was reset."""
+
+    def __init__(self, provider_ids: list[int]) -> None:
+        super().__init__("Unknown provider id(s): " + ", ".join(map(str, provider_ids)) + ".")
+        self.provider_ids = provider_ids
+
+
+@dataclass(frozen=True)
+class ResetOutcome:
+    event_id: str
+    status: str  # APPLIED or DUPLICATE
+    providers_reset: int = 0
+    # How many waiting leads the drain after this reset allocated; None for a duplicate, or
+    # when the drain failed (the reset stands; `manage.py allocate_waiting` catches up).
+    leads_allocated: int | None = None
+
+
+def canonical_body_sha256(body: Mapping[str, Any]) -> str:
+    """SHA-256 of the validated body as canonical JSON: keys sorted, providerIds sorted, unique.
+
+    Every key counts, known or not, so "the same body" means the same JSON object whatever its
+    key order, whitespace or the order and repeats of its provider ids.
+    """
+    canonical = dict(body)
+    if isinstance(canonical.get("providerIds"), list):
+        canonical["providerIds"] = sorted(set(canonical["providerIds"]))
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _constraint_name(exc: IntegrityError) -> str | None:
+    return getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
+
+
+def _reset_providers(provider_ids: list[int] | None) -> int:
+    """Lock in the engine's order and reset; return how many providers were reset.
+
+    Cursors of the affected services first (by service pk), then the providers by pk: the
+    order every allocation takes them in, so a reset can neither deadlock against one nor
+    interleave with it. A plain bulk UPDATE would lock the providers in scan order instead.
+    """
+    if provider_ids is None:
+        lock_cursors(Service.objects.values_list("pk", flat=True))
+        providers = Provider.objects.all()
+    else:
+        in_range = [pk for pk in provider_ids if 0 < pk <= MAX_PK]
+        lock_cursors(services_of(in_range))
+        providers = Provider.objects.filter(pk__in=in_range)
+    locked = list(providers.select_for_update().order_by("pk").values_list("pk", flat=True))
+    if provider_ids is not None:
+        missing = sorted(set(provider_ids) - set(locked))
+        if missing:
+            raise UnknownProviders(missing)  # rolls back the event row with everything else
+    Provider.objects.filter(pk__in=locked).update(
+        remaining_quota=F("quota"), cycle=F("cycle") + 1, leads_this_cycle=0
+    )
+    return len(locked)
+
+
+def _drain(event: ProcessedEvent) -> int | None:
+    """Allocate waiting leads now that quota is back, and record how many on the event row."""
+    try:
+        allocated = allocate_waiting_leads()
+    except Exception:
+        # The reset has committed and stands; failing the delivery would only make the gateway
+        # retry into a duplicate. The leads stay waiting for `manage.py allocate_waiting`.
+        logger.exception("drain after quota reset %r failed", event.event_id)
+        return None
+    ProcessedEvent.objects.filter(pk=event.pk).update(leads_allocated=allocated)
+    return allocated
+
+
+def apply_quota_reset(
+    *, event_id: str, body_sha256: str, provider_ids: Iterable[int] | None
+) -> ResetOutcome:
+    """Reset quotas exactly once per event id, then drain the waiting queue.
+
+    1. One transaction: insert the ProcessedEvent row first. Its unique constraint is the
+       guard: a concurrent delivery of the same id blocks on the index until we commit, then
+       fails the insert and reads our row (READ COMMITTED takes a new snapshot per query).
+    2. Still in it: lock the affected services' cursors, then the providers by pk, and set
+       remaining_quota = quota, cycle + 1, leads_this_cycle = 0. Cursors and history stay.
+    3. After the commit: drain, and record on the row how many leads it allocated.
+
+    ``provider_ids`` None resets every provider. Raises IdempotencyConflict for a used id with
+    another body, UnknownProviders (nothing reset, id not consumed), and Busy.
+    """
+    ids = sorted(set(provider_ids)) if provider_ids is not None else None
+
+    def attempt(slack: int) -> tuple[ProcessedEvent, bool]:
+        with transaction.atomic():
+            event, created = ProcessedEvent.objects.get_or_create(
+                event_id=event_id, defaults={"body_sha256": body_sha256, "provider_ids": ids}
+            )
+            if created:
+                event.providers_reset = _reset_providers(ids)
+                event.save(update_fields=["providers_reset"])
+        return event, created
+
+    try:
+        event, created = run_with_retries(attempt)
+    except IntegrityError as exc:
+        if _constraint_name(exc) != UNIQUE_EVENT_ID:
+            raise
+        # Only reached under an isolation level stricter than READ COMMITTED, where the
+        # re-read inside the failed transaction could not see the winner's row.
+        event, created = ProcessedEvent.objects.get(event_id=event_id), False
+
+    if not created:
+        if event.body_sha256 != body_sha256:
+            raise IdempotencyConflict(event_id)
+        return ResetOutcome(event_id=event_id, status=DUPLICATE)
+    leads_allocated = _drain(event)
+    # After the drain, so the event can say how many waiting leads the reset let through.
+    events.quota_reset(event_id=event_id, provider_ids=ids, leads_allocated=leads_allocated)
+    return ResetOutcome(
+        event_id=event_id,
+        status=APPLIED,
+        providers_reset=event.providers_reset,
+        leads_allocated=leads_allocated,
+    )
