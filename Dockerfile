@@ -21,4 +21,4 @@ RUN DEBUG=true SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build \
 USER leaddist
 EXPOSE 8000
 # Run `python manage.py migrate` once per release before starting new containers.
-CMD ["sh", "-c", "daphne -b 0.0.0.0 -p ${PORT} --proxy-headers leaddist.asgi:application"]
+CMD ["sh", "-c", "daphne -b 0.0.0.0 -p ${PORT} leaddist.asgi:application"]

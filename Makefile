@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+# A demo secret for the quota-reset webhook, for local use only (`make run` prints it).
+DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 
 .PHONY: run test lint format install clean-db
 
@@ -25,6 +27,8 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+run: export WEBHOOK_SECRET ?= $(DEMO_WEBHOOK_SECRET)
+run: export PORT := $(PORT)
 run: install
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py seed

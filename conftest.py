@@ -11,12 +11,17 @@ from providers.services import seed_catalogue
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache():
-    """Each test starts with an empty cache, so rate-limit windows never carry over."""
+def fresh_cache(settings):
+    """Each test gets an empty in-process cache: rate-limit windows never carry over, and a
+    REDIS_URL in the environment is never flushed."""
     from django.core.cache import cache
 
-    cache.clear()
-    yield
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "leaddist-tests",
+        }
+    }
     cache.clear()
 
 

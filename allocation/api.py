@@ -339,6 +339,13 @@ LIMIT = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Items per page, 1 
 OFFSET = Query(0, ge=0, le=MAX_OFFSET, description="Items to skip.")
 
 
+def _reject_unknown_params(request: HttpRequest, *allowed: str) -> None:
+    """A mistyped filter must not silently list everything: unknown parameters are a 422."""
+    unknown = sorted(set(request.GET) - set(allowed))
+    if unknown:
+        raise _invalid({name: ["Unknown query parameter."] for name in unknown})
+
+
 def _service_filter(value: str) -> int:
     """The id of the service named by id or slug (active or not); 422 if there is none."""
     if value.isascii() and value.isdigit():
@@ -358,17 +365,18 @@ def _service_filter(value: str) -> int:
     operation_id="list_leads",
     summary="List leads, newest first",
     description="Filter by `service` (id or slug), `status` and `provider` (id). An unknown "
-    "service or provider is a 422.",
+    "service or provider, or an unknown query parameter, is a 422.",
 )
 def list_leads(
     request: HttpRequest,
     limit: int = LIMIT,
     offset: int = OFFSET,
-    service: str | None = Query(None, description="A service id or slug."),
+    service: str | None = Query(None, min_length=1, description="A service id or slug."),
     status: Literal["allocated", "waiting"] | None = Query(None),
     provider: int | None = Query(None, ge=1, le=MAX_BIGINT, description="A provider id."),
 ) -> HttpResponse | dict[str, Any]:
     try:
+        _reject_unknown_params(request, "limit", "offset", "service", "status", "provider")
         service_id = _service_filter(service) if service is not None else None
         if provider is not None and not Provider.objects.filter(pk=provider).exists():
             raise _invalid({"provider": ["Unknown provider."]})
@@ -382,11 +390,15 @@ def list_leads(
 
 @router.get(
     "/leads/{int:lead_id}",
-    response={200: LeadDetailOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+    response={200: LeadDetailOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
     operation_id="get_lead",
     summary="A lead, its providers and its decision trace",
 )
 def get_lead(request: HttpRequest, lead_id: int) -> HttpResponse | dict[str, Any]:
+    try:
+        _reject_unknown_params(request)
+    except Rejected as rejected:
+        return rejected.response()
     lead: Lead | None = lead_detail(lead_id) if lead_id <= MAX_BIGINT else None
     if lead is None:
         return error_response(404, "not_found", f"No lead with id {lead_id}.")
@@ -401,7 +413,11 @@ def get_lead(request: HttpRequest, lead_id: int) -> HttpResponse | dict[str, Any
 )
 def list_providers(
     request: HttpRequest, limit: int = LIMIT, offset: int = OFFSET
-) -> dict[str, Any]:
+) -> HttpResponse | dict[str, Any]:
+    try:
+        _reject_unknown_params(request, "limit", "offset")
+    except Rejected as rejected:
+        return rejected.response()
     providers, count = provider_list(limit=limit, offset=offset)
     return {"items": providers, "count": count}
 
@@ -416,6 +432,12 @@ def list_providers(
     "the pool provider the next lead of the service takes first, unless its mandatory "
     "providers fill all 3 slots or it has to wait. Null when no pool provider is eligible.",
 )
-def list_services(request: HttpRequest, limit: int = LIMIT, offset: int = OFFSET) -> dict[str, Any]:
+def list_services(
+    request: HttpRequest, limit: int = LIMIT, offset: int = OFFSET
+) -> HttpResponse | dict[str, Any]:
+    try:
+        _reject_unknown_params(request, "limit", "offset")
+    except Rejected as rejected:
+        return rejected.response()
     services, count = service_list(limit=limit, offset=offset)
     return {"items": services, "count": count}

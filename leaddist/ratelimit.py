@@ -7,6 +7,7 @@ counter and ``cache.incr`` bumps it atomically, so concurrent requests never los
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from django.http import HttpRequest, HttpResponse
 
 from allocation.models import ApiKey
 from leaddist.errors import error_response
+
+logger = logging.getLogger(__name__)
 
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
@@ -55,13 +58,18 @@ def hit(identity: str, rate: Rate | None, *, now: float | None = None) -> None:
     now = time.time() if now is None else now
     window = int(now // rate.seconds)
     key = f"ratelimit:{identity}:{rate.seconds}:{window}"
-    # The counter outlives its window by a second, so incr() right after add() finds it.
-    cache.add(key, 0, timeout=rate.seconds + 1)
     try:
-        count = cache.incr(key)
-    except ValueError:  # evicted between add() and incr(): count this request alone
-        cache.add(key, 1, timeout=rate.seconds + 1)
-        count = 1
+        # The counter outlives its window by a second, so incr() right after add() finds it.
+        cache.add(key, 0, timeout=rate.seconds + 1)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # evicted between add() and incr(): count this request alone
+            cache.add(key, 1, timeout=rate.seconds + 1)
+            count = 1
+    except Exception:
+        # Fail open: an unreachable cache must not stop lead intake, only its limits.
+        logger.warning("rate limit not applied: the cache is unavailable", exc_info=True)
+        return
     if count > rate.count:
         raise RateLimited(max(1, math.ceil((window + 1) * rate.seconds - now)))
 

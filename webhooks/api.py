@@ -45,10 +45,12 @@ class ResetQuotaIn(Schema):
         max_length=EVENT_ID_MAX_LENGTH,
         description="The idempotency key: one reset per eventId, whatever the webhook-id.",
     )
-    providerIds: list[int] | None = Field(
+    # Not nullable: the view refuses null, so the schema must not offer it.
+    providerIds: list[int] = Field(
         default=None,
         min_length=1,
         description="Reset only these providers (known ids). Leave it out to reset every one.",
+        json_schema_extra=lambda schema: schema.pop("default"),
     )
 
 

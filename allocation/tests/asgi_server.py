@@ -38,22 +38,40 @@ class AsgiServer:
         return self.log.read_text(errors="replace")
 
 
-def database_url_for_tests() -> str:
+def database_url_for_tests(application_name: str) -> str:
     """A DATABASE_URL for the test database this process is using (TCP or Unix socket)."""
     db = connection.settings_dict
     user = quote(db.get("USER") or "", safe="")
     password = quote(str(db.get("PASSWORD") or ""), safe="")
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
     name = quote(db["NAME"], safe="")
-    host, port = db.get("HOST") or "", str(db.get("PORT") or "")
+    options = db.get("OPTIONS", {})
+    host = db.get("HOST") or options.get("host") or ""
+    port = str(db.get("PORT") or options.get("port") or "")
     if host.startswith("/"):
         # A socket directory (the embedded server): psycopg takes it as the host option.
         query = f"?host={quote(host, safe='')}" + (f"&port={port}" if port else "")
-        return f"postgres://{auth}/{name}{query}"
-    return f"postgres://{auth}{host or 'localhost'}{':' + port if port else ''}/{name}"
+        return f"postgres://{auth}/{name}{query}&application_name={application_name}"
+    address = f"{host or 'localhost'}{':' + port if port else ''}"
+    return f"postgres://{auth}{address}/{name}?application_name={application_name}"
 
 
-def _free_port() -> int:
+def _wait_for_disconnect(application_name: str) -> None:
+    """Until the server's sessions are gone: the test database cannot be flushed or dropped
+    while PostgreSQL still finishes them."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                [application_name],
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+        time.sleep(0.05)
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -62,10 +80,11 @@ def _free_port() -> int:
 @contextmanager
 def run_daphne(log: Path, **environment: str) -> Iterator[AsgiServer]:
     """Serve leaddist.asgi with daphne on a free port until the block ends."""
-    port = _free_port()
+    port = free_port()
+    application_name = f"leaddist-test-daphne-{port}"
     env = {
         **os.environ,
-        "DATABASE_URL": database_url_for_tests(),
+        "DATABASE_URL": database_url_for_tests(application_name),
         "DEBUG": "1",  # static files through WhiteNoise's finders, no collectstatic needed
         "LOG_LEVEL": "WARNING",
         **environment,
@@ -89,6 +108,7 @@ def run_daphne(log: Path, **environment: str) -> Iterator[AsgiServer]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+            _wait_for_disconnect(application_name)
 
 
 def _wait_until_up(server: AsgiServer, process: subprocess.Popen) -> None:

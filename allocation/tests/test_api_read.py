@@ -443,3 +443,13 @@ def test_new_memberships_appear_in_position_order(client, db, key_headers):
     item = services_by_id(client, key_headers)[service.pk]
 
     assert item["pool"] == [early.pk, late.pk]
+
+
+@pytest.mark.parametrize("path", ["/api/leads", "/api/providers", "/api/services", "/api/leads/1"])
+def test_a_mistyped_query_parameter_is_422_not_ignored(client, seeded, key_headers, path):
+    submit(1, 1)
+
+    response = client.get(path, {"stauts": "waiting"}, headers=key_headers)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"] == {"stauts": ["Unknown query parameter."]}

@@ -218,3 +218,18 @@ def test_429_body_is_the_error_shape(client, seeded, settings, api_key):
     assert response["Content-Type"] == "application/json"
     assert set(json.loads(response.content)["error"]) == {"code", "message"}
     assert int(response["Retry-After"]) <= 3600
+
+
+def test_an_unreachable_cache_does_not_stop_intake(client, seeded, settings, api_key, caplog):
+    settings.RATE_LIMIT_PER_KEY = "1/m"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+        }
+    }
+
+    statuses = [post_lead(client, lead(n), key=api_key).status_code for n in range(2)]
+
+    assert statuses == [201, 201]
+    assert "rate limit not applied" in caplog.text

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from io import StringIO
-from pathlib import Path
-from urllib.parse import quote
 
-import httpx
 import pytest
-from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
+from allocation.tests.asgi_server import free_port, run_daphne
 from providers.models import Provider
 from webhooks.models import ProcessedEvent
 from webhooks.tests.helpers import SECRET, snapshot, submit_leads
@@ -27,67 +17,17 @@ from webhooks.tests.helpers import SECRET, snapshot, submit_leads
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def database_url_of_tests() -> str:
-    db = connection.settings_dict
-    auth = quote(db["USER"] or "", safe="")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    host = db["HOST"] or "127.0.0.1"
-    port = db["PORT"] or 5432
-    return f"postgres://{auth}@{host}:{port}/{db['NAME']}"
-
-
 @pytest.fixture(scope="module")
-def live_server_url(django_db_setup, django_db_blocker) -> Iterator[str]:
+def live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[str]:
     """daphne serving leaddist on a free port, on the test database, with WEBHOOK_SECRET set."""
-    with django_db_blocker.unblock():
-        database_url = database_url_of_tests()
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "WEBHOOK_SECRET": SECRET,
-        "DB_POOL_MIN_SIZE": "1",
-        "DB_POOL_MAX_SIZE": "4",
-    }
-    daphne = Path(sys.executable).with_name("daphne")
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(
-            [str(daphne), "-b", "127.0.0.1", "-p", str(port), "leaddist.asgi:application"],
-            cwd=django_settings.BASE_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                if server.poll() is not None:
-                    log.seek(0)
-                    pytest.fail(f"daphne exited early:\n{log.read().decode(errors='replace')}")
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail("daphne did not answer /healthz within 60 seconds")
-                time.sleep(0.2)
-            yield f"{base}/api/webhook/reset-quota"
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
+    with (
+        django_db_blocker.unblock(),
+        run_daphne(
+            log, WEBHOOK_SECRET=SECRET, DB_POOL_MIN_SIZE="1", DB_POOL_MAX_SIZE="4"
+        ) as server,
+    ):
+        yield f"{server.url}/api/webhook/reset-quota"
 
 
 def run(url: str, *args: str) -> str:
