@@ -76,6 +76,14 @@ def test_app_refuses_to_start_without_a_secret_key_and_says_why():
     assert "signs sessions and CSRF tokens" in result.stderr
 
 
+@pytest.mark.parametrize("url", ["sqlite:///leaddist.sqlite3", "mysql://root@127.0.0.1/leaddist"])
+def test_app_refuses_a_database_other_than_postgresql(url):
+    result = run_manage("check", **(PRODUCTION_ENV | {"DATABASE_URL": url}))
+
+    assert result.returncode != 0
+    assert "DATABASE_URL must point at PostgreSQL" in result.stderr
+
+
 @pytest.mark.parametrize("value", ["ten/m", "10/d", "10", "-1/m", "10/ m"])
 def test_app_refuses_a_malformed_rate_limit(value):
     result = run_manage("check", RATE_LIMIT_PER_KEY=value)
