@@ -5,7 +5,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DEBUG=false \
-    PORT=8000
+    PORT=8000 \
+    WEB_CONCURRENCY=1
 
 WORKDIR /app
 RUN useradd --create-home --uid 1000 leaddist
@@ -21,4 +22,5 @@ RUN DEBUG=true SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build \
 USER leaddist
 EXPOSE 8000
 # Run `python manage.py migrate` once per release before starting new containers.
-CMD ["sh", "-c", "daphne -b 0.0.0.0 -p ${PORT} leaddist.asgi:application"]
+# WEB_CONCURRENCY daphne processes share the port (one per core); more than one needs REDIS_URL.
+CMD ["sh", "-c", "python -m leaddist.serve --host 0.0.0.0 --port ${PORT}"]

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import F, QuerySet
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import F
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -41,7 +41,7 @@ from allocation.engine import (
     choose_providers,
 )
 from allocation.models import Allocation, ApiKey, Lead
-from providers.models import Membership, PoolCursor, Provider
+from providers.models import PoolCursor, Provider
 from providers.services import lock_cursors
 from providers.signals import capacity_added
 
@@ -111,17 +111,63 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
     raise Busy(retry_after=settings.BUSY_RETRY_AFTER_SECONDS)
 
 
-def _walk(queryset: QuerySet[Membership], cursor: int | None, limit: int) -> list[tuple]:
-    """Up to ``limit`` pool rows in walk order: after the cursor, then wrapping to the start."""
-    rows = queryset.order_by("position").values_list(
-        "provider_id", "position", "provider__status", "provider__remaining_quota"
-    )
-    if cursor is None:
-        return list(rows[:limit])
-    after = list(rows.filter(position__gt=cursor)[:limit])
-    if len(after) < limit:
-        after += list(rows.filter(position__lte=cursor)[: limit - len(after)])
-    return after
+# Every candidate row the decision needs, in one round trip, each branch through an index:
+# the mandatory memberships; the next eligible pool memberships after the cursor, then from the
+# start (partial index membership_eligible_walk); and the next ineligible ones the same way,
+# for the trace (membership_ineligible_walk). A branch may read a few rows more than needed;
+# Python trims them.
+CANDIDATES_SQL = """
+(SELECT 'mandatory', m.provider_id, m.position, p.status, p.remaining_quota
+   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+  WHERE m.service_id = %(service)s AND m.role = 'mandatory'
+  ORDER BY m.position)
+UNION ALL
+(SELECT 'eligible', m.provider_id, m.position, p.status, p.remaining_quota
+   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+  WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.provider_eligible
+    AND m.position > %(cursor)s
+  ORDER BY m.position LIMIT %(wanted)s)
+UNION ALL
+(SELECT 'eligible', m.provider_id, m.position, p.status, p.remaining_quota
+   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+  WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.provider_eligible
+    AND m.position <= %(cursor)s
+  ORDER BY m.position LIMIT %(wanted)s)
+UNION ALL
+(SELECT 'seen', m.provider_id, m.position, p.status, p.remaining_quota
+   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+  WHERE m.service_id = %(service)s AND m.role = 'pool' AND NOT m.provider_eligible
+    AND m.position > %(cursor)s
+  ORDER BY m.position LIMIT %(seen)s)
+UNION ALL
+(SELECT 'seen', m.provider_id, m.position, p.status, p.remaining_quota
+   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+  WHERE m.service_id = %(service)s AND m.role = 'pool' AND NOT m.provider_eligible
+    AND m.position <= %(cursor)s
+  ORDER BY m.position LIMIT %(seen)s)
+"""
+
+Row = tuple[int, int, str, int]  # provider_id, position, status, remaining_quota
+
+
+def _read_candidates(
+    service_id: int, cursor: int | None, *, wanted: int
+) -> tuple[list[Row], list[Row], list[Row]]:
+    """Mandatory rows, then the first ``wanted`` eligible and the first TRACE_LIMIT ineligible
+    pool rows in walk order; unlocked reads, taken under the cursor lock."""
+    params = {
+        "service": service_id,
+        # Positions are >= 0: with no cursor the walk starts at the first position.
+        "cursor": -1 if cursor is None else cursor,
+        "wanted": wanted,
+        "seen": TRACE_LIMIT,
+    }
+    rows: dict[str, list[Row]] = {"mandatory": [], "eligible": [], "seen": []}
+    with connection.cursor() as db:
+        db.execute(CANDIDATES_SQL, params)
+        for kind, *row in db.fetchall():
+            rows[kind].append(tuple(row))
+    return rows["mandatory"], rows["eligible"][:wanted], rows["seen"][:TRACE_LIMIT]
 
 
 def _decide(
@@ -131,14 +177,10 @@ def _decide(
     if queued:
         return choose_providers([], [], cursor=cursor.position, queued=True), {}
 
-    memberships = Membership.objects.filter(service_id=service_id)
-    mandatory = list(
-        memberships.mandatory().order_by("position").values_list("provider_id", "position")
-    )
-    pool = memberships.pool()
     wanted = SLOTS + slack
-    eligible_rows = _walk(pool.filter(provider_eligible=True), cursor.position, wanted)
-    seen_rows = _walk(pool, cursor.position, TRACE_LIMIT)
+    mandatory, eligible_rows, seen_rows = _read_candidates(
+        service_id, cursor.position, wanted=wanted
+    )
     covers_all_eligible = len(eligible_rows) < wanted
 
     # The walk in order: every row we read, cut after the last eligible one we read (beyond it
@@ -157,7 +199,7 @@ def _decide(
     def looks_eligible(row: tuple) -> bool:
         return row[2] == Provider.Status.ACTIVE and row[3] > 0
 
-    lock_ids = {pid for pid, _ in mandatory} | {row[0] for row in ordered if looks_eligible(row)}
+    lock_ids = {row[0] for row in mandatory} | {row[0] for row in ordered if looks_eligible(row)}
     locked = {
         p.pk: p
         for p in Provider.objects.select_for_update()
@@ -175,7 +217,7 @@ def _decide(
         return Candidate(provider_id, position, status == Provider.Status.ACTIVE, remaining)
 
     decision = choose_providers(
-        [candidate(pid, pos, "", 0) for pid, pos in mandatory],
+        [candidate(pid, pos, "", 0) for pid, pos, *_ in mandatory],
         [candidate(*row) for row in ordered],
         cursor=cursor.position,
     )

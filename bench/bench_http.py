@@ -1,11 +1,12 @@
 """A burst of leads over HTTP against daphne: throughput and latency at several concurrencies.
 
-Run: .venv/bin/python bench/bench_http.py [--requests 600] [--concurrency 1 8 32]
+Run: .venv/bin/python bench/bench_http.py [--requests 600] [--concurrency 1 8 32] [--workers 1 2]
 
-It creates a throw-away test database (test_<name>), seeds it with ample quota, starts one
-daphne process on a free port, and fires POST /api/leads with httpx.AsyncClient. Each level is
-compared with GET /healthz at the same concurrency in the same run (the cost of the HTTP stack
-and one database round trip), since absolute numbers on these 2-core machines are noisy.
+It creates a throw-away test database (test_<name>), seeds it with ample quota, serves the app
+with `python -m leaddist.serve` (1 daphne process, then 2 on one socket, with Redis fan-out) and
+fires POST /api/leads with httpx.AsyncClient. Compare rows of the same run: absolute numbers on
+these 2-core machines are noisy. GET /healthz at the same concurrency is the cost of the HTTP
+stack plus one database round trip.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -79,36 +82,31 @@ def main() -> None:
         env["WEBHOOK_SECRET"] = "whsec_YmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtYmVuY2g="
         env["ALLOWED_HOSTS"] = "127.0.0.1"
         env["SECURE_SSL_REDIRECT"] = "false"
-        with run_daphne(log, **env) as server:
-            phone = iter(range(10_000_000, 99_999_999))
+        phone = iter(range(10_000_000, 99_999_999))
 
-            async def lead(client: httpx.AsyncClient, n: int) -> httpx.Response:
-                body = {
-                    "name": "Bench",
-                    "phone": f"+1{next(phone)}",
-                    "city": "X",
-                    "service": n % 3 + 1,
-                }
-                return await client.post("/api/leads", json=body, headers=headers)
+        async def lead(client: httpx.AsyncClient, n: int) -> httpx.Response:
+            body = {"name": "Bench", "phone": f"+1{next(phone)}", "city": "X", "service": n % 3 + 1}
+            return await client.post("/api/leads", json=body, headers=headers)
 
-            async def health(client: httpx.AsyncClient, n: int) -> httpx.Response:
-                return await client.get("/healthz")
+        async def health(client: httpx.AsyncClient, n: int) -> httpx.Response:
+            return await client.get("/healthz")
 
-            asyncio.run(burst(server.url, 60, 4, lead))  # warm-up
-            print(
-                "| concurrency | requests | leads/s | p50 ms | p95 ms | healthz/s | lead/healthz |"
-            )
-            print("|---|---|---|---|---|---|---|")
-            for concurrency in args.concurrency:
-                h_secs, _ = asyncio.run(burst(server.url, args.requests, concurrency, health))
-                secs, lat = asyncio.run(burst(server.url, args.requests, concurrency, lead))
-                lat.sort()
-                rate, h_rate = args.requests / secs, args.requests / h_secs
-                p50, p95 = statistics.median(lat) * 1000, lat[int(len(lat) * 0.95)] * 1000
-                print(
-                    f"| {concurrency} | {args.requests} | {rate:.0f} | {p50:.1f} | {p95:.1f} | "
-                    f"{h_rate:.0f} | {h_rate / rate:.2f}x |"
-                )
+        print("| workers | concurrency | requests | leads/s | p50 ms | p95 ms | healthz/s |")
+        print("|---|---|---|---|---|---|---|")
+        for workers in args.workers:
+            extra = {"REDIS_URL": args.redis_url} if workers > 1 else {}
+            with run_daphne(log, workers=workers, **env, **extra) as server:
+                asyncio.run(burst(server.url, 60, 4, lead))  # warm-up
+                for concurrency in args.concurrency:
+                    h_secs, _ = asyncio.run(burst(server.url, args.requests, concurrency, health))
+                    secs, lat = asyncio.run(burst(server.url, args.requests, concurrency, lead))
+                    lat.sort()
+                    rate, h_rate = args.requests / secs, args.requests / h_secs
+                    p50, p95 = statistics.median(lat) * 1000, lat[int(len(lat) * 0.95)] * 1000
+                    print(
+                        f"| {workers} | {concurrency} | {args.requests} | {rate:.0f} | "
+                        f"{p50:.1f} | {p95:.1f} | {h_rate:.0f} |"
+                    )
         allocated = Provider.objects.values_list("leads_total", flat=True)
         print(f"\n{sum(allocated) // 3} leads allocated, every request answered 201.")
     finally:

@@ -124,6 +124,13 @@ class Membership(models.Model):
                 condition=Q(provider_eligible=True),
                 name="membership_eligible_walk",
             ),
+            # The trace lists the ineligible providers the walk passes; this finds them without
+            # scanning a pool full of eligible ones.
+            models.Index(
+                fields=["service", "role", "position"],
+                condition=Q(provider_eligible=False),
+                name="membership_ineligible_walk",
+            ),
         ]
 
     def __str__(self) -> str:

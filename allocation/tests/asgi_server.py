@@ -26,7 +26,6 @@ from django.db import connection
 BASE_DIR = Path(settings.BASE_DIR)
 ARTIFACTS = BASE_DIR / "test-artifacts"
 STARTUP_SECONDS = 30
-APPLICATION = "leaddist.asgi:application"
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_daphne(log: Path, **environment: str) -> Iterator[AsgiServer]:
-    """Serve leaddist.asgi with daphne on a free port until the block ends."""
+def run_daphne(log: Path, *, workers: int = 1, **environment: str) -> Iterator[AsgiServer]:
+    """Serve leaddist.asgi with daphne on a free port until the block ends.
+
+    It starts ``python -m leaddist.serve`` as production does: one daphne process, or
+    ``workers`` of them on one socket.
+    """
     port = free_port()
     application_name = f"leaddist-test-daphne-{port}"
     env = {
@@ -92,7 +95,11 @@ def run_daphne(log: Path, **environment: str) -> Iterator[AsgiServer]:
     server = AsgiServer(url=f"http://127.0.0.1:{port}", log=log)
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APPLICATION],
+            [
+                sys.executable,
+                *("-m", "leaddist.serve", "--host", "127.0.0.1", "--port", str(port)),
+                *("--workers", str(workers)),
+            ],
             cwd=BASE_DIR,
             env=env,
             stdout=output,
@@ -130,8 +137,8 @@ def asgi_server_factory(transactional_db, tmp_path) -> Iterator[Callable[..., As
     """Start daphne servers with extra environment; all are stopped after the test."""
     stack: list = []
 
-    def start(**environment: str) -> AsgiServer:
-        manager = run_daphne(tmp_path / f"daphne-{len(stack)}.log", **environment)
+    def start(*, workers: int = 1, **environment: str) -> AsgiServer:
+        manager = run_daphne(tmp_path / f"daphne-{len(stack)}.log", workers=workers, **environment)
         server = manager.__enter__()
         stack.append(manager)
         return server

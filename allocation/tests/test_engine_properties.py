@@ -1,5 +1,7 @@
 """Property-based checks: the engine against a plain reference implementation of SPEC §2."""
 
+import os
+
 import pytest
 from django.db import transaction
 from hypothesis import HealthCheck, given, settings
@@ -126,7 +128,9 @@ class _Rollback(Exception):
 
 @pytest.mark.django_db
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("ENGINE_DB_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(db_catalogues())
 def test_stored_allocations_match_reference_on_large_pools(catalogue):
