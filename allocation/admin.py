@@ -13,12 +13,11 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from allocation.models import Allocation, ApiKey, Lead
-from allocation.services import create_api_key
+from allocation.services import create_api_key, revoke_api_keys
 from providers.models import Provider
 
 
@@ -166,5 +165,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        revoked = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        revoked = revoke_api_keys(queryset)
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)

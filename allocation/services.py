@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -388,3 +388,8 @@ def create_api_key(*, name: str) -> tuple[ApiKey, str]:
         name=name, key_hash=ApiKey.hash_key(raw), key_prefix=raw[: len(ApiKey.PREFIX) + 6]
     )
     return key, raw
+
+
+def revoke_api_keys(keys: QuerySet[ApiKey]) -> int:
+    """Revoke the keys not yet revoked; a revoked key is refused at once. Return how many."""
+    return keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())

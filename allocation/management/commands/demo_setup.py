@@ -15,10 +15,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.urls import reverse
-from django.utils import timezone
 
 from allocation.models import ApiKey
-from allocation.services import create_api_key
+from allocation.services import create_api_key, revoke_api_keys
 
 DEMO_USERNAME = "admin"
 DEMO_KEY_NAME = "demo"
@@ -38,9 +37,7 @@ class Command(BaseCommand):
             user.is_staff = user.is_superuser = user.is_active = True
             user.set_password(password)
             user.save()
-            ApiKey.objects.filter(name=DEMO_KEY_NAME, revoked_at__isnull=True).update(
-                revoked_at=timezone.now()
-            )
+            revoke_api_keys(ApiKey.objects.filter(name=DEMO_KEY_NAME))
             _, raw_key = create_api_key(name=DEMO_KEY_NAME)
 
         base = f"http://127.0.0.1:{os.environ.get('PORT') or '8000'}"
