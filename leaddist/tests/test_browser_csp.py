@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
+from allocation.tests.test_browser import CHROMIUM_ARGS
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 PASSWORD = "csp-browser-test-pw"
 PAGES = [
@@ -41,14 +43,7 @@ def chromium(transactional_db, monkeypatch):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             yield browser
