@@ -1,6 +1,7 @@
 """The allocation service on PostgreSQL: what it stores, and what it leaves alone."""
 
 import threading
+import time
 
 import pytest
 from django.db import connection, transaction
@@ -11,6 +12,7 @@ from allocation.services import (
     DuplicateLead,
     LeadInput,
     allocate_waiting_leads,
+    run_with_retries,
     submit_lead,
 )
 from providers.models import Membership, Provider
@@ -215,3 +217,41 @@ def test_persistent_lock_conflict_is_busy_and_stores_nothing(seeded_tx, settings
     assert Lead.objects.count() == 0
     assert Allocation.objects.count() == 0
     assert seeded_tx.provider(1).remaining_quota == 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_deadlock_is_retried_inside_the_server(seeded_tx):
+    """Two transactions lock providers 1 and 2 in opposite orders. PostgreSQL aborts the one
+    that waited first (ours); run_with_retries runs it again and it commits."""
+    ours_waiting = threading.Event()
+    theirs_locked = threading.Event()
+    attempts = []
+
+    def theirs():
+        try:
+            with transaction.atomic():
+                Provider.objects.select_for_update().get(pk=1)
+                theirs_locked.set()
+                ours_waiting.wait(10)
+                time.sleep(0.2)  # let our wait start first, so PostgreSQL picks us
+                Provider.objects.select_for_update().get(pk=2)
+        finally:
+            connection.close()
+
+    def ours(slack):
+        attempts.append(slack)
+        with transaction.atomic():
+            Provider.objects.select_for_update().get(pk=2)
+            if len(attempts) == 1:
+                theirs_locked.wait(10)
+                ours_waiting.set()
+            Provider.objects.select_for_update().get(pk=1)
+        return "committed"
+
+    other = threading.Thread(target=theirs)
+    other.start()
+    result = run_with_retries(ours)
+    other.join()
+
+    assert result == "committed"
+    assert len(attempts) == 2
