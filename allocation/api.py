@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -405,6 +406,22 @@ def get_lead(request: HttpRequest, lead_id: int) -> HttpResponse | dict[str, Any
     return lead_summary(lead) | {"trace": lead_trace(lead)}
 
 
+def _page(
+    request: HttpRequest,
+    selector: Callable[..., tuple[list[Any], int]],
+    *,
+    limit: int,
+    offset: int,
+) -> HttpResponse | dict[str, Any]:
+    """A list endpoint without filters: refuse unknown parameters, then one page."""
+    try:
+        _reject_unknown_params(request, "limit", "offset")
+    except Rejected as rejected:
+        return rejected.response()
+    items, count = selector(limit=limit, offset=offset)
+    return {"items": items, "count": count}
+
+
 @router.get(
     "/providers",
     response={200: ProviderListOut, **READ_ERRORS},
@@ -414,12 +431,7 @@ def get_lead(request: HttpRequest, lead_id: int) -> HttpResponse | dict[str, Any
 def list_providers(
     request: HttpRequest, limit: int = LIMIT, offset: int = OFFSET
 ) -> HttpResponse | dict[str, Any]:
-    try:
-        _reject_unknown_params(request, "limit", "offset")
-    except Rejected as rejected:
-        return rejected.response()
-    providers, count = provider_list(limit=limit, offset=offset)
-    return {"items": providers, "count": count}
+    return _page(request, provider_list, limit=limit, offset=offset)
 
 
 @router.get(
@@ -435,9 +447,4 @@ def list_providers(
 def list_services(
     request: HttpRequest, limit: int = LIMIT, offset: int = OFFSET
 ) -> HttpResponse | dict[str, Any]:
-    try:
-        _reject_unknown_params(request, "limit", "offset")
-    except Rejected as rejected:
-        return rejected.response()
-    services, count = service_list(limit=limit, offset=offset)
-    return {"items": services, "count": count}
+    return _page(request, service_list, limit=limit, offset=offset)
