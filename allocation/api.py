@@ -11,7 +11,6 @@ route here is on one router: ninja serves one path from one router only, so GET 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -36,7 +35,8 @@ from allocation.selectors import (
 )
 from allocation.services import Busy, DuplicateLead, submit_lead
 from leaddist.audit import log_event
-from leaddist.errors import error_response
+from leaddist.errors import Rejected, error_response
+from leaddist.json_body import parse_json_body
 from leaddist.ratelimit import RateLimited, check_intake_rate, client_ip
 from providers.models import Provider, Service
 
@@ -76,41 +76,8 @@ class ErrorOut(Schema):
     error: ErrorDetail
 
 
-class Rejected(Exception):
-    """The request fails a check; carries the error response's status, code and extras."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-    def response(self) -> HttpResponse:
-        return error_response(self.status, self.code, self.message, **self.extra)
-
-
 def _invalid(fields: dict[str, list[str]]) -> Rejected:
     return Rejected(422, "invalid_request", "The request is invalid.", fields=fields)
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_json_body(request: HttpRequest) -> Any:
-    """Media type, then JSON: 415 unless application/json, 400 unless UTF-8 JSON text."""
-    if request.content_type != "application/json":
-        raise Rejected(415, "unsupported_media_type", "The body must be sent as application/json.")
-    try:
-        text = request.body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Rejected(400, "malformed_json", "The body is not UTF-8 text.") from exc
-    if not text.strip():
-        raise Rejected(400, "malformed_json", "The body is empty.")
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except RecursionError as exc:
-        raise Rejected(400, "malformed_json", "The JSON is nested too deeply.") from exc
-    except ValueError as exc:
-        raise Rejected(400, "malformed_json", f"The body is not valid JSON: {exc}") from exc
 
 
 def _type_errors(data: dict[str, Any]) -> dict[str, list[str]]:

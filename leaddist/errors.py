@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -13,3 +13,14 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
     return JsonResponse(error_body(code, message, **extra), status=status)
+
+
+class Rejected(Exception):
+    """The request fails a check; carries the error response's status, code and extras."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+    def response(self) -> HttpResponse:
+        return error_response(self.status, self.code, self.message, **self.extra)

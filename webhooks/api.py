@@ -19,7 +19,8 @@ from ninja import Field, Router, Schema, Status
 
 from allocation.services import Busy
 from leaddist.audit import log_event
-from leaddist.errors import error_response
+from leaddist.errors import Rejected, error_response
+from leaddist.json_body import parse_json_body
 from webhooks.models import EVENT_ID_MAX_LENGTH
 from webhooks.services import (
     IdempotencyConflict,
@@ -148,18 +149,6 @@ def _reject_unsigned(request: HttpRequest, body: bytes) -> HttpResponse | None:
     return None
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _parse_json(body: bytes) -> Any:
-    """The body as JSON (strict UTF-8, no NaN/Infinity); ValueError if it cannot be parsed."""
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except RecursionError as exc:
-        raise ValueError("nested too deeply") from exc
-
-
 def _storable(text: str) -> bool:
     # PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded to UTF-8.
     if "\x00" in text:
@@ -244,14 +233,10 @@ def _reset_quota(request: HttpRequest) -> HttpResponse | Status[dict[str, Any]]:
     rejected = _reject_unsigned(request, body)
     if rejected is not None:
         return rejected
-    if (request.content_type or "").lower() != "application/json":
-        return error_response(
-            415, "unsupported_media_type", "The Content-Type must be application/json."
-        )
     try:
-        payload = _parse_json(body)
-    except ValueError:
-        return error_response(400, "malformed_json", "The body is not parseable JSON.")
+        payload = parse_json_body(request)
+    except Rejected as rejected:
+        return rejected.response()
     errors = _field_errors(payload)
     if errors:
         return error_response(422, "invalid_request", "The request is invalid.", fields=errors)
