@@ -35,6 +35,10 @@ class Candidate:
     active: bool = True
     remaining_quota: int = 1
 
+    @property
+    def eligible(self) -> bool:
+        return self.active and self.remaining_quota > 0
+
 
 @dataclass(frozen=True)
 class TraceEntry:

@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from django.conf import settings
@@ -39,6 +39,7 @@ from allocation.engine import (
     Candidate,
     Decision,
     choose_providers,
+    walk_order,
 )
 from allocation.models import Allocation, ApiKey, Lead
 from providers.models import PoolCursor, Provider
@@ -185,21 +186,17 @@ def _decide(
 
     # The walk in order: every row we read, cut after the last eligible one we read (beyond it
     # we know nothing). Providers not in it sit between eligible ones and are ineligible.
-    by_position = {row[1]: row for row in seen_rows + eligible_rows}
-    ordered = sorted(by_position.values(), key=lambda row: row[1])
-    if cursor.position is not None:
-        ordered = [r for r in ordered if r[1] > cursor.position] + [
-            r for r in ordered if r[1] <= cursor.position
-        ]
+    read = {
+        position: Candidate(pid, position, status == Provider.Status.ACTIVE, remaining)
+        for pid, position, status, remaining in seen_rows + eligible_rows
+    }
+    ordered = walk_order(list(read.values()), cursor.position)
     if not covers_all_eligible:
         last_eligible = eligible_rows[-1][1]
-        cut = next(i for i, row in enumerate(ordered) if row[1] == last_eligible)
+        cut = next(i for i, c in enumerate(ordered) if c.position == last_eligible)
         ordered = ordered[: cut + 1]
 
-    def looks_eligible(row: tuple) -> bool:
-        return row[2] == Provider.Status.ACTIVE and row[3] > 0
-
-    lock_ids = {row[0] for row in mandatory} | {row[0] for row in ordered if looks_eligible(row)}
+    lock_ids = {row[0] for row in mandatory} | {c.provider_id for c in ordered if c.eligible}
     locked = {
         p.pk: p
         for p in Provider.objects.select_for_update()
@@ -208,17 +205,18 @@ def _decide(
         .only("id", "status", "remaining_quota", "cycle")
     }
 
-    def candidate(provider_id: int, position: int, status: str, remaining: int) -> Candidate:
-        state = locked.get(provider_id)
-        if state is not None:
-            status, remaining = state.status, state.remaining_quota
-        elif status == Provider.Status.ACTIVE and remaining > 0:
-            remaining = 0  # never pick a provider we did not lock
-        return Candidate(provider_id, position, status == Provider.Status.ACTIVE, remaining)
+    def under_lock(c: Candidate) -> Candidate:
+        state = locked.get(c.provider_id)
+        if state is None:
+            # Never pick a provider we did not lock; one we did not lock read as ineligible.
+            return replace(c, remaining_quota=0) if c.eligible else c
+        return replace(
+            c, active=state.status == Provider.Status.ACTIVE, remaining_quota=state.remaining_quota
+        )
 
     decision = choose_providers(
-        [candidate(pid, pos, "", 0) for pid, pos, *_ in mandatory],
-        [candidate(*row) for row in ordered],
+        [under_lock(Candidate(pid, pos, False, 0)) for pid, pos, *_ in mandatory],
+        [under_lock(c) for c in ordered],
         cursor=cursor.position,
     )
     if not decision.complete and not covers_all_eligible:
