@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -11,18 +12,16 @@ from providers.services import seed_catalogue
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache(settings):
-    """Each test gets an empty in-process cache: rate-limit windows never carry over, and a
-    REDIS_URL in the environment is never flushed."""
-    from django.core.cache import cache
+def fresh_counters(settings):
+    """Each test counts rate limits afresh, in-process: windows never carry over, and a
+    REDIS_URL in the environment is never written to. Tests that want Redis set it."""
+    from leaddist import ratelimit, redis_client
 
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-            "LOCATION": "leaddist-tests",
-        }
-    }
-    cache.clear()
+    settings.REDIS_URL = ""
+    ratelimit.local_counters.clear()
+    redis_client.breaker.succeeded()
+    yield
+    redis_client.breaker.succeeded()
 
 
 @dataclass
@@ -53,3 +52,21 @@ def seeded_tx(transactional_db) -> Seeded:
     """The seed catalogue, committed, for tests with real threads."""
     seed_catalogue()
     return Seeded()
+
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A reachable Redis (database 15 by default), or a skip: a failure with REQUIRE_REDIS=1,
+    as in CI."""
+    import redis
+
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("REQUIRE_REDIS") == "1":
+            pytest.fail(f"REQUIRE_REDIS=1 but Redis at {TEST_REDIS_URL} does not answer: {exc}")
+        pytest.skip(f"no Redis at {TEST_REDIS_URL}")
+    return TEST_REDIS_URL

@@ -20,24 +20,23 @@ from typing import Any, Literal
 from django.http import HttpRequest, HttpResponse
 from ninja import Query, Router, Schema, Status
 
-from allocation.auth import ApiKeyOrStaffSession, source_name
+from allocation.auth import ApiKeyOrStaffSession, check_intake_rate, source_name
 from allocation.forms import LeadForm
 from allocation.models import ApiKey, Lead
 from allocation.selectors import (
+    intake_outcome,
     lead_detail,
-    lead_outcome,
     lead_page,
     lead_summary,
     lead_trace,
-    lead_with_providers,
     provider_list,
     service_list,
 )
-from allocation.services import Busy, DuplicateLead, submit_lead
+from allocation.services import Busy, DuplicateLead, intake_lead
 from leaddist.audit import log_event
 from leaddist.errors import Rejected, error_response
 from leaddist.json_body import parse_json_body
-from leaddist.ratelimit import RateLimited, check_intake_rate, client_ip
+from leaddist.ratelimit import RateLimited, client_ip
 from providers.models import Provider, Service
 
 router = Router(auth=ApiKeyOrStaffSession(), tags=["leads"])
@@ -215,9 +214,10 @@ def _submit(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse | Statu
     except Rejected as rejected:
         trail["outcome"] = rejected.code
         return rejected.response()
-    trail.update(service_id=form.cleaned_data["service"].pk, phone=form.cleaned_data["phone"])
+    service = form.cleaned_data["service"]
+    trail.update(service_id=service.pk, phone=form.cleaned_data["phone"])
     try:
-        lead = submit_lead(form.lead_input(source=source_name(request.auth)))
+        intake = intake_lead(form.lead_input(source=source_name(request.auth)))
     except DuplicateLead as exc:
         trail.update(outcome="duplicate_lead", lead_id=exc.lead_id)
         return error_response(
@@ -231,8 +231,8 @@ def _submit(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse | Statu
         response = error_response(503, "busy", str(exc))
         response["Retry-After"] = str(exc.retry_after)
         return response
-    outcome = lead_outcome(lead_with_providers(lead.pk))
-    trail.update(outcome=outcome["status"], lead_id=lead.pk)
+    outcome = intake_outcome(intake, service)
+    trail.update(outcome=outcome["status"], lead_id=intake.lead.pk)
     return Status(201 if outcome["status"] == "allocated" else 202, outcome)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.auth.views import redirect_to_login
 from django.db.models import Q
@@ -17,6 +18,7 @@ from ninja.security.http import HttpBearer
 
 from allocation.models import ApiKey
 from leaddist.errors import error_response
+from leaddist.ratelimit import client_ip, hit, parse_rate
 
 # last_used_at is informative; writing it on every request would make each key a hot row.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -58,6 +60,20 @@ def touch_api_key(key: ApiKey) -> None:
         Q(last_used_at__isnull=True) | Q(last_used_at__lte=stale)
     ).update(last_used_at=now)
     key.last_used_at = now
+
+
+def check_intake_rate(request: HttpRequest, principal: object | None) -> None:
+    """Raise RateLimited if this lead submission is over its limit.
+
+    An API key counts against its own limit (ApiKey.rate_limit, or RATE_LIMIT_PER_KEY); a
+    request without credential (the public form) against RATE_LIMIT_PER_IP for its client
+    address. Staff sessions are not limited: they are operators, and the test tools submit
+    bursts of leads on their behalf.
+    """
+    if isinstance(principal, ApiKey):
+        hit(f"key:{principal.pk}", principal.rate())
+    elif principal is None:
+        hit(f"ip:{client_ip(request)}", parse_rate(settings.RATE_LIMIT_PER_IP))
 
 
 def source_name(principal: ApiKey | AbstractBaseUser) -> str:

@@ -12,7 +12,6 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from allocation.access import staff_page
-from allocation.events import current_event_id
 from allocation.selectors import (
     FEED_SIZE,
     PROVIDERS_PER_PAGE,
@@ -26,6 +25,7 @@ from allocation.selectors import (
     service_cards,
     service_count,
 )
+from events.hub import current_position, stream_id
 from providers.models import Provider
 
 # Ids one fragment request may name: a page of providers, and more events than the feed shows.
@@ -48,7 +48,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """Providers, services, fairness and the live feed, as committed in the database."""
     # The stream position is read before the data. An event committed in between is then both
     # rendered and replayed, and the page drops the duplicate; read after, it could be lost.
-    last_event_id = current_event_id()
+    last_event_id = stream_id(current_position())
     context = {
         "nav": "dashboard",
         "last_event_id": last_event_id,

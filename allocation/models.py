@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from leaddist.ratelimit import RATE_PATTERN, Rate, parse_rate
 from providers.models import Membership, Provider, Service
 
 TRACE_LIMIT = 50
@@ -121,6 +124,13 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rate_limit = models.CharField(
+        max_length=16,
+        blank=True,
+        validators=[RegexValidator(f"^(?:{RATE_PATTERN})$", "Use a form like 1000/s, 600/m or 0.")],
+        help_text="Lead submissions allowed per window, e.g. 1000/s, 600/m or 20000/h; 0 for "
+        "no limit. Blank: the default, RATE_LIMIT_PER_KEY.",
+    )
 
     objects = ApiKeyQuerySet.as_manager()
 
@@ -134,6 +144,10 @@ class ApiKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+    def rate(self) -> Rate | None:
+        """This key's intake limit: its own, or the default; None means unlimited."""
+        return parse_rate(self.rate_limit or settings.RATE_LIMIT_PER_KEY)
 
     @staticmethod
     def hash_key(raw: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,29 +11,16 @@ from django.core.paginator import Page, Paginator
 from django.db import connection
 from django.db.models import Count, Max, Min, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
-from django_eventstream.models import Event as StoredEvent
 
-from allocation.events import CHANNEL, FEED_TYPES
 from allocation.models import PROVIDERS_PER_LEAD, Allocation, Lead
+from allocation.services import Intake
+from events.models import Event
+from events.types import FEED_TYPES
 from providers.models import Membership, PoolCursor, Provider, Service
 
 
-def lead_with_providers(lead_id: int) -> Lead:
-    """The lead with its service and its allocations (provider loaded) in selection order."""
-    return (
-        Lead.objects.select_related("service")
-        .prefetch_related(
-            Prefetch(
-                "allocations",
-                queryset=Allocation.objects.select_related("provider").order_by("rank"),
-            )
-        )
-        .get(pk=lead_id)
-    )
-
-
 def lead_outcome(lead: Lead) -> dict[str, Any]:
-    """SPEC §3's 201/202 body for a lead loaded by lead_with_providers."""
+    """SPEC §3's 201/202 body for a lead with its service and allocations (providers) loaded."""
     return {
         "id": lead.pk,
         "status": lead.status,
@@ -42,6 +28,22 @@ def lead_outcome(lead: Lead) -> dict[str, Any]:
         "providers": [
             {"id": alloc.provider.pk, "name": alloc.provider.name, "role": alloc.role}
             for alloc in lead.allocations.all()
+        ],
+        "created_at": lead.created_at,
+    }
+
+
+def intake_outcome(intake: Intake, service: Service) -> dict[str, Any]:
+    """The same body for a lead just taken in, from what the engine decided: no re-read of
+    what was just committed, so an answer can never fail after the commit."""
+    lead = intake.lead
+    return {
+        "id": lead.pk,
+        "status": lead.status,
+        "service": {"id": service.pk, "slug": service.slug, "name": service.name},
+        "providers": [
+            {"id": chosen.id, "name": chosen.name, "role": chosen.role}
+            for chosen in intake.providers
         ],
         "created_at": lead.created_at,
     }
@@ -358,18 +360,6 @@ def service_count() -> int:
     return Service.objects.count()
 
 
-def stored_event_data(raw: str) -> dict[str, Any]:
-    """An event's data as django-eventstream stores it: JSON-encoded by send_event, then
-    encoded again by DjangoModelStorage."""
-    try:
-        value = json.loads(raw or "{}")
-        if isinstance(value, str):
-            value = json.loads(value)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _trace_lines(lead: Lead | None, names: dict[int, str]) -> list[TraceLine]:
     entries = [
         entry
@@ -388,10 +378,10 @@ def _trace_lines(lead: Lead | None, names: dict[int, str]) -> list[TraceLine]:
     ]
 
 
-def _feed_items(events: list[StoredEvent]) -> list[FeedItem]:
-    """Feed items for stored events, with their leads, allocations and the names in their
+def _feed_items(events: list[Event]) -> list[FeedItem]:
+    """Feed items for logged events, with their leads, allocations and the names in their
     traces: three more queries at most, for any number of events."""
-    parsed = [(event, stored_event_data(event.data)) for event in events]
+    parsed = [(event, event.data if isinstance(event.data, dict) else {}) for event in events]
     lead_ids = {data["lead_id"] for _, data in parsed if "lead_id" in data}
     leads: dict[int, Lead] = {}
     if lead_ids:
@@ -417,27 +407,20 @@ def _feed_items(events: list[StoredEvent]) -> list[FeedItem]:
     for event, data in parsed:
         lead = leads.get(data.get("lead_id"))
         items.append(
-            FeedItem(event.eid, event.type, event.created, data, lead, _trace_lines(lead, names))
+            FeedItem(event.seq, event.type, event.created_at, data, lead, _trace_lines(lead, names))
         )
     return items
 
 
 def recent_feed(*, limit: int = FEED_SIZE) -> list[FeedItem]:
-    """The latest allocations, waiting leads and resets, newest first, from the event store."""
-    events = list(
-        StoredEvent.objects.filter(channel=CHANNEL, type__in=FEED_TYPES).order_by("-eid")[:limit]
-    )
-    return _feed_items(events)
+    """The latest allocations, waiting leads and resets, newest first, from the event log."""
+    feed = Event.objects.published().filter(type__in=FEED_TYPES)
+    return _feed_items(list(feed.order_by("-seq")[:limit]))
 
 
 def feed_items(eids: list[int]) -> list[FeedItem]:
-    """The feed items of these stored events (others are left out), oldest first."""
-    events = list(
-        StoredEvent.objects.filter(channel=CHANNEL, type__in=FEED_TYPES, eid__in=eids).order_by(
-            "eid"
-        )
-    )
-    return _feed_items(events)
+    """The feed items at these stream positions (others are left out), oldest first."""
+    return _feed_items(list(Event.objects.published().filter(type__in=FEED_TYPES, seq__in=eids)))
 
 
 def provider_allocations(provider: Provider, page_number: object, *, per_page: int = 50) -> Page:

@@ -19,20 +19,21 @@ bounded number of times too; after the last attempt the caller gets :class:`Busy
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, QuerySet
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connection, transaction
+from django.db.models import QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
 
-from allocation import events
 from allocation.engine import (
     SLOTS,
     TRACE_LIMIT,
@@ -41,7 +42,8 @@ from allocation.engine import (
     choose_providers,
     walk_order,
 )
-from allocation.models import Allocation, ApiKey, Lead
+from allocation.models import ApiKey, Lead
+from events.services import announce_after_commit
 from providers.models import PoolCursor, Provider
 from providers.services import lock_cursors
 from providers.signals import capacity_added
@@ -53,6 +55,7 @@ T = TypeVar("T")
 # deadlock_detected, serialization_failure, lock_not_available (lock_timeout)
 TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 DUPLICATE_CONSTRAINT = "allocation_lead_unique_phone_per_service"
+MAX_BIGINT = 2**63 - 1
 # Eligible pool candidates read beyond the slots still open, on the first attempt. Each retry
 # caused by a stolen candidate doubles it.
 INITIAL_SLACK = 3
@@ -112,12 +115,18 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
     raise Busy(retry_after=settings.BUSY_RETRY_AFTER_SECONDS)
 
 
-# Every candidate row the decision needs, in one round trip, each branch through an index:
-# the mandatory memberships; the next eligible pool memberships after the cursor, then from the
-# start (partial index membership_eligible_walk); and the next ineligible ones the same way,
-# for the trace (membership_ineligible_walk). A branch may read a few rows more than needed;
-# Python trims them.
+# Every row the decision needs, in one round trip, each branch through an index: whether an
+# older lead of the service is waiting (partial index lead_waiting_queue); the mandatory
+# memberships; the next eligible pool memberships after the cursor, then from the start
+# (partial index membership_eligible_walk); and the next ineligible ones the same way, for the
+# trace (membership_ineligible_walk). A branch may read a few rows more than needed; Python
+# trims them. Taken under the cursor lock, so the waiting check is exact for this service.
 CANDIDATES_SQL = """
+(SELECT 'queued', 0::bigint, 0, ''::varchar, 0
+   FROM allocation_lead
+  WHERE service_id = %(service)s AND status = 'waiting' AND id < %(before)s
+  LIMIT 1)
+UNION ALL
 (SELECT 'mandatory', m.provider_id, m.position, p.status, p.remaining_quota
    FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
   WHERE m.service_id = %(service)s AND m.role = 'mandatory'
@@ -151,143 +160,291 @@ UNION ALL
 Row = tuple[int, int, str, int]  # provider_id, position, status, remaining_quota
 
 
+@dataclass(frozen=True)
+class Candidates:
+    queued: bool
+    mandatory: list[Row]
+    eligible: list[Row]
+    seen: list[Row]
+
+
 def _read_candidates(
-    service_id: int, cursor: int | None, *, wanted: int
-) -> tuple[list[Row], list[Row], list[Row]]:
-    """Mandatory rows, then the first ``wanted`` eligible and the first TRACE_LIMIT ineligible
-    pool rows in walk order; unlocked reads, taken under the cursor lock."""
+    service_id: int, cursor: int | None, *, wanted: int, before: int = MAX_BIGINT
+) -> Candidates:
+    """The waiting check, the mandatory rows, then the first ``wanted`` eligible and the first
+    TRACE_LIMIT ineligible pool rows in walk order; unlocked reads, taken under the cursor
+    lock. ``before``: only leads older than this one count as waiting ahead of it."""
     params = {
         "service": service_id,
+        "before": before,
         # Positions are >= 0: with no cursor the walk starts at the first position.
         "cursor": -1 if cursor is None else cursor,
         "wanted": wanted,
         "seen": TRACE_LIMIT,
     }
-    rows: dict[str, list[Row]] = {"mandatory": [], "eligible": [], "seen": []}
+    rows: dict[str, list[Row]] = {"queued": [], "mandatory": [], "eligible": [], "seen": []}
     with connection.cursor() as db:
         db.execute(CANDIDATES_SQL, params)
         for kind, *row in db.fetchall():
             rows[kind].append(tuple(row))
-    return rows["mandatory"], rows["eligible"][:wanted], rows["seen"][:TRACE_LIMIT]
+    return Candidates(
+        queued=bool(rows["queued"]),
+        mandatory=rows["mandatory"],
+        eligible=rows["eligible"][:wanted],
+        seen=rows["seen"][:TRACE_LIMIT],
+    )
+
+
+@dataclass(frozen=True)
+class LockedProvider:
+    """A provider's state under its row lock, as the decision and the writes need it."""
+
+    id: int
+    name: str
+    active: bool
+    remaining_quota: int
+    cycle: int
+
+
+def _lock_providers(ids: set[int]) -> dict[int, LockedProvider]:
+    """Lock these providers in primary-key order, the order everything in leaddist uses."""
+    rows = (
+        Provider.objects.select_for_update()
+        .filter(pk__in=ids)
+        .order_by("pk")
+        .values_list("id", "name", "status", "remaining_quota", "cycle")
+    )
+    return {
+        pid: LockedProvider(pid, name, status == Provider.Status.ACTIVE, remaining, cycle)
+        for pid, name, status, remaining, cycle in rows
+    }
+
+
+def _lock_cursor(service_id: int) -> int | None:
+    """Lock the service's pool cursor (step 1) and return its position."""
+    positions = list(
+        PoolCursor.objects.select_for_update()
+        .filter(service_id=service_id)
+        .values_list("position", flat=True)
+    )
+    if positions:
+        return positions[0]
+    return lock_cursors([service_id])[service_id].position  # creates a missing cursor row
 
 
 def _decide(
-    service_id: int, cursor: PoolCursor, *, queued: bool, slack: int
-) -> tuple[Decision, dict[int, Provider]]:
+    service_id: int, cursor: int | None, *, slack: int, before: int = MAX_BIGINT
+) -> tuple[Decision, dict[int, LockedProvider]]:
     """Steps 2 and 3: read the candidates, lock them in pk order and apply the rule."""
-    if queued:
-        return choose_providers([], [], cursor=cursor.position, queued=True), {}
-
     wanted = SLOTS + slack
-    mandatory, eligible_rows, seen_rows = _read_candidates(
-        service_id, cursor.position, wanted=wanted
-    )
-    covers_all_eligible = len(eligible_rows) < wanted
+    found = _read_candidates(service_id, cursor, wanted=wanted, before=before)
+    if found.queued:
+        return choose_providers([], [], cursor=cursor, queued=True), {}
+    covers_all_eligible = len(found.eligible) < wanted
 
     # The walk in order: every row we read, cut after the last eligible one we read (beyond it
     # we know nothing). Providers not in it sit between eligible ones and are ineligible.
     read = {
         position: Candidate(pid, position, status == Provider.Status.ACTIVE, remaining)
-        for pid, position, status, remaining in seen_rows + eligible_rows
+        for pid, position, status, remaining in found.seen + found.eligible
     }
-    ordered = walk_order(list(read.values()), cursor.position)
+    ordered = walk_order(list(read.values()), cursor)
     if not covers_all_eligible:
-        last_eligible = eligible_rows[-1][1]
+        last_eligible = found.eligible[-1][1]
         cut = next(i for i, c in enumerate(ordered) if c.position == last_eligible)
         ordered = ordered[: cut + 1]
 
-    lock_ids = {row[0] for row in mandatory} | {c.provider_id for c in ordered if c.eligible}
-    locked = {
-        p.pk: p
-        for p in Provider.objects.select_for_update()
-        .filter(pk__in=lock_ids)
-        .order_by("pk")
-        .only("id", "status", "remaining_quota", "cycle")
-    }
+    lock_ids = {row[0] for row in found.mandatory} | {c.provider_id for c in ordered if c.eligible}
+    locked = _lock_providers(lock_ids)
 
     def under_lock(c: Candidate) -> Candidate:
         state = locked.get(c.provider_id)
         if state is None:
             # Never pick a provider we did not lock; one we did not lock read as ineligible.
             return replace(c, remaining_quota=0) if c.eligible else c
-        return replace(
-            c, active=state.status == Provider.Status.ACTIVE, remaining_quota=state.remaining_quota
-        )
+        return replace(c, active=state.active, remaining_quota=state.remaining_quota)
 
     decision = choose_providers(
-        [under_lock(Candidate(pid, pos, False, 0)) for pid, pos, *_ in mandatory],
+        [under_lock(Candidate(pid, pos, False, 0)) for pid, pos, *_ in found.mandatory],
         [under_lock(c) for c in ordered],
-        cursor=cursor.position,
+        cursor=cursor,
     )
     if not decision.complete and not covers_all_eligible:
         raise _CandidatesTaken
     return decision, locked
 
 
-def _record_allocation(
-    lead: Lead, decision: Decision, cursor: PoolCursor, locked: dict[int, Provider]
-) -> None:
-    """Step 4 for a complete decision: allocations, quotas and cursor."""
-    now = timezone.now()
-    Allocation.objects.bulk_create(
-        Allocation(
-            lead=lead,
-            provider_id=pick.provider_id,
-            role=pick.role,
-            rank=rank,
-            cycle=locked[pick.provider_id].cycle,
-            created_at=now,
-        )
-        for rank, pick in enumerate(decision.picks, start=1)
-    )
-    Provider.objects.filter(pk__in=decision.provider_ids).update(
-        remaining_quota=F("remaining_quota") - 1,
-        leads_this_cycle=F("leads_this_cycle") + 1,
-        leads_total=F("leads_total") + 1,
-    )
-    if decision.cursor != cursor.position:
-        PoolCursor.objects.filter(pk=cursor.pk).update(position=decision.cursor, updated_at=now)
+# Step 4 in one round trip: the lead (new, or a waiting one now allocated), its allocations,
+# the quotas, the cursor and the lead.allocated event, as one statement. Data-modifying CTEs
+# all run, in full, on the statement's snapshot; the rows they touch are the ones locked above.
+ALLOCATION_WRITES_SQL = """
+WITH lead AS ({lead}),
+picks AS (
+    SELECT * FROM unnest(%(providers)s::bigint[], %(roles)s::varchar[], %(cycles)s::integer[])
+           WITH ORDINALITY AS pick(provider_id, role, cycle, rank)
+),
+allocations AS (
+    INSERT INTO allocation_allocation (lead_id, provider_id, role, rank, cycle, created_at)
+    SELECT lead.id, pick.provider_id, pick.role, pick.rank, pick.cycle, %(now)s
+      FROM lead, picks AS pick
+),
+quotas AS (
+    UPDATE providers_provider
+       SET remaining_quota = remaining_quota - 1,
+           leads_this_cycle = leads_this_cycle + 1,
+           leads_total = leads_total + 1
+     WHERE id = ANY(%(providers)s::bigint[])
+),
+pool_cursor AS (
+    UPDATE providers_poolcursor SET position = %(cursor)s, updated_at = %(now)s
+     WHERE service_id = %(service)s AND position IS DISTINCT FROM %(cursor)s
+),
+event AS (
+    INSERT INTO events_event (type, data, created_at)
+    SELECT 'lead.allocated',
+           jsonb_build_object('lead_id', lead.id, 'service_id', %(service)s,
+                              'provider_ids', to_jsonb(%(providers)s::bigint[]),
+                              'status', 'allocated'),
+           %(now)s
+      FROM lead
+)
+SELECT id FROM lead
+"""
+
+NEW_LEAD_COLUMNS = """
+    INSERT INTO allocation_lead (service_id, name, phone, city, description, source, status,
+                                 wait_reason, trace, created_at, allocated_at)
+    VALUES (%(service)s, %(name)s, %(phone)s, %(city)s, %(description)s, %(source)s,
+            %(status)s, %(wait_reason)s, %(trace)s::jsonb, %(now)s, %(allocated_at)s)
+    RETURNING id"""
+
+NEW_ALLOCATED_LEAD_SQL = ALLOCATION_WRITES_SQL.format(lead=NEW_LEAD_COLUMNS)
+
+DRAINED_LEAD_SQL = ALLOCATION_WRITES_SQL.format(
+    lead="""
+    UPDATE allocation_lead
+       SET status = 'allocated', wait_reason = '', trace = %(trace)s::jsonb,
+           allocated_at = %(now)s
+     WHERE id = %(lead)s AND status = 'waiting'
+    RETURNING id"""
+)
+
+NEW_WAITING_LEAD_SQL = f"""
+WITH lead AS ({NEW_LEAD_COLUMNS}),
+event AS (
+    INSERT INTO events_event (type, data, created_at)
+    SELECT 'lead.waiting', jsonb_build_object('lead_id', lead.id, 'service_id', %(service)s),
+           %(now)s
+      FROM lead
+)
+SELECT id FROM lead
+"""
+
+
+def _write(sql: str, params: dict[str, object]) -> int:
+    with connection.cursor() as db:
+        db.execute(sql, params)
+        (lead_id,) = db.fetchone()
+    # The event rides in the same statement; wake the streams once it has committed.
+    announce_after_commit()
+    return lead_id
+
+
+def _allocation_params(
+    service_id: int,
+    decision: Decision,
+    locked: dict[int, LockedProvider],
+    *,
+    now: datetime,
+) -> dict[str, object]:
+    return {
+        "service": service_id,
+        "providers": [pick.provider_id for pick in decision.picks],
+        "roles": [pick.role for pick in decision.picks],
+        "cycles": [locked[pick.provider_id].cycle for pick in decision.picks],
+        "cursor": decision.cursor,
+        "trace": json.dumps(_trace(decision)),
+        "now": now,
+    }
 
 
 def _trace(decision: Decision) -> list[dict[str, object]]:
     return [entry.as_dict() for entry in decision.trace]
 
 
-def submit_lead(data: LeadInput) -> Lead:
+@dataclass(frozen=True)
+class ChosenProvider:
+    id: int
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What intake stored: the lead, and its providers in selection order (none if waiting).
+
+    Built from what the engine decided under its locks, so answering the client needs no
+    second read of what was just committed.
+    """
+
+    lead: Lead
+    providers: tuple[ChosenProvider, ...]
+
+
+def intake_lead(data: LeadInput) -> Intake:
     """Store a new lead allocated to exactly 3 providers, or waiting; never anything between.
 
     Raises DuplicateLead when (phone, service) exists, Busy when conflicts persist.
     """
 
-    def attempt(slack: int) -> Lead:
+    def attempt(slack: int) -> Intake:
         with transaction.atomic():
-            cursor = lock_cursors([data.service_id])[data.service_id]
-            queued = Lead.objects.waiting().for_service(data.service_id).exists()
-            decision, locked = _decide(data.service_id, cursor, queued=queued, slack=slack)
+            cursor = _lock_cursor(data.service_id)
+            decision, locked = _decide(data.service_id, cursor, slack=slack)
             now = timezone.now()
-            lead = Lead.objects.create(
-                service_id=data.service_id,
-                name=data.name,
-                phone=data.phone,
-                city=data.city,
-                description=data.description,
-                source=data.source,
-                status=Lead.Status.ALLOCATED if decision.complete else Lead.Status.WAITING,
-                wait_reason=decision.wait_reason or "",
-                trace=_trace(decision),
-                created_at=now,
-                allocated_at=now if decision.complete else None,
-            )
+            trace = _trace(decision)
+            params: dict[str, object] = {
+                "name": data.name,
+                "phone": data.phone,
+                "city": data.city,
+                "description": data.description,
+                "source": data.source,
+                "wait_reason": decision.wait_reason or "",
+            }
             if decision.complete:
-                _record_allocation(lead, decision, cursor, locked)
-            # Sent after the commit only: a retried or rolled-back attempt announces nothing.
-            events.lead_stored(
-                lead_id=lead.pk,
-                service_id=data.service_id,
-                status=lead.status,
-                provider_ids=decision.provider_ids if decision.complete else (),
-            )
-        return lead
+                params |= _allocation_params(data.service_id, decision, locked, now=now)
+                params |= {"status": Lead.Status.ALLOCATED, "allocated_at": now}
+                lead_id = _write(NEW_ALLOCATED_LEAD_SQL, params)
+            else:
+                params |= {
+                    "service": data.service_id,
+                    "status": Lead.Status.WAITING,
+                    "trace": json.dumps(trace),
+                    "now": now,
+                    "allocated_at": None,
+                }
+                lead_id = _write(NEW_WAITING_LEAD_SQL, params)
+        lead = Lead(
+            pk=lead_id,
+            service_id=data.service_id,
+            name=data.name,
+            phone=data.phone,
+            city=data.city,
+            description=data.description,
+            source=data.source,
+            status=params["status"],
+            wait_reason=params["wait_reason"],
+            trace=trace,
+            created_at=now,
+            allocated_at=params["allocated_at"],
+        )
+        lead._state.adding = False
+        lead._state.db = DEFAULT_DB_ALIAS
+        chosen = tuple(
+            ChosenProvider(pick.provider_id, locked[pick.provider_id].name, pick.role)
+            for pick in decision.picks
+        )
+        return Intake(lead=lead, providers=chosen)
 
     try:
         return run_with_retries(attempt)
@@ -303,6 +460,11 @@ def submit_lead(data: LeadInput) -> Lead:
         raise DuplicateLead(existing.first()) from exc
 
 
+def submit_lead(data: LeadInput) -> Lead:
+    """:func:`intake_lead`, for callers that want only the stored lead."""
+    return intake_lead(data).lead
+
+
 def allocate_waiting_lead(lead_id: int) -> bool:
     """Try once more to allocate one waiting lead, keeping its place; True if it was allocated."""
 
@@ -311,30 +473,19 @@ def allocate_waiting_lead(lead_id: int) -> bool:
         if service_id is None:
             return False
         with transaction.atomic():
-            cursor = lock_cursors([service_id])[service_id]
-            lead = (
+            cursor = _lock_cursor(service_id)
+            still_waiting = (
                 Lead.objects.select_for_update()
                 .filter(pk=lead_id, status=Lead.Status.WAITING)
-                .first()
+                .exists()
             )
-            if lead is None:
+            if not still_waiting:
                 return False  # another drain got there first
-            queued = Lead.objects.waiting().for_service(service_id).filter(pk__lt=lead_id).exists()
-            decision, locked = _decide(service_id, cursor, queued=queued, slack=slack)
+            decision, locked = _decide(service_id, cursor, slack=slack, before=lead_id)
             if not decision.complete:
                 return False
-            lead.status = Lead.Status.ALLOCATED
-            lead.wait_reason = ""
-            lead.trace = _trace(decision)
-            lead.allocated_at = timezone.now()
-            lead.save(update_fields=["status", "wait_reason", "trace", "allocated_at"])
-            _record_allocation(lead, decision, cursor, locked)
-            events.lead_stored(
-                lead_id=lead.pk,
-                service_id=service_id,
-                status=lead.status,
-                provider_ids=decision.provider_ids,
-            )
+            params = _allocation_params(service_id, decision, locked, now=timezone.now())
+            _write(DRAINED_LEAD_SQL, params | {"lead": lead_id})
         return True
 
     return run_with_retries(attempt)

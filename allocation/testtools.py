@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
@@ -35,7 +36,6 @@ from django.views.decorators.http import require_GET, require_POST
 from standardwebhooks import Webhook
 
 from allocation.access import staff_page
-from allocation.sse import release_connections
 from providers.models import Service
 
 CONCURRENT_LEADS = 10
@@ -258,28 +258,32 @@ def test_tools(request: HttpRequest) -> HttpResponse:
     return render(request, PAGE, _page_context())
 
 
-def _run(coroutine: Any) -> Any:
-    """Run the fan-out on a loop of its own, with no database connection held meanwhile."""
-    release_connections()
+async def _run(coroutine: Any) -> Any:
+    """Await the fan-out on the server's own loop: no thread waits for it, no connection is
+    held meanwhile."""
     started = time.monotonic()
-    outcomes = asyncio.run(coroutine)
+    outcomes = await coroutine
     return outcomes, round(1000 * (time.monotonic() - started))
+
+
+def _active_services() -> list[tuple[int, str]]:
+    return list(Service.objects.active().order_by("pk").values_list("pk", "slug"))
 
 
 @require_POST
 @staff_page
-def generate_leads(request: HttpRequest) -> HttpResponse:
+async def generate_leads(request: HttpRequest) -> HttpResponse:
     """10 truly parallel POST /api/leads as this staff user, over the active services."""
-    services = list(Service.objects.active().order_by("pk").values_list("pk", "slug"))
+    services = await sync_to_async(_active_services)()
     if not services:
         result = Result("No active service", "Lead", [], 0, note="Activate a service first.")
-        return _answer(request, result)
+        return await sync_to_async(_answer)(request, result)
     base_url = self_base_url(request)
     cookies, headers = _session_credentials(request, base_url)
     payloads = lead_payloads(services)
-    outcomes, elapsed = _run(send_leads(base_url, payloads, cookies=cookies, headers=headers))
-    title = f"{len(outcomes)} concurrent leads"
-    return _answer(request, Result(title, "Phone · service", outcomes, elapsed))
+    outcomes, elapsed = await _run(send_leads(base_url, payloads, cookies=cookies, headers=headers))
+    result = Result(f"{len(outcomes)} concurrent leads", "Phone · service", outcomes, elapsed)
+    return await sync_to_async(_answer)(request, result)
 
 
 def _deliveries(request: HttpRequest) -> int:
@@ -292,27 +296,28 @@ def _deliveries(request: HttpRequest) -> int:
 
 @require_POST
 @staff_page
-def fire_webhook(request: HttpRequest) -> HttpResponse:
+async def fire_webhook(request: HttpRequest) -> HttpResponse:
     """The same new reset event delivered N times at once: one applies, the rest are duplicates."""
     event_id = new_event_id()
     copies = _deliveries(request)
-    outcomes, elapsed = _run(
+    outcomes, elapsed = await _run(
         deliver_webhook(
             self_base_url(request), event_id=event_id, copies=copies, secret=settings.WEBHOOK_SECRET
         )
     )
     title = f"Event {event_id} delivered {copies} times at once"
-    return _answer(request, Result(title, "Delivery", outcomes, elapsed))
+    return await sync_to_async(_answer)(request, Result(title, "Delivery", outcomes, elapsed))
 
 
 @require_POST
 @staff_page
-def reset_quotas(request: HttpRequest) -> HttpResponse:
+async def reset_quotas(request: HttpRequest) -> HttpResponse:
     """Every provider's quota back through the webhook, with a new event id."""
     event_id = new_event_id()
-    outcomes, elapsed = _run(
+    outcomes, elapsed = await _run(
         deliver_webhook(
             self_base_url(request), event_id=event_id, copies=1, secret=settings.WEBHOOK_SECRET
         )
     )
-    return _answer(request, Result(f"Quota reset {event_id}", "Delivery", outcomes, elapsed))
+    result = Result(f"Quota reset {event_id}", "Delivery", outcomes, elapsed)
+    return await sync_to_async(_answer)(request, result)

@@ -9,11 +9,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
+from allocation.auth import check_intake_rate
 from allocation.forms import LeadForm
-from allocation.selectors import lead_outcome, lead_with_providers
-from allocation.services import Busy, DuplicateLead, submit_lead
+from allocation.selectors import intake_outcome
+from allocation.services import Busy, DuplicateLead, intake_lead
 from leaddist.audit import log_event
-from leaddist.ratelimit import RateLimited, check_intake_rate, client_ip
+from leaddist.ratelimit import RateLimited, client_ip
 
 FORM_SOURCE = "form"
 TEMPLATE = "allocation/request_service.html"
@@ -58,9 +59,10 @@ def _submit_form(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse:
     if not form.is_valid():
         trail["outcome"] = "invalid_request"
         return _page(request, {"form": form}, status=422)
-    trail.update(service_id=form.cleaned_data["service"].pk, phone=form.cleaned_data["phone"])
+    service = form.cleaned_data["service"]
+    trail.update(service_id=service.pk, phone=form.cleaned_data["phone"])
     try:
-        lead = submit_lead(form.lead_input(source=FORM_SOURCE))
+        intake = intake_lead(form.lead_input(source=FORM_SOURCE))
     except DuplicateLead as exc:
         trail.update(outcome="duplicate_lead", lead_id=exc.lead_id)
         return _page(request, {"form": form, "duplicate": True}, status=409)
@@ -69,5 +71,5 @@ def _submit_form(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse:
         response = _page(request, {"form": form, "busy": True}, status=503)
         response["Retry-After"] = str(exc.retry_after)
         return response
-    trail.update(outcome=lead.status, lead_id=lead.pk)
-    return _page(request, {"outcome": lead_outcome(lead_with_providers(lead.pk))})
+    trail.update(outcome=intake.lead.status, lead_id=intake.lead.pk)
+    return _page(request, {"outcome": intake_outcome(intake, service)})

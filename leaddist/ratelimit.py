@@ -1,27 +1,33 @@
-"""Intake rate limits (SPEC §3's third check): fixed windows counted in Django's cache.
+"""Intake rate limits (SPEC §3's third check): fixed windows, counted in Redis or in-process.
 
-The cache is Redis when REDIS_URL is set, so every process and host counts in the same
-window; without it each process counts alone (locmem). ``cache.add`` creates a window's
-counter and ``cache.incr`` bumps it atomically, so concurrent requests never lose a count.
+With REDIS_URL every process and host counts in the same window: one round trip per request
+(``SET NX`` with the window's expiry, then ``INCR``, pipelined), so concurrent requests never
+lose a count. Without Redis, or while it is unreachable (the breaker in redis_client is open),
+each process counts alone: the limit still holds per process instead of vanishing, and intake
+never waits on Redis.
+
+Who is limited and how much is the caller's business (allocation.api, allocation.views): this
+module only counts.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 
-from allocation.models import ApiKey
+from leaddist import redis_client
 from leaddist.errors import error_response
 
 logger = logging.getLogger(__name__)
 
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+RATE_PATTERN = r"0|[1-9][0-9]*/[smh]"
 
 
 @dataclass(frozen=True)
@@ -44,11 +50,53 @@ class RateLimited(Exception):
 
 
 def parse_rate(value: str) -> Rate | None:
-    """ "120/m" -> Rate(120, 60); "0" -> None (no limit). Settings validate the format."""
+    """ "120/m" -> Rate(120, 60); "0" -> None (no limit). Callers validate the format."""
     if value == "0":
         return None
     count, _, unit = value.partition("/")
     return Rate(int(count), UNIT_SECONDS[unit])
+
+
+class _LocalCounters:
+    """This process's windows, for when there is no Redis to share them."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def incr(self, key: str, *, ttl: int, now: float) -> int:
+        with self._lock:
+            if len(self._counts) > 10_000:
+                for stale in [k for k, until in self._expiry.items() if until <= now]:
+                    del self._counts[stale], self._expiry[stale]
+            self._expiry.setdefault(key, now + ttl)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            return self._counts[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self._expiry.clear()
+
+
+local_counters = _LocalCounters()
+
+
+def _count(key: str, *, ttl: int, now: float) -> int:
+    client = redis_client.sync_client()
+    if client is not None and redis_client.breaker.allow():
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, 0, ex=ttl, nx=True)
+            pipe.incr(key)
+            count = pipe.execute()[1]
+        except Exception as exc:
+            redis_client.breaker.failed(exc)
+        else:
+            redis_client.breaker.succeeded()
+            return int(count)
+    return local_counters.incr(key, ttl=ttl, now=now)
 
 
 def hit(identity: str, rate: Rate | None, *, now: float | None = None) -> None:
@@ -57,19 +105,8 @@ def hit(identity: str, rate: Rate | None, *, now: float | None = None) -> None:
         return
     now = time.time() if now is None else now
     window = int(now // rate.seconds)
-    key = f"ratelimit:{identity}:{rate.seconds}:{window}"
-    try:
-        # The counter outlives its window by a second, so incr() right after add() finds it.
-        cache.add(key, 0, timeout=rate.seconds + 1)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # evicted between add() and incr(): count this request alone
-            cache.add(key, 1, timeout=rate.seconds + 1)
-            count = 1
-    except Exception:
-        # Fail open: an unreachable cache must not stop lead intake, only its limits.
-        logger.warning("rate limit not applied: the cache is unavailable", exc_info=True)
-        return
+    # The counter outlives its window by a second, so a late increment still finds it.
+    count = _count(f"ratelimit:{identity}:{rate.seconds}:{window}", ttl=rate.seconds + 1, now=now)
     if count > rate.count:
         raise RateLimited(max(1, math.ceil((window + 1) * rate.seconds - now)))
 
@@ -91,16 +128,3 @@ def client_ip(request: HttpRequest) -> str:
         if len(hops) >= proxies:
             return hops[-proxies]
     return request.META.get("REMOTE_ADDR") or "unknown"
-
-
-def check_intake_rate(request: HttpRequest, principal: object | None) -> None:
-    """Raise RateLimited if this lead submission is over its limit.
-
-    An API key counts against RATE_LIMIT_PER_KEY; a request without credential (the public
-    form) against RATE_LIMIT_PER_IP for its client address. Staff sessions are not limited:
-    they are operators, and the test tools submit bursts of leads on their behalf.
-    """
-    if isinstance(principal, ApiKey):
-        hit(f"key:{principal.pk}", parse_rate(settings.RATE_LIMIT_PER_KEY))
-    elif principal is None:
-        hit(f"ip:{client_ip(request)}", parse_rate(settings.RATE_LIMIT_PER_IP))

@@ -2,7 +2,6 @@
 
 import re
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -63,6 +62,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_eventstream",
+    "events",
     # Serves the /api/docs assets (Swagger UI) from static files instead of a CDN.
     "ninja",
     "providers",
@@ -151,10 +151,12 @@ BUSY_RETRY_AFTER_SECONDS = env.int("BUSY_RETRY_AFTER_SECONDS", default=1)
 MAX_BODY_BYTES = 64 * 1024
 
 # Intake rate limits (README: rate limits), "<count>/<s|m|h>" per fixed window, "0" off.
-# Counted in the cache (Redis with REDIS_URL), so they hold across processes and hosts.
-# Per key: every API key. Per IP: requests without a key, i.e. the public form. Staff
-# sessions are not limited.
-RATE_LIMIT_PER_KEY = env.str("RATE_LIMIT_PER_KEY", default="120/m")
+# Counted in Redis with REDIS_URL, so they hold across processes and hosts; in-process
+# otherwise. RATE_LIMIT_PER_KEY is the default of every API key without a limit of its own
+# (ApiKey.rate_limit); it is sized so that a marketplace's burst through one key passes while
+# a runaway client is cut off. RATE_LIMIT_PER_IP limits requests without a key, i.e. the public
+# form, per client address. Staff sessions are not limited.
+RATE_LIMIT_PER_KEY = env.str("RATE_LIMIT_PER_KEY", default="1000/s")
 RATE_LIMIT_PER_IP = env.str("RATE_LIMIT_PER_IP", default="30/m")
 for _name, _value in (
     ("RATE_LIMIT_PER_KEY", RATE_LIMIT_PER_KEY),
@@ -210,44 +212,32 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
-# --- Cache ----------------------------------------------------------------------------------
+# --- Redis ---------------------------------------------------------------------------------
+# Optional: shared rate-limit counters and live-event wake-ups between processes. Every call
+# fails within REDIS_TIMEOUT_SECONDS, and after a failure Redis is skipped for
+# REDIS_BREAKER_SECONDS (leaddist/redis_client.py), so an outage costs requests nothing.
 REDIS_URL = env.str("REDIS_URL", default="")
-if REDIS_URL:
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
-    }
-else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+REDIS_TIMEOUT_SECONDS = env.float("REDIS_TIMEOUT_SECONDS", default=0.25)
+REDIS_BREAKER_SECONDS = env.float("REDIS_BREAKER_SECONDS", default=5.0)
 
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Live dashboard over SSE (SPEC §6) ------------------------------------------------------
-def _redis_kwargs(url: str) -> dict[str, object]:
-    """redis.Redis / redis.asyncio.Redis keyword arguments for redis://, rediss:// or unix://."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        kwargs: dict[str, object] = {"unix_socket_path": parts.path}
-    else:
-        kwargs = {"host": parts.hostname or "localhost", "port": parts.port or 6379}
-        if parts.scheme == "rediss":
-            kwargs["ssl"] = True
-    db = parts.path.strip("/") if parts.scheme != "unix" else ""
-    kwargs["db"] = int(db or parse_qs(parts.query).get("db", ["0"])[0])
-    if parts.username:
-        kwargs["username"] = unquote(parts.username)
-    if parts.password:
-        kwargs["password"] = unquote(parts.password)
-    return kwargs
-
-
-# Events are stored in PostgreSQL, so a client reconnecting with Last-Event-ID misses nothing.
-EVENTSTREAM_STORAGE_CLASS = "django_eventstream.storage.DjangoModelStorage"
+# Events are written to our own log (events.Event) in the transaction that makes them true,
+# and django-eventstream's storage API reads that log.
+EVENTSTREAM_STORAGE_CLASS = "events.storage.EventLogStorage"
 # One channel, "dashboard", readable by staff sessions only.
 EVENTSTREAM_CHANNELMANAGER_CLASS = "allocation.sse.StaffChannelManager"
-if REDIS_URL:
-    # Several processes or hosts: each publishes through Redis pub/sub and relays to its own
-    # open streams. Without Redis an event reaches only the open streams of the process that
-    # sent it at once; the others get it from storage when they reconnect.
-    EVENTSTREAM_REDIS = _redis_kwargs(REDIS_URL)
+# Each process reads the log when a commit wakes it (locally, or through Redis), and at least
+# this often, so an event is never later than this even without Redis.
+EVENT_POLL_SECONDS = env.float("EVENT_POLL_SECONDS", default=1.0)
+EVENT_KEEP_ALIVE_SECONDS = env.float("EVENT_KEEP_ALIVE_SECONDS", default=20.0)
+# An open stream re-reads its session this often and closes once it is no longer staff.
+EVENT_SESSION_RECHECK_SECONDS = env.float("EVENT_SESSION_RECHECK_SECONDS", default=60.0)
+# Recent events each process keeps encoded in memory for its streams.
+EVENT_STREAM_BUFFER = env.int("EVENT_STREAM_BUFFER", default=5000)
+# How long the log keeps events: a dashboard away longer than this starts afresh.
+EVENT_RETENTION_HOURS = env.int("EVENT_RETENTION_HOURS", default=168)
 # Base URL the test tools send their requests to (the app itself). Empty: the URL the page was
 # requested on. Set it when that is not reachable from the server, e.g. behind a proxy.
 SELF_BASE_URL = env.str("SELF_BASE_URL", default="")

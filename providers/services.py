@@ -12,8 +12,10 @@ from collections.abc import Iterable
 
 from django.db import transaction
 
+from events.services import record_event
+from events.types import PROVIDER_UPDATED
 from providers.models import Membership, PoolCursor, Provider, Service
-from providers.signals import capacity_added, provider_changed
+from providers.signals import capacity_added
 
 
 def lock_cursors(service_ids: Iterable[int]) -> dict[int, PoolCursor]:
@@ -47,14 +49,16 @@ def services_of(provider_ids: Iterable[int]) -> list[int]:
 
 
 def _announce_change(provider: Provider) -> None:
-    """After commit, tell listeners (the live dashboard) the provider's committed state."""
-    state = {
-        "provider_id": provider.pk,
-        "status": provider.status,
-        "quota": provider.quota,
-        "remaining_quota": provider.remaining_quota,
-    }
-    transaction.on_commit(lambda: provider_changed.send(sender=Provider, **state), robust=True)
+    """Record provider.updated with the change, so dashboards see the committed state."""
+    record_event(
+        PROVIDER_UPDATED,
+        {
+            "provider_id": provider.pk,
+            "status": provider.status,
+            "quota": provider.quota,
+            "remaining_quota": provider.remaining_quota,
+        },
+    )
 
 
 def _announce_capacity(service_ids: list[int]) -> None:

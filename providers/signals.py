@@ -5,7 +5,3 @@ from django.dispatch import Signal
 # Sent after a commit that may let waiting leads through (a provider resumed, a quota raised,
 # a membership added). Argument: service_ids, a list of the services affected.
 capacity_added = Signal()
-
-# Sent after a commit that changed a provider through providers.services.update_provider (name,
-# quota or status). Arguments: provider_id, status, quota, remaining_quota, as committed.
-provider_changed = Signal()

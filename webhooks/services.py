@@ -12,8 +12,9 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from allocation import events
 from allocation.services import allocate_waiting_leads, run_with_retries
+from events.services import record_event
+from events.types import QUOTA_RESET
 from providers.models import Provider, Service
 from providers.services import lock_cursors, services_of
 from webhooks.models import ProcessedEvent
@@ -96,16 +97,29 @@ def _reset_providers(provider_ids: list[int] | None) -> int:
 
 
 def _drain(event: ProcessedEvent) -> int | None:
-    """Allocate waiting leads now that quota is back, and record how many on the event row."""
+    """Allocate waiting leads now that quota is back; how many, or None if the drain failed."""
     try:
-        allocated = allocate_waiting_leads()
+        return allocate_waiting_leads()
     except Exception:
         # The reset has committed and stands; failing the delivery would only make the gateway
         # retry into a duplicate. The leads stay waiting for `manage.py allocate_waiting`.
         logger.exception("drain after quota reset %r failed", event.event_id)
         return None
-    ProcessedEvent.objects.filter(pk=event.pk).update(leads_allocated=allocated)
-    return allocated
+
+
+def _record_drain(event: ProcessedEvent, leads_allocated: int | None) -> None:
+    """Record on the event row how many leads the drain allocated, with quota.reset."""
+    with transaction.atomic():
+        if leads_allocated is not None:
+            ProcessedEvent.objects.filter(pk=event.pk).update(leads_allocated=leads_allocated)
+        record_event(
+            QUOTA_RESET,
+            {
+                "event_id": event.event_id,
+                "provider_ids": event.provider_ids,
+                "leads_allocated": leads_allocated,
+            },
+        )
 
 
 def apply_quota_reset(
@@ -150,7 +164,7 @@ def apply_quota_reset(
         return ResetOutcome(event_id=event_id, status=DUPLICATE)
     leads_allocated = _drain(event)
     # After the drain, so the event can say how many waiting leads the reset let through.
-    events.quota_reset(event_id=event_id, provider_ids=ids, leads_allocated=leads_allocated)
+    _record_drain(event, leads_allocated)
     return ResetOutcome(
         event_id=event_id,
         status=APPLIED,

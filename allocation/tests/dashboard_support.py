@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
-from django_eventstream.utils import get_storage
-
-from allocation.events import CHANNEL
 from allocation.services import LeadInput
+from events.tests.support import published_since, settle_events, stream_position
+
+__all__ = ["STAFF_PASSWORD", "lead_input", "published_since", "settle_events", "stream_position"]
 
 STAFF_PASSWORD = "staff-pass-123"
 
@@ -20,14 +18,3 @@ def lead_input(service_id: int = 1, *, phone: str = "+15550000001", **fields) ->
         city=fields.pop("city", "London"),
         **fields,
     )
-
-
-def stream_position() -> int:
-    return get_storage().get_current_id(CHANNEL)
-
-
-def published_since(position: int) -> list[tuple[str, dict]]:
-    """(type, data) of every event stored after ``position``, oldest first."""
-    events = get_storage().get_events(CHANNEL, position)
-    # DjangoModelStorage hands back the JSON text that send_event encoded.
-    return [(event.type, json.loads(event.data)) for event in events]

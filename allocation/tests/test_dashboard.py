@@ -8,10 +8,12 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from allocation import events
 from allocation.models import Allocation, Lead
 from allocation.services import submit_lead
-from allocation.tests.dashboard_support import lead_input
+from allocation.tests.dashboard_support import lead_input, settle_events, stream_position
+from events.hub import stream_id
+from events.services import record_event
+from events.types import LEAD_ALLOCATED, QUOTA_RESET
 from providers.models import Membership, PoolCursor, Provider, Service
 from providers.services import create_service
 
@@ -55,16 +57,17 @@ def test_staff_users_get_the_page(seeded, staff_client, path):
 
 
 def allocate(service_id: int, count: int, *, start: int = 0) -> list[Lead]:
-    """Allocate leads and publish their events as if each had committed."""
-    leads = []
-    for n in range(start, start + count):
-        lead = submit_lead(lead_input(service_id, phone=f"+1555{service_id}{n:06d}"))
-        events.publish(
-            events.LEAD_ALLOCATED if lead.status == "allocated" else events.LEAD_WAITING,
-            {"lead_id": lead.pk, "service_id": service_id},
-        )
-        leads.append(lead)
+    """Allocate leads, their events numbered as if each had committed."""
+    leads = [
+        submit_lead(lead_input(service_id, phone=f"+1555{service_id}{n:06d}"))
+        for n in range(start, start + count)
+    ]
+    settle_events()
     return leads
+
+
+def current_event_id() -> str:
+    return stream_id(stream_position())
 
 
 @pytest.mark.django_db
@@ -110,9 +113,8 @@ def test_live_feed_lists_allocations_with_their_trace_waiting_leads_and_resets(
     seeded, staff_client
 ):
     (lead,) = allocate(1, 1)
-    events.publish(
-        events.QUOTA_RESET, {"event_id": "evt_9", "provider_ids": None, "leads_allocated": 0}
-    )
+    record_event(QUOTA_RESET, {"event_id": "evt_9", "provider_ids": None, "leads_allocated": 0})
+    settle_events()
 
     feed = staff_client.get("/dashboard").content.decode().split("data-feed")[1]
 
@@ -144,8 +146,7 @@ def test_lead_text_is_escaped_on_the_dashboard(seeded, staff_client):
             description="<script>alert('x')</script>",
         )
     )
-    lead = Lead.objects.get()
-    events.publish(events.LEAD_ALLOCATED, {"lead_id": lead.pk, "service_id": 1})
+    settle_events()
 
     page = staff_client.get("/dashboard").content.decode()
 
@@ -161,7 +162,7 @@ def test_page_renders_the_stream_position_and_loads_only_local_scripts(seeded, s
 
     page = staff_client.get("/dashboard").content.decode()
 
-    assert f'data-last-event-id="{events.current_event_id()}"' in page
+    assert f'data-last-event-id="{current_event_id()}"' in page
     assert '<script src="/static/js/dashboard.js" defer></script>' in page
     for forbidden in ("<script>", " onclick=", ' style="', "//cdn", "https://"):
         assert forbidden not in page
@@ -170,7 +171,7 @@ def test_page_renders_the_stream_position_and_loads_only_local_scripts(seeded, s
 @pytest.mark.django_db
 def test_fragments_render_the_named_rows_with_the_page_templates(seeded, staff_client):
     (lead,) = allocate(1, 1)
-    eid = events.current_event_id().split(":")[1]
+    eid = current_event_id().split(":")[1]
 
     response = staff_client.get(
         "/dashboard/fragments",
@@ -247,7 +248,8 @@ def build_catalogue(providers: int, *, leads_per_provider: int = 2) -> None:
         for k in range(3)
     )
     for lead in leads[-40:]:
-        events.publish(events.LEAD_ALLOCATED, {"lead_id": lead.pk, "service_id": lead.service_id})
+        record_event(LEAD_ALLOCATED, {"lead_id": lead.pk, "service_id": lead.service_id})
+    settle_events()
 
 
 def clear_catalogue() -> None:
@@ -259,7 +261,7 @@ def clear_catalogue() -> None:
 
 def fragments_url() -> str:
     provider = Provider.objects.order_by("pk").first().pk
-    eid = events.current_event_id().split(":")[1]
+    eid = current_event_id().split(":")[1]
     return f"/dashboard/fragments?provider={provider}&services=1&summary=1&event={eid}"
 
 

@@ -11,10 +11,13 @@ from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.test import AsyncClient, Client
 
-from allocation import events
 from allocation.models import Lead
 from allocation.services import create_api_key, submit_lead
 from allocation.tests.dashboard_support import lead_input, published_since, stream_position
+from events import hub
+from events.models import Event
+from events.services import record_event
+from events.types import CHANNEL, LEAD_WAITING
 from providers.models import Provider
 from providers.services import pause_provider, update_provider
 from webhooks.services import apply_quota_reset, canonical_body_sha256
@@ -44,14 +47,15 @@ def test_committed_allocation_publishes_lead_allocated(seeded, django_capture_on
 
 
 @pytest.mark.django_db
-def test_nothing_is_published_before_the_commit(seeded, django_capture_on_commit_callbacks):
-    start = stream_position()
-
+def test_an_event_has_no_stream_position_before_its_commit(
+    seeded, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         submit_lead(lead_input(service_id=1))
 
-    assert len(callbacks) == 1
-    assert published_since(start) == []
+    assert len(callbacks) == 1  # the streams are woken after the commit, not before
+    assert Event.objects.filter(type="lead.allocated", seq__isnull=True).count() == 1
+    assert not Event.objects.published().exists()  # streams read only numbered events
 
 
 @pytest.mark.django_db
@@ -96,12 +100,15 @@ def test_committed_allocation_is_published_without_a_surrounding_transaction(see
 
 
 @pytest.mark.django_db(transaction=True)
-def test_failure_to_publish_never_fails_a_committed_lead(seeded_tx, monkeypatch, caplog):
+def test_failure_to_wake_the_streams_never_fails_or_loses_a_committed_lead(
+    seeded_tx, monkeypatch, caplog
+):
     def broken(*args, **kwargs):
-        raise ConnectionError("event store unavailable")
+        raise ConnectionError("wake-up channel unavailable")
 
-    monkeypatch.setattr(events, "send_event", broken)
+    monkeypatch.setattr(hub, "notify_committed", broken)
     _, raw_key = create_api_key(name="source")
+    start = stream_position()
 
     response = Client().post(
         "/api/leads",
@@ -111,8 +118,11 @@ def test_failure_to_publish_never_fails_a_committed_lead(seeded_tx, monkeypatch,
     )
 
     assert response.status_code == 201
-    assert Lead.objects.get(pk=response.json()["id"]).status == "allocated"
-    assert "event store unavailable" in caplog.text
+    lead_id = response.json()["id"]
+    assert Lead.objects.get(pk=lead_id).status == "allocated"
+    assert "wake-up channel unavailable" in caplog.text
+    # The event committed with the lead: every stream still gets it from the log.
+    assert [data["lead_id"] for _, data in published_since(start)] == [lead_id]
 
 
 @pytest.mark.django_db
@@ -183,7 +193,7 @@ def test_anonymous_client_gets_a_real_401():
     assert response.json()["error"]["code"] == "unauthorized"
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the view reads the session in a worker thread
 def test_non_staff_client_gets_a_real_403(plain_client):
     response = plain_client.get("/api/events")
 
@@ -191,7 +201,7 @@ def test_non_staff_client_gets_a_real_403(plain_client):
     assert response.json()["error"]["code"] == "forbidden"
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the view reads the session in a worker thread
 def test_unusable_last_event_id_is_a_400(staff_client):
     response = staff_client.get("/api/events", headers={"Last-Event-ID": "error"})
 
@@ -199,7 +209,7 @@ def test_unusable_last_event_id_is_a_400(staff_client):
     assert response.json()["error"]["code"] == "invalid_request"
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the view reads the session in a worker thread
 def test_stream_only_answers_get(staff_client):
     response = staff_client.post("/api/events")
 
@@ -219,11 +229,16 @@ async def _first_chunk(user, **headers) -> tuple[int, str, str]:
     return response.status_code, response["Content-Type"], first.decode()
 
 
-@pytest.mark.django_db
+def publish(event_type: str, data: dict) -> None:
+    with transaction.atomic():
+        record_event(event_type, data)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_reconnecting_with_last_event_id_replays_the_missed_events(staff_user):
     for lead_id in (1, 2, 3):
-        events.publish(events.LEAD_WAITING, {"lead_id": lead_id, "service_id": 1})
-    seen = f"{events.CHANNEL}:{stream_position() - 2}"
+        publish(LEAD_WAITING, {"lead_id": lead_id, "service_id": 1})
+    seen = f"{CHANNEL}:{stream_position() - 2}"
 
     status, content_type, body = async_to_sync(_first_chunk)(staff_user, **{"Last-Event-ID": seen})
 
@@ -233,16 +248,16 @@ def test_reconnecting_with_last_event_id_replays_the_missed_events(staff_user):
     assert f"id: {seen}\n" not in body
     replayed = body.split("event: lead.waiting\n")[1:]
     assert [chunk.splitlines()[:2] for chunk in replayed] == [
-        [f"id: {events.CHANNEL}:{stream_position() - 1}", 'data: {"lead_id": 2, "service_id": 1}'],
-        [f"id: {events.CHANNEL}:{stream_position()}", 'data: {"lead_id": 3, "service_id": 1}'],
+        [f"id: {CHANNEL}:{stream_position() - 1}", 'data: {"lead_id": 2, "service_id": 1}'],
+        [f"id: {CHANNEL}:{stream_position()}", 'data: {"lead_id": 3, "service_id": 1}'],
     ]
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_connecting_from_the_rendered_position_with_last_event_id_query(staff_user):
-    events.publish(events.LEAD_WAITING, {"lead_id": 1, "service_id": 1})
-    rendered = events.current_event_id()
-    events.publish(events.LEAD_WAITING, {"lead_id": 2, "service_id": 1})
+    publish(LEAD_WAITING, {"lead_id": 1, "service_id": 1})
+    rendered = hub.stream_id(stream_position())
+    publish(LEAD_WAITING, {"lead_id": 2, "service_id": 1})
 
     async def first_chunk() -> str:
         client = AsyncClient()

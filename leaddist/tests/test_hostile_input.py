@@ -15,6 +15,7 @@ from django.urls import Resolver404, resolve
 from allocation.models import Lead
 from allocation.services import create_api_key
 from allocation.tests.intake_support import LEAD, post_lead, stored_state
+from events.tests.support import settle_events
 from providers.models import Service
 from webhooks.models import ProcessedEvent
 from webhooks.tests.helpers import SECRET, snapshot
@@ -175,6 +176,7 @@ def test_html_in_a_lead_is_escaped_on_the_dashboard(
         pytest.skip("/dashboard is not wired yet (built by the dashboard helper)")
     with django_capture_on_commit_callbacks(execute=True):
         post_lead(admin_client, {**LEAD, "name": "<b>Ada</b>", "description": HTML})
+    settle_events()
 
     html = admin_client.get("/dashboard").content.decode()
 

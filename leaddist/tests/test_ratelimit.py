@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from django.test import Client, RequestFactory
 
-from allocation.models import Lead
+from allocation.models import ApiKey, Lead
 from allocation.services import create_api_key
 from allocation.tests.intake_support import LEAD, post_lead, stored_state
+from leaddist import ratelimit, redis_client
 from leaddist.ratelimit import Rate, RateLimited, client_ip, hit, parse_rate
 
 
@@ -220,16 +222,43 @@ def test_429_body_is_the_error_shape(client, seeded, settings, api_key):
     assert int(response["Retry-After"]) <= 3600
 
 
-def test_an_unreachable_cache_does_not_stop_intake(client, seeded, settings, api_key, caplog):
+def test_an_unreachable_redis_costs_intake_nothing_and_limits_per_process(
+    client, seeded, settings, api_key, caplog
+):
+    settings.RATE_LIMIT_PER_KEY = "2/m"
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    started = time.monotonic()
+
+    statuses = [post_lead(client, lead(n), key=api_key).status_code for n in range(3)]
+
+    assert statuses == [201, 201, 429]  # still limited, by this process's own count
+    assert time.monotonic() - started < 2  # no retries, no waiting on the dead server
+    assert "Redis unavailable" in caplog.text
+
+
+def test_processes_share_their_windows_through_redis(settings, redis_url):
+    settings.REDIS_URL = redis_url
+    redis_client.sync_client().flushdb()
+    rate = Rate(3, 60)
+    for _ in range(3):
+        hit("test:shared", rate)
+    ratelimit.local_counters.clear()  # another process would not have these counts
+
+    with pytest.raises(RateLimited):
+        hit("test:shared", rate)
+
+
+def test_each_key_can_have_its_own_limit(client, seeded, settings):
     settings.RATE_LIMIT_PER_KEY = "1/m"
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
-        }
-    }
+    bulk, raw_bulk = create_api_key(name="marketplace")
+    ApiKey.objects.filter(pk=bulk.pk).update(rate_limit="3/m")
+    unlimited, raw_unlimited = create_api_key(name="trusted")
+    ApiKey.objects.filter(pk=unlimited.pk).update(rate_limit="0")
 
-    statuses = [post_lead(client, lead(n), key=api_key).status_code for n in range(2)]
+    bulk_statuses = [post_lead(client, lead(n), key=raw_bulk).status_code for n in range(4)]
+    free_statuses = [
+        post_lead(client, lead(10 + n), key=raw_unlimited).status_code for n in range(5)
+    ]
 
-    assert statuses == [201, 201]
-    assert "rate limit not applied" in caplog.text
+    assert bulk_statuses == [201, 201, 201, 429]
+    assert set(free_statuses) == {201}

@@ -19,26 +19,10 @@ from allocation.tests.asgi_server import free_port
 from allocation.tests.test_concurrency import assert_invariants
 from allocation.tests.test_sse import _open_stream, _read_until, _session_cookie
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
 
 @pytest.fixture
 def staff_user(transactional_db):
     return get_user_model().objects.create_user(username="watcher", password="x", is_staff=True)
-
-
-@pytest.fixture
-def redis_url():
-    """A reachable Redis, or a skip (a failure with REQUIRE_REDIS=1, as in CI)."""
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("REQUIRE_REDIS") == "1":
-            pytest.fail(f"REQUIRE_REDIS=1 but Redis at {REDIS_URL} does not answer: {exc}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    return REDIS_URL
 
 
 def test_several_workers_refuse_to_start_without_redis():

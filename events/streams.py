@@ -1,0 +1,109 @@
+"""Following the event log over SSE: replay after Last-Event-ID, then live frames from the hub.
+
+The wire format is django-eventstream's, so its clients and ids work unchanged: a padded
+``stream-open`` first, ``id: dashboard:<seq>`` on every event, ``stream-reset`` when the
+position asked for no longer exists, ``keep-alive`` every KEEP_ALIVE_SECONDS.
+
+A stream holds no database connection while it waits: the few reads it makes (its replay, or a
+catch-up when it falls behind the hub's buffer) run in a worker thread that hands the
+connection back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from django.conf import settings
+from django_eventstream.utils import parse_last_event_id, sse_encode_error, sse_encode_event
+
+from events.hub import (
+    Hub,
+    current_position,
+    frames_after,
+    in_thread,
+    oldest_position,
+    start_hub,
+    stream_id,
+)
+from events.types import CHANNEL
+
+# django-eventstream pads its first chunk so that proxies and old browsers flush it at once.
+OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"
+KEEP_ALIVE = "event: keep-alive\ndata:\n\n"
+
+
+class BadPosition(ValueError):
+    """Last-Event-ID (or ?lastEventId=) is not a position this stream can resume from."""
+
+
+def parse_position(last_event_id: str | None) -> int | None:
+    """``dashboard:42`` -> 42; None when the client sent no position."""
+    if not last_event_id:
+        return None
+    try:
+        ids = parse_last_event_id(last_event_id)
+        position = int(ids[CHANNEL])
+    except (ValueError, KeyError) as exc:
+        raise BadPosition(last_event_id) from exc
+    if position < 0:
+        raise BadPosition(last_event_id)
+    return position
+
+
+async def _starting_position(position: int | None) -> tuple[int, bool]:
+    """Where to start and whether the client must be told to start afresh (stream-reset)."""
+    current = await in_thread(current_position)
+    if position is None:
+        return current, False
+    if position > current:
+        return current, True  # a position from another database, or from the future
+    oldest = await in_thread(oldest_position)
+    if oldest is not None and position < oldest - 1:
+        return current, True  # older than the log keeps
+    return position, False
+
+
+async def follow(
+    position: int | None, *, still_allowed: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
+    """The stream's text: everything after ``position``, then each new event as it commits.
+
+    ``still_allowed`` is asked every SESSION_RECHECK_SECONDS; when it says no, the stream sends
+    django-eventstream's ``stream-error`` and ends, and the client's reconnection is refused.
+    """
+    hub: Hub = start_hub()
+    hub.streams += 1
+    hub.wake()
+    loop = asyncio.get_running_loop()
+    try:
+        start, reset = await _starting_position(position)
+        pending = OPENING  # sent with the first frames, so a replay arrives in one piece
+        if reset:
+            pending += sse_encode_event(
+                "stream-reset", {"channels": [CHANNEL]}, event_id=stream_id(start), json_encode=True
+            )
+        position = start
+        checked_at = loop.time()
+        while True:
+            if loop.time() - checked_at >= settings.EVENT_SESSION_RECHECK_SECONDS:
+                checked_at = loop.time()
+                if not await still_allowed():
+                    yield pending + sse_encode_error("forbidden", "The session has ended.")
+                    return
+            frames = hub.buffered_after(position)
+            if frames is None:
+                frames = await in_thread(frames_after, position)
+            if frames or pending:
+                if frames:
+                    position = frames[-1].seq
+                yield pending + "".join(frame.text for frame in frames)
+                pending = ""
+                continue
+            try:
+                async with asyncio.timeout(settings.EVENT_KEEP_ALIVE_SECONDS):
+                    await hub.next_pulse()
+            except TimeoutError:
+                yield KEEP_ALIVE
+    finally:
+        hub.streams -= 1

@@ -1,0 +1,16 @@
+"""The live events of SPEC §6: one channel, four types, small JSON payloads of ids and numbers.
+
+Consumers derive quota changes themselves: each provider of a ``lead.allocated`` lost one unit,
+and the providers of a ``quota.reset`` (``null``: all of them) are back to their full quota.
+``provider.updated`` is sent when the catalogue changes a provider (status, quota or name).
+"""
+
+CHANNEL = "dashboard"
+
+LEAD_ALLOCATED = "lead.allocated"
+LEAD_WAITING = "lead.waiting"
+QUOTA_RESET = "quota.reset"
+PROVIDER_UPDATED = "provider.updated"
+EVENT_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET, PROVIDER_UPDATED)
+# The types the dashboard's live feed lists; provider.updated only refreshes a row.
+FEED_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET)
