@@ -14,11 +14,14 @@ from providers.services import seed_catalogue
 @pytest.fixture(autouse=True)
 def fresh_counters(settings):
     """Each test counts rate limits afresh, in-process: windows never carry over, and a
-    REDIS_URL in the environment is never written to. Tests that want Redis set it."""
+    REDIS_URL in the environment is never written to (tests that want Redis set it). Nor do
+    cached services outlive the test's catalogue."""
     from leaddist import ratelimit, redis_client
+    from providers.selectors import active_services
 
     settings.REDIS_URL = ""
     ratelimit.local_counters.clear()
+    active_services.clear()
     redis_client.breaker.succeeded()
     yield
     redis_client.breaker.succeeded()

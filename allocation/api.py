@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from django.http import HttpRequest, HttpResponse
-from ninja import Query, Router, Schema, Status
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import Query, Router, Schema
 
 from allocation.auth import ApiKeyOrStaffSession, check_intake_rate, source_name
 from allocation.forms import LeadForm
@@ -32,7 +32,7 @@ from allocation.selectors import (
     provider_list,
     service_list,
 )
-from allocation.services import Busy, DuplicateLead, intake_lead
+from allocation.services import Busy, DuplicateLead, ServiceUnavailable, intake_lead
 from leaddist.audit import log_event
 from leaddist.errors import Rejected, error_response
 from leaddist.json_body import parse_json_body
@@ -182,7 +182,7 @@ DESCRIPTION = (
     summary="Submit a lead (alias of POST /api/leads)",
     description=DESCRIPTION,
 )
-def submit(request: HttpRequest) -> HttpResponse | Status[dict[str, Any]]:
+def submit(request: HttpRequest) -> HttpResponse:
     started = time.monotonic()
     trail: dict[str, Any] = {}
     response = _submit(request, trail)
@@ -202,7 +202,7 @@ def _who(principal: ApiKey | Any) -> str:
     return f"key:{principal.name}" if isinstance(principal, ApiKey) else source_name(principal)
 
 
-def _submit(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse | Status[dict[str, Any]]:
+def _submit(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse:
     """The checks after the credential, in SPEC order; ``trail`` collects what to log."""
     try:
         check_intake_rate(request, request.auth)
@@ -226,6 +226,9 @@ def _submit(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse | Statu
             "A lead with this phone already exists for this service.",
             lead_id=exc.lead_id,
         )
+    except ServiceUnavailable as exc:
+        trail["outcome"] = "invalid_request"
+        return _invalid({"service": [str(exc)]}).response()
     except Busy as exc:
         trail["outcome"] = "busy"
         response = error_response(503, "busy", str(exc))
@@ -233,7 +236,8 @@ def _submit(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse | Statu
         return response
     outcome = intake_outcome(intake, service)
     trail.update(outcome=outcome["status"], lead_id=intake.lead.pk)
-    return Status(201 if outcome["status"] == "allocated" else 202, outcome)
+    # The body is LeadOut by construction; a plain JsonResponse skips re-validating it.
+    return JsonResponse(outcome, status=201 if outcome["status"] == "allocated" else 202)
 
 
 # --- Read API (SPEC §4) ---------------------------------------------------------------------

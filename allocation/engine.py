@@ -92,14 +92,14 @@ def _skip_reason(candidate: Candidate, selected: set[int]) -> str | None:
     return None
 
 
+def walk_key(position: int, cursor: int | None) -> tuple[bool, int]:
+    """Sort key of a pool position in the walk: after the cursor first, then from the start."""
+    return (cursor is not None and position <= cursor, position)
+
+
 def walk_order(pool: Sequence[Candidate], cursor: int | None) -> list[Candidate]:
     """The pool once around, starting just after the cursor (or at the first position)."""
-    ordered = sorted(pool, key=lambda c: c.position)
-    if cursor is None:
-        return ordered
-    after = [c for c in ordered if c.position > cursor]
-    before = [c for c in ordered if c.position <= cursor]
-    return after + before
+    return sorted(pool, key=lambda c: walk_key(c.position, cursor))
 
 
 def choose_providers(

@@ -10,8 +10,9 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator
 
 from allocation.phones import normalise_phone
-from allocation.services import LeadInput
+from allocation.services import INACTIVE_SERVICE, LeadInput
 from providers.models import Service
+from providers.selectors import active_services
 
 NAME_MAX = 120
 CITY_MAX = 120
@@ -74,16 +75,15 @@ class LeadForm(forms.Form):
         """An id if the value is all digits, a slug otherwise; only active services qualify."""
         value = self.cleaned_data["service"]
         if ID_PATTERN.fullmatch(value):
-            service_id = int(value)
-            lookup = {"pk": service_id} if service_id <= MAX_ID else None
+            lookup: dict[str, object] = {"pk": int(value)}
         else:
             lookup = {"slug": value}
-        service = Service.objects.filter(**lookup).first() if lookup else None
-        if service is None:
-            raise ValidationError("Unknown service.", code="unknown_service")
-        if not service.active:
-            raise ValidationError("This service is not available.", code="inactive_service")
-        return service
+        service = active_services.get(**lookup)
+        if service is not None:
+            return service
+        if lookup.get("pk", 0) <= MAX_ID and Service.objects.filter(**lookup).exists():
+            raise ValidationError(INACTIVE_SERVICE, code="inactive_service")
+        raise ValidationError("Unknown service.", code="unknown_service")
 
     def lead_input(self, *, source: str) -> LeadInput:
         """The validated lead, ready for allocation.services.submit_lead."""

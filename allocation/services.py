@@ -19,12 +19,13 @@ bounded number of times too; after the last attempt the caller gets :class:`Busy
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -40,11 +41,12 @@ from allocation.engine import (
     Candidate,
     Decision,
     choose_providers,
+    walk_key,
     walk_order,
 )
 from allocation.models import ApiKey, Lead
 from events.services import announce_after_commit
-from providers.models import PoolCursor, Provider
+from providers.models import PoolCursor, Provider, Service
 from providers.services import lock_cursors
 from providers.signals import capacity_added
 
@@ -67,6 +69,17 @@ class Busy(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__("The allocation engine is busy; retry later.")
         self.retry_after = retry_after
+
+
+INACTIVE_SERVICE = "This service is not available."
+
+
+class ServiceUnavailable(Exception):
+    """The service is inactive or gone, as read under its lock; nothing was stored."""
+
+    def __init__(self, service_id: int) -> None:
+        super().__init__(INACTIVE_SERVICE)
+        self.service_id = service_id
 
 
 class DuplicateLead(Exception):
@@ -115,84 +128,77 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
     raise Busy(retry_after=settings.BUSY_RETRY_AFTER_SECONDS)
 
 
-# Every row the decision needs, in one round trip, each branch through an index: whether an
-# older lead of the service is waiting (partial index lead_waiting_queue); the mandatory
-# memberships; the next eligible pool memberships after the cursor, then from the start
-# (partial index membership_eligible_walk); and the next ineligible ones the same way, for the
-# trace (membership_ineligible_walk). A branch may read a few rows more than needed; Python
-# trims them. Taken under the cursor lock, so the waiting check is exact for this service.
+# Steps 2 and 3 in one round trip. Under the cursor lock (step 1) this statement's snapshot is
+# fresh for this service; each part goes through an index:
+# - whether the service is active, and whether an older lead of it waits (partial index
+#   lead_waiting_queue): then nothing is locked;
+# - the mandatory providers, and the first ``wanted`` eligible pool providers in walk order
+#   (after the cursor, then from the start; partial index membership_eligible_walk);
+# - those providers, locked FOR UPDATE in primary-key order (``locked``), so services sharing
+#   providers can neither oversell a quota nor deadlock each other; their state as locked;
+# - the ineligible pool providers the walk passes, for the trace (membership_ineligible_walk),
+#   unlocked: nothing can make them eligible while we hold the cursor, since everything that
+#   adds capacity takes the cursors of the provider's services first.
 CANDIDATES_SQL = """
-(SELECT 'queued', 0::bigint, 0, ''::varchar, 0
-   FROM allocation_lead
-  WHERE service_id = %(service)s AND status = 'waiting' AND id < %(before)s
-  LIMIT 1)
+WITH
+blocked AS (
+    SELECT EXISTS (SELECT FROM providers_service WHERE id = %(service)s AND active)
+               AS active,
+           EXISTS (SELECT FROM allocation_lead
+                    WHERE service_id = %(service)s AND status = 'waiting' AND id < %(before)s)
+               AS queued
+),
+mandatory AS (
+    SELECT m.provider_id, m.position FROM providers_membership m
+     WHERE m.service_id = %(service)s AND m.role = 'mandatory'
+),
+eligible AS (
+    SELECT provider_id, position FROM (
+        (SELECT m.provider_id, m.position, 0 AS lap FROM providers_membership m
+          WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.provider_eligible
+            AND m.position > %(cursor)s
+          ORDER BY m.position LIMIT %(wanted)s)
+        UNION ALL
+        (SELECT m.provider_id, m.position, 1 AS lap FROM providers_membership m
+          WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.provider_eligible
+            AND m.position <= %(cursor)s
+          ORDER BY m.position LIMIT %(wanted)s)
+    ) AS walk
+    ORDER BY lap, position LIMIT %(wanted)s
+),
+locked AS MATERIALIZED (
+    SELECT p.id, p.name, p.status, p.remaining_quota, p.cycle FROM providers_provider p
+     WHERE p.id = ANY (ARRAY (SELECT provider_id FROM mandatory
+                              UNION ALL SELECT provider_id FROM eligible))
+       AND (SELECT (active OR NOT %(intake)s) AND NOT queued FROM blocked)
+     ORDER BY p.id
+       FOR UPDATE
+),
+seen AS (
+    (SELECT m.provider_id, m.position, p.status, p.remaining_quota
+       FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+      WHERE m.service_id = %(service)s AND m.role = 'pool' AND NOT m.provider_eligible
+        AND m.position > %(cursor)s
+      ORDER BY m.position LIMIT %(seen)s)
+    UNION ALL
+    (SELECT m.provider_id, m.position, p.status, p.remaining_quota
+       FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+      WHERE m.service_id = %(service)s AND m.role = 'pool' AND NOT m.provider_eligible
+        AND m.position <= %(cursor)s
+      ORDER BY m.position LIMIT %(seen)s)
+)
+SELECT 'unavailable', 0::bigint, 0, '', ''::varchar, 0, 0 FROM blocked WHERE NOT active
 UNION ALL
-(SELECT 'mandatory', m.provider_id, m.position, p.status, p.remaining_quota
-   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-  WHERE m.service_id = %(service)s AND m.role = 'mandatory'
-  ORDER BY m.position)
+SELECT 'queued', 0::bigint, 0, '', ''::varchar, 0, 0 FROM blocked WHERE queued
 UNION ALL
-(SELECT 'eligible', m.provider_id, m.position, p.status, p.remaining_quota
-   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-  WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.provider_eligible
-    AND m.position > %(cursor)s
-  ORDER BY m.position LIMIT %(wanted)s)
+SELECT 'mandatory', m.provider_id, m.position, l.name, l.status, l.remaining_quota, l.cycle
+  FROM mandatory m JOIN locked l ON l.id = m.provider_id
 UNION ALL
-(SELECT 'eligible', m.provider_id, m.position, p.status, p.remaining_quota
-   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-  WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.provider_eligible
-    AND m.position <= %(cursor)s
-  ORDER BY m.position LIMIT %(wanted)s)
+SELECT 'eligible', e.provider_id, e.position, l.name, l.status, l.remaining_quota, l.cycle
+  FROM eligible e JOIN locked l ON l.id = e.provider_id
 UNION ALL
-(SELECT 'seen', m.provider_id, m.position, p.status, p.remaining_quota
-   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-  WHERE m.service_id = %(service)s AND m.role = 'pool' AND NOT m.provider_eligible
-    AND m.position > %(cursor)s
-  ORDER BY m.position LIMIT %(seen)s)
-UNION ALL
-(SELECT 'seen', m.provider_id, m.position, p.status, p.remaining_quota
-   FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-  WHERE m.service_id = %(service)s AND m.role = 'pool' AND NOT m.provider_eligible
-    AND m.position <= %(cursor)s
-  ORDER BY m.position LIMIT %(seen)s)
+SELECT 'seen', s.provider_id, s.position, '', s.status, s.remaining_quota, 0 FROM seen s
 """
-
-Row = tuple[int, int, str, int]  # provider_id, position, status, remaining_quota
-
-
-@dataclass(frozen=True)
-class Candidates:
-    queued: bool
-    mandatory: list[Row]
-    eligible: list[Row]
-    seen: list[Row]
-
-
-def _read_candidates(
-    service_id: int, cursor: int | None, *, wanted: int, before: int = MAX_BIGINT
-) -> Candidates:
-    """The waiting check, the mandatory rows, then the first ``wanted`` eligible and the first
-    TRACE_LIMIT ineligible pool rows in walk order; unlocked reads, taken under the cursor
-    lock. ``before``: only leads older than this one count as waiting ahead of it."""
-    params = {
-        "service": service_id,
-        "before": before,
-        # Positions are >= 0: with no cursor the walk starts at the first position.
-        "cursor": -1 if cursor is None else cursor,
-        "wanted": wanted,
-        "seen": TRACE_LIMIT,
-    }
-    rows: dict[str, list[Row]] = {"queued": [], "mandatory": [], "eligible": [], "seen": []}
-    with connection.cursor() as db:
-        db.execute(CANDIDATES_SQL, params)
-        for kind, *row in db.fetchall():
-            rows[kind].append(tuple(row))
-    return Candidates(
-        queued=bool(rows["queued"]),
-        mandatory=rows["mandatory"],
-        eligible=rows["eligible"][:wanted],
-        seen=rows["seen"][:TRACE_LIMIT],
-    )
 
 
 @dataclass(frozen=True)
@@ -206,72 +212,133 @@ class LockedProvider:
     cycle: int
 
 
-def _lock_providers(ids: set[int]) -> dict[int, LockedProvider]:
-    """Lock these providers in primary-key order, the order everything in leaddist uses."""
-    rows = (
-        Provider.objects.select_for_update()
-        .filter(pk__in=ids)
-        .order_by("pk")
-        .values_list("id", "name", "status", "remaining_quota", "cycle")
-    )
-    return {
-        pid: LockedProvider(pid, name, status == Provider.Status.ACTIVE, remaining, cycle)
-        for pid, name, status, remaining, cycle in rows
+@dataclass(frozen=True)
+class Candidates:
+    unavailable: bool
+    queued: bool
+    mandatory: list[tuple[int, int]]  # provider_id, position, in position order
+    eligible: list[tuple[int, int]]  # the first ``wanted`` eligible in walk order
+    seen: list[Candidate]  # the ineligible ones the walk passes, for the trace
+    locked: dict[int, LockedProvider]
+
+
+def _read_candidates(
+    service_id: int,
+    cursor: int | None,
+    *,
+    wanted: int,
+    before: int = MAX_BIGINT,
+    intake: bool = True,
+) -> Candidates:
+    """Steps 2 and 3 (CANDIDATES_SQL). ``before``: only leads older than this one count as
+    waiting ahead of it. ``intake``: lock nothing for an inactive service."""
+    params = {
+        "service": service_id,
+        "before": before,
+        # Positions are >= 0: with no cursor the walk starts at the first position.
+        "cursor": -1 if cursor is None else cursor,
+        "wanted": wanted,
+        "seen": TRACE_LIMIT,
+        "intake": intake,
     }
+    found: dict[str, list[tuple]] = {
+        kind: [] for kind in ("unavailable", "queued", "mandatory", "eligible", "seen")
+    }
+    with connection.cursor() as db:
+        db.execute(CANDIDATES_SQL, params)
+        for kind, *row in db.fetchall():
+            found[kind].append(tuple(row))
+    locked = {
+        pid: LockedProvider(pid, name, status == Provider.Status.ACTIVE, remaining, cycle)
+        for pid, _, name, status, remaining, cycle in found["mandatory"] + found["eligible"]
+    }
+    return Candidates(
+        unavailable=bool(found["unavailable"]),
+        queued=bool(found["queued"]),
+        mandatory=sorted(((pid, pos) for pid, pos, *_ in found["mandatory"]), key=lambda r: r[1]),
+        eligible=sorted(
+            ((pid, pos) for pid, pos, *_ in found["eligible"]),
+            key=lambda row: walk_key(row[1], cursor),
+        ),
+        seen=walk_order(
+            [
+                Candidate(pid, pos, status == Provider.Status.ACTIVE, remaining)
+                for pid, pos, _, status, remaining, _ in found["seen"]
+            ],
+            cursor,
+        )[:TRACE_LIMIT],
+        locked=locked,
+    )
+
+
+@functools.cache
+def _cursor_lock_sql() -> str:
+    """The cursor lock as the ORM writes it, compiled once per process: compiling a queryset
+    costs more than running this statement, and it runs for every lead. Call it inside a
+    transaction (select_for_update refuses to compile outside one)."""
+    query = (
+        PoolCursor.objects.select_for_update()
+        .filter(service_id=0)
+        .values_list("position", flat=True)
+        .query
+    )
+    sql, _ = query.sql_with_params()
+    return sql
 
 
 def _lock_cursor(service_id: int) -> int | None:
     """Lock the service's pool cursor (step 1) and return its position."""
-    positions = list(
-        PoolCursor.objects.select_for_update()
-        .filter(service_id=service_id)
-        .values_list("position", flat=True)
-    )
-    if positions:
-        return positions[0]
+    with connection.cursor() as db:
+        db.execute(_cursor_lock_sql(), [service_id])
+        row = db.fetchone()
+    if row is not None:
+        return row[0]
+    if not Service.objects.filter(pk=service_id).exists():
+        raise ServiceUnavailable(service_id)
     return lock_cursors([service_id])[service_id].position  # creates a missing cursor row
 
 
 def _decide(
-    service_id: int, cursor: int | None, *, slack: int, before: int = MAX_BIGINT
+    service_id: int,
+    cursor: int | None,
+    *,
+    slack: int,
+    before: int = MAX_BIGINT,
+    intake: bool = True,
 ) -> tuple[Decision, dict[int, LockedProvider]]:
-    """Steps 2 and 3: read the candidates, lock them in pk order and apply the rule."""
+    """Steps 2 and 3: read the candidates, lock them in pk order and apply the rule.
+
+    At intake the service must be active (ServiceUnavailable otherwise); a drain serves the
+    leads already waiting for it either way.
+    """
     wanted = SLOTS + slack
-    found = _read_candidates(service_id, cursor, wanted=wanted, before=before)
+    found = _read_candidates(service_id, cursor, wanted=wanted, before=before, intake=intake)
+    if intake and found.unavailable:
+        raise ServiceUnavailable(service_id)
     if found.queued:
         return choose_providers([], [], cursor=cursor, queued=True), {}
     covers_all_eligible = len(found.eligible) < wanted
 
-    # The walk in order: every row we read, cut after the last eligible one we read (beyond it
-    # we know nothing). Providers not in it sit between eligible ones and are ineligible.
-    read = {
-        position: Candidate(pid, position, status == Provider.Status.ACTIVE, remaining)
-        for pid, position, status, remaining in found.seen + found.eligible
-    }
-    ordered = walk_order(list(read.values()), cursor)
+    def under_lock(provider_id: int, position: int) -> Candidate:
+        state = found.locked.get(provider_id)
+        if state is None:  # never pick a provider we did not lock
+            return Candidate(provider_id, position, active=False, remaining_quota=0)
+        return Candidate(provider_id, position, state.active, state.remaining_quota)
+
+    # The walk in order: every pool row we read, cut after the last eligible one (beyond it we
+    # know nothing). Providers not in it sit between eligible ones and are ineligible.
+    ordered = walk_order([under_lock(pid, pos) for pid, pos in found.eligible] + found.seen, cursor)
     if not covers_all_eligible:
         last_eligible = found.eligible[-1][1]
         cut = next(i for i, c in enumerate(ordered) if c.position == last_eligible)
         ordered = ordered[: cut + 1]
 
-    lock_ids = {row[0] for row in found.mandatory} | {c.provider_id for c in ordered if c.eligible}
-    locked = _lock_providers(lock_ids)
-
-    def under_lock(c: Candidate) -> Candidate:
-        state = locked.get(c.provider_id)
-        if state is None:
-            # Never pick a provider we did not lock; one we did not lock read as ineligible.
-            return replace(c, remaining_quota=0) if c.eligible else c
-        return replace(c, active=state.active, remaining_quota=state.remaining_quota)
-
     decision = choose_providers(
-        [under_lock(Candidate(pid, pos, False, 0)) for pid, pos, *_ in found.mandatory],
-        [under_lock(c) for c in ordered],
-        cursor=cursor,
+        [under_lock(pid, pos) for pid, pos in found.mandatory], ordered, cursor=cursor
     )
     if not decision.complete and not covers_all_eligible:
         raise _CandidatesTaken
-    return decision, locked
+    return decision, found.locked
 
 
 # Step 4 in one round trip: the lead (new, or a waiting one now allocated), its allocations,
@@ -394,7 +461,8 @@ class Intake:
 def intake_lead(data: LeadInput) -> Intake:
     """Store a new lead allocated to exactly 3 providers, or waiting; never anything between.
 
-    Raises DuplicateLead when (phone, service) exists, Busy when conflicts persist.
+    Raises DuplicateLead when (phone, service) exists, ServiceUnavailable when the service is
+    inactive or gone, Busy when conflicts persist.
     """
 
     def attempt(slack: int) -> Intake:
@@ -481,7 +549,9 @@ def allocate_waiting_lead(lead_id: int) -> bool:
             )
             if not still_waiting:
                 return False  # another drain got there first
-            decision, locked = _decide(service_id, cursor, slack=slack, before=lead_id)
+            decision, locked = _decide(
+                service_id, cursor, slack=slack, before=lead_id, intake=False
+            )
             if not decision.complete:
                 return False
             params = _allocation_params(service_id, decision, locked, now=timezone.now())

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_http_methods
 from allocation.auth import check_intake_rate
 from allocation.forms import LeadForm
 from allocation.selectors import intake_outcome
-from allocation.services import Busy, DuplicateLead, intake_lead
+from allocation.services import Busy, DuplicateLead, ServiceUnavailable, intake_lead
 from leaddist.audit import log_event
 from leaddist.ratelimit import RateLimited, client_ip
 
@@ -66,6 +66,10 @@ def _submit_form(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse:
     except DuplicateLead as exc:
         trail.update(outcome="duplicate_lead", lead_id=exc.lead_id)
         return _page(request, {"form": form, "duplicate": True}, status=409)
+    except ServiceUnavailable as exc:
+        trail["outcome"] = "invalid_request"
+        form.add_error("service", str(exc))
+        return _page(request, {"form": form}, status=422)
     except Busy as exc:
         trail["outcome"] = "busy"
         response = _page(request, {"form": form, "busy": True}, status=503)

@@ -33,12 +33,12 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
-from django.db.models import Max, Min
+from django.db import close_old_connections, transaction
+from django.db.models import Max
 from django.utils import timezone
 from django_eventstream.utils import make_id, sse_encode_event
 
-from events.models import Event
+from events.models import Event, Horizon
 from events.types import CHANNEL
 from leaddist import redis_client
 
@@ -79,8 +79,9 @@ def current_position() -> int:
     return Event.objects.published().aggregate(top=Max("seq"))["top"] or 0
 
 
-def oldest_position() -> int | None:
-    return Event.objects.published().aggregate(low=Min("seq"))["low"]
+def trimmed_through() -> int:
+    """Positions up to this one may have been trimmed from the log (0: none ever were)."""
+    return Horizon.objects.values_list("trimmed_through", flat=True).first() or 0
 
 
 def frames_after(position: int, *, limit: int = READ_BATCH) -> list[Frame]:
@@ -91,7 +92,15 @@ def frames_after(position: int, *, limit: int = READ_BATCH) -> list[Frame]:
 def trim_log() -> int:
     """Delete events older than EVENT_RETENTION_HOURS; a stream further behind starts afresh."""
     cutoff = timezone.now() - timedelta(hours=settings.EVENT_RETENTION_HOURS)
-    deleted, _ = Event.objects.filter(created_at__lt=cutoff, seq__isnull=False).delete()
+    old = Event.objects.published().filter(created_at__lt=cutoff)
+    with transaction.atomic():
+        through = old.aggregate(top=Max("seq"))["top"]
+        if through is None:
+            return 0
+        deleted, _ = Event.objects.published().filter(seq__lte=through).delete()
+        horizon, _ = Horizon.objects.select_for_update().get_or_create(pk=1)
+        if through > horizon.trimmed_through:
+            Horizon.objects.filter(pk=horizon.pk).update(trimmed_through=through)
     return deleted
 
 
@@ -129,6 +138,14 @@ class Hub:
         self._tasks = [loop.create_task(self._run(), name="events-hub")]
         if self._redis is not None:
             self._tasks.append(loop.create_task(self._listen(), name="events-hub-redis"))
+
+    async def close(self) -> None:
+        """Stop the hub's tasks (a server stops with its loop; tests stop hubs themselves)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.aclose()
 
     # Called from any thread.
     def wake_threadsafe(self) -> None:

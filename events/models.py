@@ -42,3 +42,18 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} #{self.seq or '(uncommitted)'}"
+
+
+class Horizon(models.Model):
+    """How far the log has been trimmed: every event up to ``trimmed_through`` may be gone.
+
+    One row. A stream resuming from an older position is told to start afresh
+    (``stream-reset``); resuming from any later one it misses nothing. Positions can have gaps
+    (a rolled-back transaction draws a seq and never commits), so the oldest row left in the
+    log cannot tell trimmed positions from gaps; this row does.
+    """
+
+    trimmed_through = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"Events up to {self.trimmed_through} trimmed"

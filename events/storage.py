@@ -14,7 +14,7 @@ from django.db import transaction
 from django_eventstream.event import Event as StreamEvent
 from django_eventstream.storage import EventDoesNotExist, StorageBase
 
-from events.hub import current_position, oldest_position
+from events.hub import current_position, trimmed_through
 from events.models import Event
 from events.services import record_event
 from events.types import CHANNEL
@@ -33,8 +33,7 @@ class EventLogStorage(StorageBase):
 
     def get_events(self, channel: str, last_id: int, limit: int = 100) -> list[StreamEvent]:
         current = current_position()
-        oldest = oldest_position()
-        if last_id > current or (oldest is not None and last_id < oldest - 1):
+        if last_id > current or last_id < trimmed_through():
             raise EventDoesNotExist(f"No event {last_id} in the log.", current)
         if channel != CHANNEL:
             return []

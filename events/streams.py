@@ -22,9 +22,9 @@ from events.hub import (
     current_position,
     frames_after,
     in_thread,
-    oldest_position,
     start_hub,
     stream_id,
+    trimmed_through,
 )
 from events.types import CHANNEL
 
@@ -58,8 +58,7 @@ async def _starting_position(position: int | None) -> tuple[int, bool]:
         return current, False
     if position > current:
         return current, True  # a position from another database, or from the future
-    oldest = await in_thread(oldest_position)
-    if oldest is not None and position < oldest - 1:
+    if position < await in_thread(trimmed_through):
         return current, True  # older than the log keeps
     return position, False
 

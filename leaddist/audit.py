@@ -8,6 +8,7 @@ without the key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -22,15 +23,17 @@ logger = logging.getLogger("leaddist.audit")
 HASH_HEX_CHARS = 16  # 64 bits: enough to correlate lines, too short to be worth storing
 
 
-def _hash_key() -> bytes:
-    if settings.PHONE_HASH_KEY:
-        return settings.PHONE_HASH_KEY.encode()
-    return hmac.new(settings.SECRET_KEY.encode(), b"leaddist.phone-hash", hashlib.sha256).digest()
+@functools.cache
+def _hash_key(secret_key: str, phone_hash_key: str) -> bytes:
+    if phone_hash_key:
+        return phone_hash_key.encode()
+    return hmac.new(secret_key.encode(), b"leaddist.phone-hash", hashlib.sha256).digest()
 
 
 def keyed_hash(value: str) -> str:
     """HMAC-SHA256 of ``value`` under PHONE_HASH_KEY (or a key derived from SECRET_KEY)."""
-    return hmac.new(_hash_key(), value.encode(), hashlib.sha256).hexdigest()[:HASH_HEX_CHARS]
+    key = _hash_key(settings.SECRET_KEY, settings.PHONE_HASH_KEY)
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:HASH_HEX_CHARS]
 
 
 def log_event(event: str, *, started: float, **fields: Any) -> None:
@@ -39,6 +42,8 @@ def log_event(event: str, *, started: float, **fields: Any) -> None:
     ``started`` is a ``time.monotonic()`` reading from when the work began. Pass a phone as
     ``phone`` or an address as ``client``: they are logged as ``phone_hash``/``client_hash``.
     """
+    if not logger.isEnabledFor(logging.INFO):
+        return
     line: dict[str, Any] = {"event": event}
     for name, value in fields.items():
         if value is None:

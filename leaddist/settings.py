@@ -70,6 +70,8 @@ INSTALLED_APPS = [
     "webhooks",
 ]
 
+# Under ASGI, leaddist.asgi loads async-native twins of Django's middleware in place of these
+# (leaddist.middleware.ASYNC_TWINS); everything else, system checks included, sees this list.
 MIDDLEWARE = [
     "leaddist.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -117,6 +119,10 @@ else:
 
     _db = embedded_database_config(BASE_DIR / ".pgdata")
 
+# Threads per process that run views, and so hold database connections (leaddist.asgi). A few
+# are enough: a lead's transaction waits on the network, not on Python, and more threads only
+# fight over the interpreter's lock (docs/PERFORMANCE.md).
+ASGI_THREADS = env.int("ASGI_THREADS", default=4)
 DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=2)
 # psycopg's default max of 4 starves a threaded server; each process gets its own pool.
 DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=20)
@@ -133,6 +139,12 @@ _db["OPTIONS"].update(
             "timeout": DB_POOL_TIMEOUT,
         },
         "options": f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}",
+        # Parameters travel apart from the SQL, and a statement run PREPARE_THRESHOLD times
+        # on a connection is prepared there: PostgreSQL then skips parsing and planning it,
+        # which was half of its work per lead (docs/PERFORMANCE.md). Pooled connections
+        # live long, so the engine's few statements stay prepared.
+        "server_side_binding": True,
+        "prepare_threshold": env.int("DB_PREPARE_THRESHOLD", default=2),
     }
 )
 _db["CONN_MAX_AGE"] = 0  # the pool owns connection reuse
@@ -145,6 +157,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # lock timeout; after the last one the client gets 503 busy with Retry-After.
 ALLOCATION_MAX_ATTEMPTS = env.int("ALLOCATION_MAX_ATTEMPTS", default=6)
 BUSY_RETRY_AFTER_SECONDS = env.int("BUSY_RETRY_AFTER_SECONDS", default=1)
+# Intake remembers active services (by id and slug) this long per process; the engine checks
+# under its lock that the service is still active (providers.selectors.active_services).
+SERVICE_CACHE_SECONDS = env.float("SERVICE_CACHE_SECONDS", default=5.0)
 
 # Requests to the API and the public form are refused above this size (SPEC §3), before
 # anything reads the body.

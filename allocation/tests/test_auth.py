@@ -4,7 +4,7 @@ import pytest
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
-from allocation.auth import ApiKeyOrStaffSession, Forbidden, source_name
+from allocation.auth import ApiKeyOrStaffSession, Forbidden, source_name, usable_key
 from allocation.models import ApiKey, Lead
 from allocation.services import create_api_key
 from allocation.tests.intake_support import post_lead, stored_state
@@ -185,3 +185,21 @@ def test_non_staff_session_cannot_read_either(rf: RequestFactory, member):
 def test_source_name_is_the_key_name_or_the_staff_username(api_key, staff):
     assert source_name(api_key[0]) == "acme"
     assert source_name(staff) == "staff:olga"
+
+
+@pytest.mark.django_db
+def test_the_key_lookup_loads_the_key_as_stored():
+    key, raw = create_api_key(name="feed")
+    ApiKey.objects.filter(pk=key.pk).update(rate_limit="5/s", last_used_at=timezone.now())
+    stored = ApiKey.objects.get(pk=key.pk)
+
+    found = usable_key(raw)
+
+    assert (found.pk, found.name, found.key_prefix, found.rate_limit) == (
+        stored.pk,
+        stored.name,
+        stored.key_prefix,
+        stored.rate_limit,
+    )
+    assert found.last_used_at == stored.last_used_at
+    assert usable_key(raw + "x") is None

@@ -1,0 +1,175 @@
+"""Following the log over SSE: replay, live fan-out through the hub, resets, ended sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+from django.db import connection, transaction
+
+from events import hub as hub_module
+from events.hub import running_hub, stream_id
+from events.services import record_event
+from events.streams import follow
+from events.tests.support import stream_position
+from events.types import CHANNEL, LEAD_WAITING
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def commit_events(*lead_ids: int, notify: bool = True) -> None:
+    """Commit events from another thread, as another request (or process) would."""
+
+    def write() -> None:
+        try:
+            for lead_id in lead_ids:
+                with transaction.atomic():
+                    if notify:
+                        record_event(LEAD_WAITING, {"lead_id": lead_id, "service_id": 1})
+                    else:
+                        # Another process: its commit wakes nobody in this one.
+                        from events.models import Event
+
+                        Event.objects.create(
+                            type=LEAD_WAITING, data={"lead_id": lead_id, "service_id": 1}
+                        )
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    thread.join(10)
+
+
+async def allowed() -> bool:
+    return True
+
+
+async def read_until(chunks: AsyncIterator[str], marker: str, *, seconds: float = 5) -> str:
+    text = ""
+    async with asyncio.timeout(seconds):
+        while marker not in text:
+            text += await anext(chunks)
+    return text
+
+
+def lead_ids(text: str) -> list[int]:
+    return [
+        int(line.split('"lead_id": ')[1].split(",")[0])
+        for line in text.splitlines()
+        if line.startswith("data: {")
+    ]
+
+
+async def close_hub() -> None:
+    hub = running_hub()
+    if hub is not None:
+        await hub.close()
+
+
+def test_a_stream_replays_after_its_position_then_follows_new_commits():
+    commit_events(1, 2)
+    seen = stream_position() - 1
+
+    async def scenario() -> tuple[str, str]:
+        stream = follow(seen, still_allowed=allowed)
+        try:
+            replay = await read_until(stream, "event: lead.waiting")
+            await asyncio.to_thread(commit_events, 3, 4)
+            live = await read_until(stream, '"lead_id": 4')
+        finally:
+            await stream.aclose()
+            await close_hub()
+        return replay, live
+
+    replay, live = asyncio.run(scenario())
+
+    assert "event: stream-open" in replay
+    assert lead_ids(replay) == [2]
+    assert lead_ids(live) == [3, 4]
+    assert f"id: {stream_id(stream_position())}\n" in live
+
+
+def test_many_streams_share_one_read_per_pass(monkeypatch):
+    reads = []
+    real = hub_module.frames_after
+
+    def counted(position, **kwargs):
+        reads.append(position)
+        return real(position, **kwargs)
+
+    monkeypatch.setattr(hub_module, "frames_after", counted)
+    start = stream_position()
+
+    async def scenario() -> list[str]:
+        streams = [follow(start, still_allowed=allowed) for _ in range(50)]
+        try:
+            for stream in streams:
+                await read_until(stream, "stream-open")
+            reads.clear()
+            await asyncio.to_thread(commit_events, *range(1, 21))
+            return [await read_until(stream, '"lead_id": 20') for stream in streams]
+        finally:
+            for stream in streams:
+                await stream.aclose()
+            await close_hub()
+
+    received = asyncio.run(scenario())
+
+    assert all(lead_ids(text) == list(range(1, 21)) for text in received)
+    assert len(reads) < 20  # the hub's passes, never one read per stream or per event
+
+
+def test_a_commit_that_wakes_nobody_still_arrives_by_polling(settings):
+    settings.EVENT_POLL_SECONDS = 0.2
+    start = stream_position()
+
+    async def scenario() -> str:
+        stream = follow(start, still_allowed=allowed)
+        try:
+            await read_until(stream, "stream-open")
+            await asyncio.to_thread(commit_events, 7, notify=False)
+            return await read_until(stream, '"lead_id": 7', seconds=3)
+        finally:
+            await stream.aclose()
+            await close_hub()
+
+    assert lead_ids(asyncio.run(scenario())) == [7]
+
+
+def test_a_position_the_log_never_had_is_told_to_start_afresh():
+    commit_events(1)
+    current = stream_position()
+
+    async def scenario() -> str:
+        stream = follow(current + 100, still_allowed=allowed)
+        try:
+            return await read_until(stream, "stream-reset")
+        finally:
+            await stream.aclose()
+            await close_hub()
+
+    text = asyncio.run(scenario())
+
+    assert f"event: stream-reset\nid: {CHANNEL}:{current}\n" in text
+
+
+def test_a_stream_whose_session_ended_says_so_and_closes(settings):
+    settings.EVENT_SESSION_RECHECK_SECONDS = 0
+
+    async def signed_out() -> bool:
+        return False
+
+    async def scenario() -> list[str]:
+        stream = follow(None, still_allowed=signed_out)
+        try:
+            return [chunk async for chunk in stream]
+        finally:
+            await close_hub()
+
+    chunks = asyncio.run(scenario())
+
+    assert "event: stream-error" in chunks[-1]
+    assert '"condition": "forbidden"' in chunks[-1]
