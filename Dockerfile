@@ -1,12 +1,14 @@
-# Production image: daphne serving leaddist over ASGI. Configure it with environment
-# variables (README, Configuration); the image refuses to start without its secrets.
+# Production image: `python -m leaddist.serve` (granian, one worker per core, DEBUG off), the
+# server `make serve` runs. Configure it with environment variables (README, Configuration);
+# it refuses to start without SECRET_KEY and WEBHOOK_SECRET. Run `python manage.py migrate`
+# once per release, before starting the new containers.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DEBUG=false \
-    PORT=8000 \
-    WEB_CONCURRENCY=1
+    HOST=0.0.0.0 \
+    PORT=8000
 
 WORKDIR /app
 RUN useradd --create-home --uid 1000 leaddist
@@ -21,6 +23,6 @@ RUN DEBUG=true SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build \
 
 USER leaddist
 EXPOSE 8000
-# Run `python manage.py migrate` once per release before starting new containers.
-# WEB_CONCURRENCY daphne processes share the port (one per core); more than one needs REDIS_URL.
-CMD ["sh", "-c", "python -m leaddist.serve --host 0.0.0.0 --port ${PORT}"]
+# WEB_CONCURRENCY worker processes (default: the container's cores); more than one needs
+# REDIS_URL.
+CMD ["python", "-m", "leaddist.serve"]

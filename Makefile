@@ -1,4 +1,5 @@
-# leaddist: `make run` serves the app, `make test` runs the suite. See README.md.
+# leaddist: `make run` serves the app for development, `make test` runs the suite, `make serve`
+# runs the production server. See README.md.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,24 +7,30 @@ PORT ?= 8000
 # A demo secret for the quota-reset webhook, for local use only (`make run` prints it).
 DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 
-.PHONY: run test lint format install clean-db
+.PHONY: run serve test lint format install install-dev clean-db
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# What serving needs, and what testing adds on top (requirements-dev.txt includes the first).
+$(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
 
-test: install
+test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-format: install
+format: install-dev
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
@@ -35,6 +42,14 @@ run: install
 	$(PY) manage.py collectstatic --no-input --verbosity 0
 	$(PY) manage.py demo_setup
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) leaddist.asgi:application
+
+# Production: DEBUG off, settings from the environment (README, Production). The settings
+# refuse to load without SECRET_KEY and WEBHOOK_SECRET, so each step below stops there.
+serve: export DEBUG := false
+serve: install
+	$(PY) manage.py migrate --no-input
+	$(PY) manage.py collectstatic --no-input --verbosity 0
+	$(PY) -m leaddist.serve
 
 clean-db:
 	rm -rf .pgdata

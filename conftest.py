@@ -15,13 +15,15 @@ from providers.services import seed_catalogue
 def fresh_counters(settings):
     """Each test counts rate limits afresh, in-process: windows never carry over, and a
     REDIS_URL in the environment is never written to (tests that want Redis set it). Nor do
-    cached services outlive the test's catalogue."""
+    cached services and API keys outlive the test's data."""
+    from allocation.auth import verified_keys
     from leaddist import ratelimit, redis_client
     from providers.selectors import active_services
 
     settings.REDIS_URL = ""
-    ratelimit.local_counters.clear()
+    ratelimit.counters.clear()
     active_services.clear()
+    verified_keys.clear()
     redis_client.breaker.succeeded()
     yield
     redis_client.breaker.succeeded()

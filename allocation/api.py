@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Query, Router, Schema
 
 from allocation.auth import ApiKeyOrStaffSession, check_intake_rate, source_name
-from allocation.forms import LeadForm
+from allocation.forms import LeadData, LeadForm
 from allocation.models import ApiKey, Lead
 from allocation.selectors import (
     intake_outcome,
@@ -99,11 +99,11 @@ def validate_lead(data: Any) -> LeadForm:
     if not isinstance(data, dict):
         raise _invalid({"request": ["The body must be a JSON object."]})
     type_errors = _type_errors(data)
-    form = LeadForm(
+    form = LeadData(
         data={
             field: value
             for field, value in data.items()
-            if field in LeadForm.base_fields and field not in type_errors and value is not None
+            if field in LeadData.base_fields and field not in type_errors and value is not None
         }
     )
     if form.is_valid() and not type_errors:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -59,12 +61,52 @@ USABLE_KEY_SQL = (
 )
 
 
+class _VerifiedKeys:
+    """Keys found usable, remembered for API_KEY_CACHE_SECONDS in each process.
+
+    A marketplace sends every lead of a burst with one key; this spares each of them a query.
+    A revocation therefore reaches every process within API_KEY_CACHE_SECONDS, and the one it
+    was made in at once. Unknown and revoked keys are never remembered.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[float, ApiKey]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> ApiKey | None:
+        found = self._keys.get(key_hash)
+        if found is None or time.monotonic() - found[0] >= settings.API_KEY_CACHE_SECONDS:
+            return None
+        return found[1]
+
+    def put(self, key_hash: str, key: ApiKey) -> None:
+        with self._lock:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[key_hash] = (time.monotonic(), key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._keys.clear()
+
+
+verified_keys = _VerifiedKeys()
+
+
 def usable_key(raw: str) -> ApiKey | None:
     """The key with this raw value, unless it is unknown or revoked."""
+    key_hash = ApiKey.hash_key(raw)
+    key = verified_keys.get(key_hash)
+    if key is not None:
+        return key
     with connection.cursor() as cursor:
-        cursor.execute(USABLE_KEY_SQL, [ApiKey.hash_key(raw)])
+        cursor.execute(USABLE_KEY_SQL, [key_hash])
         row = cursor.fetchone()
-    return None if row is None else ApiKey.from_db(DEFAULT_DB_ALIAS, USABLE_KEY_FIELDS, row)
+    if row is None:
+        return None
+    key = ApiKey.from_db(DEFAULT_DB_ALIAS, USABLE_KEY_FIELDS, row)
+    verified_keys.put(key_hash, key)
+    return key
 
 
 def touch_api_key(key: ApiKey) -> None:

@@ -35,6 +35,7 @@ from django.db.models import QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
 
+from allocation.auth import verified_keys
 from allocation.engine import (
     SLOTS,
     TRACE_LIMIT,
@@ -610,5 +611,8 @@ def create_api_key(*, name: str) -> tuple[ApiKey, str]:
 
 
 def revoke_api_keys(keys: QuerySet[ApiKey]) -> int:
-    """Revoke the keys not yet revoked; a revoked key is refused at once. Return how many."""
-    return keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    """Revoke the keys not yet revoked; return how many. This process refuses them at once,
+    the others within API_KEY_CACHE_SECONDS (allocation.auth.verified_keys)."""
+    revoked = keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    verified_keys.clear()
+    return revoked

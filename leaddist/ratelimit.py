@@ -1,10 +1,10 @@
-"""Intake rate limits (SPEC §3's third check): fixed windows, counted in Redis or in-process.
+"""Intake rate limits (SPEC §3's third check): fixed windows, counted per process and shared
+through Redis in batches (Counters).
 
-With REDIS_URL every process and host counts in the same window: one round trip per request
-(``SET NX`` with the window's expiry, then ``INCR``, pipelined), so concurrent requests never
-lose a count. Without Redis, or while it is unreachable (the breaker in redis_client is open),
-each process counts alone: the limit still holds per process instead of vanishing, and intake
-never waits on Redis.
+With REDIS_URL every process and host adds its counts to the same window in Redis (``SET NX``
+with the window's expiry, then ``INCRBY``, pipelined), so no count is ever lost. Without Redis,
+or while it is unreachable (the breaker in redis_client is open), each process counts alone:
+the limit still holds per process instead of vanishing, and intake never waits on Redis.
 
 Who is limited and how much is the caller's business (allocation.api, allocation.views): this
 module only counts.
@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
@@ -57,46 +58,77 @@ def parse_rate(value: str) -> Rate | None:
     return Rate(int(count), UNIT_SECONDS[unit])
 
 
-class _LocalCounters:
-    """This process's windows, for when there is no Redis to share them."""
+@dataclass
+class _Window:
+    """One identity's count in one window, as this process knows it."""
+
+    expires: float
+    shared: int = 0  # the count in Redis after our last exchange with it (everyone's)
+    pending: int = 0  # our requests not yet added to Redis
+    synced_at: float = 0.0
+
+
+class Counters:
+    """This process's windows; with Redis, shared with every process in batches.
+
+    A request is counted here at once and decided on ``shared + pending``. The pending counts
+    go to Redis (one INCRBY, which also brings back everyone's total) at most every
+    SYNC_SECONDS per window, or sooner once they reach a tenth of the limit. So a burst costs
+    a Redis round trip every few dozen requests rather than one each, and all processes
+    together can pass the limit by at most what they counted since their last exchange: a
+    tenth of the limit each, or SYNC_SECONDS of their traffic. Without Redis, or while it is
+    unreachable, each process counts alone and exactly.
+    """
+
+    SYNC_SECONDS = 0.1
 
     def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
-        self._expiry: dict[str, float] = {}
+        self._windows: dict[str, _Window] = {}
         self._lock = threading.Lock()
 
-    def incr(self, key: str, *, ttl: int, now: float) -> int:
+    def count(self, key: str, *, limit: int, ttl: int, now: float) -> int:
+        """Count one request; return the window's count with it."""
+        client = redis_client.sync_client()
         with self._lock:
-            if len(self._counts) > 10_000:
-                for stale in [k for k, until in self._expiry.items() if until <= now]:
-                    del self._counts[stale], self._expiry[stale]
-            self._expiry.setdefault(key, now + ttl)
-            self._counts[key] = self._counts.get(key, 0) + 1
-            return self._counts[key]
-
-    def clear(self) -> None:
+            if len(self._windows) > 10_000:
+                for stale in [k for k, w in self._windows.items() if w.expires <= now]:
+                    del self._windows[stale]
+            window = self._windows.setdefault(key, _Window(expires=now + ttl))
+            window.pending += 1
+            estimate = window.shared + window.pending
+            due = now - window.synced_at >= self.SYNC_SECONDS or window.pending * 10 >= limit
+            if client is None or not due or estimate > limit:
+                return estimate
+            flushing, window.pending, window.synced_at = window.pending, 0, now
+        shared = self._exchange(client, key, flushing, ttl)
         with self._lock:
-            self._counts.clear()
-            self._expiry.clear()
+            if shared is None:
+                window.pending += flushing  # Redis is away: keep counting here
+            else:
+                window.shared = max(window.shared, shared)
+            return window.shared + window.pending
 
-
-local_counters = _LocalCounters()
-
-
-def _count(key: str, *, ttl: int, now: float) -> int:
-    client = redis_client.sync_client()
-    if client is not None and redis_client.breaker.allow():
+    @staticmethod
+    def _exchange(client: redis.Redis, key: str, amount: int, ttl: int) -> int | None:
+        if not redis_client.breaker.allow():
+            return None
         try:
             pipe = client.pipeline(transaction=False)
             pipe.set(key, 0, ex=ttl, nx=True)
-            pipe.incr(key)
-            count = pipe.execute()[1]
+            pipe.incrby(key, amount)
+            shared = pipe.execute()[1]
         except Exception as exc:
             redis_client.breaker.failed(exc)
-        else:
-            redis_client.breaker.succeeded()
-            return int(count)
-    return local_counters.incr(key, ttl=ttl, now=now)
+            return None
+        redis_client.breaker.succeeded()
+        return int(shared)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._windows.clear()
+
+
+counters = Counters()
 
 
 def hit(identity: str, rate: Rate | None, *, now: float | None = None) -> None:
@@ -106,7 +138,12 @@ def hit(identity: str, rate: Rate | None, *, now: float | None = None) -> None:
     now = time.time() if now is None else now
     window = int(now // rate.seconds)
     # The counter outlives its window by a second, so a late increment still finds it.
-    count = _count(f"ratelimit:{identity}:{rate.seconds}:{window}", ttl=rate.seconds + 1, now=now)
+    count = counters.count(
+        f"ratelimit:{identity}:{rate.seconds}:{window}",
+        limit=rate.count,
+        ttl=rate.seconds + 1,
+        now=now,
+    )
     if count > rate.count:
         raise RateLimited(max(1, math.ceil((window + 1) * rate.seconds - now)))
 

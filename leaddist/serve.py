@@ -1,87 +1,88 @@
-"""Serve leaddist with several daphne processes sharing one listening socket.
+"""Serve leaddist in production: granian, one worker process per core, DEBUG off.
 
-One Python process runs Python on one core at a time (the GIL), so a single daphne process
-tops out at one core however many requests it holds. This launcher binds the port once and
-starts ``--workers`` daphne processes on that socket (``daphne --fd``); the kernel spreads the
-connections between them. All of them share PostgreSQL, whose row locks keep the engine
-correct across processes.
+    python -m leaddist.serve [--host 0.0.0.0] [--port 8000] [--workers N]
 
-    python -m leaddist.serve --host 0.0.0.0 --port 8000 --workers 2
+This is what `make serve` and the Dockerfile run. ``--port`` defaults to PORT (else 8000),
+``--workers`` to WEB_CONCURRENCY (else the machine's cores): one Python process runs Python on
+one core at a time, so a core per worker. All workers share PostgreSQL, whose row locks keep
+the engine correct across processes and hosts.
 
-``--workers`` defaults to WEB_CONCURRENCY, else 1. Several workers need REDIS_URL, so that a
-live event reaches the dashboards connected to every process (SPEC §6); without it the
-launcher refuses to start. It stops all workers on SIGTERM or Ctrl-C, and stops the others
-(exiting non-zero) if one dies, so the supervisor can restart the whole set.
+Before handing over to granian it loads the production settings, so a missing SECRET_KEY or
+WEBHOOK_SECRET (or any other refused setting) stops it with the reason, and it refuses several
+workers without REDIS_URL: live events would then reach the other workers' dashboards only at
+their next poll, and each worker would count rate limits alone.
+
+granian was chosen by measurement against uvicorn (uvloop, httptools) and daphne; the figures
+are in docs/PERFORMANCE.md. It serves ASGI without lifespan events (Django has none), with a
+single-threaded Rust runtime per worker, and restarts a worker that dies.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 
 APPLICATION = "leaddist.asgi:application"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY") or 1))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1),
+    )
     return parser.parse_args(argv)
 
 
-def daphne_command(*bind: str) -> list[str]:
-    return [sys.executable, "-m", "daphne", *bind, APPLICATION]
+def refusal(workers: int) -> str | None:
+    """Why the production configuration cannot start, or None."""
+    if workers < 1:
+        return "--workers must be at least 1."
+    os.environ["DEBUG"] = "false"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leaddist.settings")
+    import django
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        django.setup()
+    except ImproperlyConfigured as exc:
+        return f"Refusing to start: {exc}"
+    from django.conf import settings
+
+    if workers > 1 and not settings.REDIS_URL:
+        return (
+            "Several workers need REDIS_URL: without it a live event reaches the dashboards of "
+            "the other workers only at their next poll, and each worker counts rate limits "
+            "alone. Set REDIS_URL, or use --workers 1."
+        )
+    return None
+
+
+def granian_command(args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        *("-m", "granian", "--interface", "asginl"),
+        *("--host", args.host, "--port", str(args.port), "--workers", str(args.workers)),
+        *("--loop", "uvloop", "--runtime-mode", "st", "--backlog", "2048"),
+        *("--respawn-failed-workers", "--workers-kill-timeout", "30"),
+        *("--log-level", "warning"),
+        APPLICATION,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.workers < 1:
-        sys.exit("--workers must be at least 1.")
-    if args.workers == 1:
-        os.execv(sys.executable, daphne_command("-b", args.host, "-p", str(args.port)))
-    if not os.environ.get("REDIS_URL"):
-        sys.exit(
-            "Several workers need REDIS_URL: without it a live event reaches only the dashboards "
-            "connected to the process that sent it. Set REDIS_URL or use --workers 1."
-        )
-
-    listener = socket.create_server((args.host, args.port), backlog=1024)
-    listener.set_inheritable(True)
-    fd = str(listener.fileno())
-    workers = [
-        subprocess.Popen(daphne_command("--fd", fd), pass_fds=[listener.fileno()])
-        for _ in range(args.workers)
-    ]
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    status = 0
-    while not stopping:
-        if any(worker.poll() is not None for worker in workers):
-            status = 1
-            break
-        time.sleep(0.2)
-    for worker in workers:
-        if worker.poll() is None:
-            worker.terminate()
-    for worker in workers:
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-    listener.close()
-    return status
+    reason = refusal(args.workers)
+    if reason:
+        print(reason, file=sys.stderr)
+        return 2
+    command = granian_command(args)
+    os.execv(command[0], command)
+    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -142,8 +142,10 @@ _db["OPTIONS"].update(
         # Parameters travel apart from the SQL, and a statement run PREPARE_THRESHOLD times
         # on a connection is prepared there: PostgreSQL then skips parsing and planning it,
         # which was half of its work per lead (docs/PERFORMANCE.md). Pooled connections
-        # live long, so the engine's few statements stay prepared.
-        "server_side_binding": True,
+        # live long, so the engine's few statements stay prepared. Not with DEBUG: its query
+        # log would then rebuild every statement's text in Python, which costs the
+        # single development process more than the planning costs PostgreSQL.
+        "server_side_binding": not DEBUG,
         "prepare_threshold": env.int("DB_PREPARE_THRESHOLD", default=2),
     }
 )
@@ -172,6 +174,9 @@ MAX_BODY_BYTES = 64 * 1024
 # a runaway client is cut off. RATE_LIMIT_PER_IP limits requests without a key, i.e. the public
 # form, per client address. Staff sessions are not limited.
 RATE_LIMIT_PER_KEY = env.str("RATE_LIMIT_PER_KEY", default="1000/s")
+# Each process remembers an API key it verified this long: a revoked key is refused at once by
+# the process that revoked it, and by every other process within this many seconds.
+API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=2.0)
 RATE_LIMIT_PER_IP = env.str("RATE_LIMIT_PER_IP", default="30/m")
 for _name, _value in (
     ("RATE_LIMIT_PER_KEY", RATE_LIMIT_PER_KEY),

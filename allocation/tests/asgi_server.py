@@ -1,4 +1,4 @@
-"""A real daphne server on the committed test database, for tests that need ASGI streaming.
+"""A real ASGI server on the committed test database, for tests that need HTTP or streaming.
 
 pytest-django's live_server is WSGI, which cannot stream SSE. Tests that use these fixtures
 run with committed data (transactional_db): the server is another process with its own
@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
+from argparse import Namespace
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +22,8 @@ import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
+
+from leaddist.serve import granian_command
 
 BASE_DIR = Path(settings.BASE_DIR)
 ARTIFACTS = BASE_DIR / "test-artifacts"
@@ -77,14 +79,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_daphne(log: Path, *, workers: int = 1, **environment: str) -> Iterator[AsgiServer]:
-    """Serve leaddist.asgi with daphne on a free port until the block ends.
+def run_server(log: Path, *, workers: int = 1, **environment: str) -> Iterator[AsgiServer]:
+    """Serve leaddist.asgi on a free port until the block ends.
 
-    It starts ``python -m leaddist.serve`` as production does: one daphne process, or
-    ``workers`` of them on one socket.
+    It runs granian exactly as ``python -m leaddist.serve`` does (one process, or ``workers``
+    of them on one port), but with DEBUG on, so that static files come from the source tree.
     """
     port = free_port()
-    application_name = f"leaddist-test-daphne-{port}"
+    application_name = f"leaddist-test-server-{port}"
     env = {
         **os.environ,
         "DATABASE_URL": database_url_for_tests(application_name),
@@ -95,11 +97,7 @@ def run_daphne(log: Path, *, workers: int = 1, **environment: str) -> Iterator[A
     server = AsgiServer(url=f"http://127.0.0.1:{port}", log=log)
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                *("-m", "leaddist.serve", "--host", "127.0.0.1", "--port", str(port)),
-                *("--workers", str(workers)),
-            ],
+            granian_command(Namespace(host="127.0.0.1", port=port, workers=workers)),
             cwd=BASE_DIR,
             env=env,
             stdout=output,
@@ -122,23 +120,23 @@ def _wait_until_up(server: AsgiServer, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"daphne exited with {process.returncode}:\n{server.output()}")
+            pytest.fail(f"the server exited with {process.returncode}:\n{server.output()}")
         try:
             if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    pytest.fail(f"daphne did not answer within {STARTUP_SECONDS}s:\n{server.output()}")
+    pytest.fail(f"the server did not answer within {STARTUP_SECONDS}s:\n{server.output()}")
 
 
 @pytest.fixture
 def asgi_server_factory(transactional_db, tmp_path) -> Iterator[Callable[..., AsgiServer]]:
-    """Start daphne servers with extra environment; all are stopped after the test."""
+    """Start servers with extra environment; all are stopped after the test."""
     stack: list = []
 
     def start(*, workers: int = 1, **environment: str) -> AsgiServer:
-        manager = run_daphne(tmp_path / f"daphne-{len(stack)}.log", workers=workers, **environment)
+        manager = run_server(tmp_path / f"server-{len(stack)}.log", workers=workers, **environment)
         server = manager.__enter__()
         stack.append(manager)
         return server

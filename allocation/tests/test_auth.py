@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from allocation.auth import ApiKeyOrStaffSession, Forbidden, source_name, usable_key
 from allocation.models import ApiKey, Lead
-from allocation.services import create_api_key
+from allocation.services import create_api_key, revoke_api_keys
 from allocation.tests.intake_support import post_lead, stored_state
 
 
@@ -203,3 +203,31 @@ def test_the_key_lookup_loads_the_key_as_stored():
     )
     assert found.last_used_at == stored.last_used_at
     assert usable_key(raw + "x") is None
+
+
+@pytest.mark.django_db
+def test_a_key_revoked_elsewhere_is_refused_once_this_process_forgets_it(monkeypatch, settings):
+    settings.API_KEY_CACHE_SECONDS = 2
+    clock = [1000.0]
+    monkeypatch.setattr("allocation.auth.time.monotonic", lambda: clock[0])
+    key, raw = create_api_key(name="feed")
+    assert usable_key(raw) is not None
+    # Another process revokes it: this one keeps its verdict for API_KEY_CACHE_SECONDS.
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+
+    remembered = usable_key(raw)
+    clock[0] += 2
+    forgotten = usable_key(raw)
+
+    assert remembered is not None
+    assert forgotten is None
+
+
+@pytest.mark.django_db
+def test_revoking_through_the_service_is_refused_at_once_in_this_process(client, seeded):
+    key, raw = create_api_key(name="feed")
+    assert usable_key(raw) is not None
+
+    revoke_api_keys(ApiKey.objects.filter(pk=key.pk))
+
+    assert usable_key(raw) is None

@@ -1,6 +1,6 @@
 import pytest
 
-from allocation.forms import LeadForm
+from allocation.forms import LeadData, LeadForm
 from providers.models import Service
 
 VALID = {"name": "Ada", "phone": "+1 555 010 0000", "city": "Springfield", "service": "1"}
@@ -89,3 +89,15 @@ def test_validation_reads_only_the_chosen_service_not_the_whole_list(
 ):
     with django_assert_num_queries(1):
         assert LeadForm(data=VALID).is_valid()
+
+
+@pytest.mark.django_db
+def test_lead_data_validates_like_the_form_and_shares_its_fields(seeded):
+    cases = [VALID, {**VALID, "phone": "12"}, {**VALID, "service": "nope"}, {**VALID, "name": ""}]
+
+    for data in cases:
+        form, shared = LeadForm(data=data), LeadData(data=data)
+        assert form.is_valid() == shared.is_valid()
+        assert form.errors == shared.errors
+    first, second = LeadData(data=VALID), LeadData(data=VALID)
+    assert first.fields is second.fields

@@ -242,7 +242,7 @@ def test_processes_share_their_windows_through_redis(settings, redis_url):
     rate = Rate(3, 60)
     for _ in range(3):
         hit("test:shared", rate)
-    ratelimit.local_counters.clear()  # another process would not have these counts
+    ratelimit.counters.clear()  # another process would not have these counts
 
     with pytest.raises(RateLimited):
         hit("test:shared", rate)
@@ -262,3 +262,38 @@ def test_each_key_can_have_its_own_limit(client, seeded, settings):
 
     assert bulk_statuses == [201, 201, 201, 429]
     assert set(free_statuses) == {201}
+
+
+def test_processes_exchange_counts_with_redis_in_batches(settings, redis_url, monkeypatch):
+    settings.REDIS_URL = redis_url
+    redis_client.sync_client().flushdb()
+    exchanges = []
+    real = ratelimit.Counters._exchange
+
+    def counted(client, key, amount, ttl):
+        exchanges.append(amount)
+        return real(client, key, amount, ttl)
+
+    monkeypatch.setattr(ratelimit.Counters, "_exchange", staticmethod(counted))
+    rate = Rate(1000, 60)
+
+    for _ in range(200):
+        hit("test:batched", rate, now=120.0)
+
+    assert sum(exchanges) <= 200
+    assert len(exchanges) <= 3  # a tenth of the limit (100) per exchange, not one per request
+
+
+def test_all_processes_together_overshoot_by_at_most_a_tenth_of_the_limit_each(settings, redis_url):
+    settings.REDIS_URL = redis_url
+    redis_client.sync_client().flushdb()
+    rate = Rate(100, 60)
+    processes = [ratelimit.Counters(), ratelimit.Counters()]
+    passed = 0
+
+    for n in range(300):
+        counters = processes[n % 2]
+        count = counters.count("ratelimit:test:two", limit=rate.count, ttl=61, now=120.0 + n / 1e4)
+        passed += count <= rate.count
+
+    assert rate.count <= passed <= rate.count + 2 * rate.count // 10

@@ -1,10 +1,12 @@
-"""Several processes: the launcher, and live events crossing processes through Redis."""
+"""The production launcher (make serve), several processes, and live events between them."""
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +17,7 @@ from django.contrib.auth import get_user_model
 
 from allocation.models import Lead
 from allocation.services import create_api_key
-from allocation.tests.asgi_server import free_port
+from allocation.tests.asgi_server import database_url_for_tests, free_port
 from allocation.tests.test_concurrency import assert_invariants
 from allocation.tests.test_sse import _open_stream, _read_until, _session_cookie
 
@@ -25,28 +27,11 @@ def staff_user(transactional_db):
     return get_user_model().objects.create_user(username="watcher", password="x", is_staff=True)
 
 
-def test_several_workers_refuse_to_start_without_redis():
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-
-    result = subprocess.run(
-        [sys.executable, "-m", "leaddist.serve", "--workers", "2", "--port", str(free_port())],
-        cwd=settings.BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert result.returncode != 0
-    assert "Several workers need REDIS_URL" in result.stderr
-
-
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_on_one_port_take_a_storm_of_leads_and_keep_the_invariants(
     seeded_tx, asgi_server_factory, redis_url
 ):
-    """210 leads through the real HTTP API, 8 clients at once, two daphne processes, seed
+    """210 leads through the real HTTP API, 8 clients at once, two worker processes, seed
     quotas running out mid-storm: every request answered, and the invariants hold."""
     _, key = create_api_key(name="storm")
     server = asgi_server_factory(workers=2, REDIS_URL=redis_url, RATE_LIMIT_PER_KEY="0")
@@ -92,3 +77,120 @@ def test_an_event_from_one_process_reaches_a_dashboard_on_another(
     assert answer.status_code == 201
     assert b"event: lead.allocated" in received, (watched.output(), other.output())
     assert f'"lead_id": {lead_id}'.encode() in received
+
+
+PRODUCTION = {
+    "SECRET_KEY": "test-secret-key-for-the-launcher-only-0123456789abcdef",
+    "WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"launcher-test-secret-32-bytes-ok").decode(),
+    "ALLOWED_HOSTS": "127.0.0.1",
+    "SECURE_SSL_REDIRECT": "false",
+}
+
+
+def launch(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DEBUG")}
+    return subprocess.run(
+        [sys.executable, "-m", "leaddist.serve", "--port", str(free_port()), *args],
+        cwd=settings.BASE_DIR,
+        env=environment | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "WEBHOOK_SECRET"])
+def test_the_launcher_refuses_to_start_without_a_production_secret(missing):
+    result = launch("--workers", "1", **(PRODUCTION | {missing: ""}))
+
+    assert result.returncode == 2
+    assert f"Refusing to start: {missing} must be set when DEBUG is off" in result.stderr
+
+
+def test_several_workers_refuse_to_start_without_redis():
+    result = launch("--workers", "2", **PRODUCTION)
+
+    assert result.returncode == 2
+    assert "Several workers need REDIS_URL" in result.stderr
+
+
+def test_the_launcher_runs_debug_off_even_when_the_environment_says_on():
+    # DEBUG on would let the app start without its secrets: the launcher turns it off first.
+    result = launch("--workers", "1", DEBUG="true", SECRET_KEY="", WEBHOOK_SECRET="")
+
+    assert result.returncode == 2
+    assert "must be set when DEBUG is off" in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_launcher_serves_production_with_one_worker_per_core(seeded_tx, tmp_path, redis_url):
+    """The production configuration end to end: DEBUG off, prepared statements, granian."""
+    _, key = create_api_key(name="production")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
+    env |= PRODUCTION | {"REDIS_URL": redis_url, "PORT": str(port)}
+    env["DATABASE_URL"] = database_url_for_tests(f"leaddist-test-serve-{port}")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "leaddist.serve"],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            health = None
+            deadline = time.monotonic() + 30
+            while health is None and time.monotonic() < deadline:
+                try:
+                    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            workers = child_processes(process.pid)
+            while len(workers) < (os.cpu_count() or 1) and time.monotonic() < deadline:
+                time.sleep(0.2)  # the first worker may answer before the others are up
+                workers = child_processes(process.pid)
+            leads = [
+                httpx.post(
+                    f"http://127.0.0.1:{port}/api/leads",
+                    json={"name": "Ada", "phone": f"+1555010{n:04d}", "city": "X", "service": 3},
+                    headers={"Authorization": f"Bearer {key}"},
+                    timeout=10,
+                )
+                for n in range(5)  # past the prepare threshold: the statements run prepared
+            ]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    assert health is not None, log.read_text()
+    assert health.status_code == 200, log.read_text()
+    assert health.json()["status"] == "ok"
+    assert len(workers) == (os.cpu_count() or 1)  # the launcher became granian, its parent
+    assert [lead.status_code for lead in leads] == [201] * 5, log.read_text()
+    assert [[p["id"] for p in lead.json()["providers"]] for lead in leads] == [
+        [1, 4, 2],
+        [1, 4, 3],
+        [1, 4, 5],
+        [1, 4, 6],
+        [1, 4, 7],
+    ]
+    assert_invariants()
+
+
+def child_processes(pid: int) -> list[int]:
+    """The pids of a process's children, from /proc."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid:
+            children.append(int(entry))
+    return children

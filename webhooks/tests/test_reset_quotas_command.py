@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from allocation.tests.asgi_server import free_port, run_daphne
+from allocation.tests.asgi_server import free_port, run_server
 from providers.models import Provider
 from webhooks.models import ProcessedEvent
 from webhooks.tests.helpers import SECRET, snapshot, submit_leads
@@ -19,11 +19,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(scope="module")
 def live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[str]:
-    """daphne serving leaddist on a free port, on the test database, with WEBHOOK_SECRET set."""
-    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
+    """The app served on a free port, on the test database, with WEBHOOK_SECRET set."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
     with (
         django_db_blocker.unblock(),
-        run_daphne(
+        run_server(
             log, WEBHOOK_SECRET=SECRET, DB_POOL_MIN_SIZE="1", DB_POOL_MAX_SIZE="4"
         ) as server,
     ):
