@@ -1,4 +1,4 @@
-# Production image: `python -m leaddist.serve` (granian, one worker per core, DEBUG off), the
+# Production image: `python -m leaddist.serve` (uvicorn, one worker per core, DEBUG off), the
 # server `make serve` runs. Configure it with environment variables (README, Configuration);
 # it refuses to start without SECRET_KEY and WEBHOOK_SECRET. Run `python manage.py migrate`
 # once per release, before starting the new containers.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -127,7 +128,14 @@ class RevokedFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "key_prefix", "created_at", "last_used_at", "revoked_at"]
+    list_display = [
+        "name",
+        "key_prefix",
+        "rate_limit_shown",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     list_filter = [RevokedFilter]
     search_fields = ["name", "key_prefix"]
     readonly_fields = ["key_prefix", "created_at", "last_used_at", "revoked_at"]
@@ -135,8 +143,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
-            return ["name"]
-        return ["name", *self.readonly_fields]
+            return ["name", "rate_limit"]
+        return ["name", "rate_limit", *self.readonly_fields]
+
+    @admin.display(description="rate limit")
+    def rate_limit_shown(self, key: ApiKey) -> str:
+        return key.rate_limit or f"default ({settings.RATE_LIMIT_PER_KEY})"
 
     def has_delete_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
         # Keys are revoked, not deleted, so leads' sources keep meaning something.
@@ -146,7 +158,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        key, raw = create_api_key(name=obj.name)
+        key, raw = create_api_key(name=obj.name, rate_limit=obj.rate_limit)
         # The admin goes on with `obj` (history, redirect): make it the saved row.
         for field in ApiKey._meta.concrete_fields:
             setattr(obj, field.attname, getattr(key, field.attname))

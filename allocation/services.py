@@ -601,12 +601,20 @@ def drain_after_capacity_added(sender: object, service_ids: list[int], **kwargs:
     allocate_waiting_leads()
 
 
-def create_api_key(*, name: str) -> tuple[ApiKey, str]:
-    """Create a key for a lead source; return it with the raw key, which is never stored."""
+def create_api_key(*, name: str, rate_limit: str = "") -> tuple[ApiKey, str]:
+    """Create a key for a lead source; return it with the raw key, which is never stored.
+
+    ``rate_limit`` ("1000/s", "600/m", "0" for none) overrides RATE_LIMIT_PER_KEY for this key.
+    """
     raw = ApiKey.generate()
-    key = ApiKey.objects.create(
-        name=name, key_hash=ApiKey.hash_key(raw), key_prefix=raw[: len(ApiKey.PREFIX) + 6]
+    key = ApiKey(
+        name=name,
+        key_hash=ApiKey.hash_key(raw),
+        key_prefix=raw[: len(ApiKey.PREFIX) + 6],
+        rate_limit=rate_limit,
     )
+    key.full_clean(exclude=["key_hash", "key_prefix"])
+    key.save()
     return key, raw
 
 

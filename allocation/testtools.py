@@ -21,6 +21,8 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -93,27 +95,39 @@ def _error_detail(response: httpx.Response) -> str:
 
 
 async def _timed(
-    client: httpx.AsyncClient, path: str, *, body: bytes, headers: dict[str, str]
+    client: httpx.AsyncClient, url: str, *, body: bytes, headers: dict[str, str]
 ) -> tuple[httpx.Response | Exception, int]:
     started = time.monotonic()
     try:
-        response: httpx.Response | Exception = await client.post(
-            path, content=body, headers=headers
-        )
+        response: httpx.Response | Exception = await client.post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:
         response = exc
     return response, round(1000 * (time.monotonic() - started))
 
 
-def _client(base_url: str, **kwargs: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=base_url,
-        timeout=REQUEST_TIMEOUT_SECONDS,
-        transport=make_transport(),
-        # Every request gets its own connection: they are all sent at the same time.
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-        **kwargs,
-    )
+# One client per event loop, kept: making one loads the TLS trust store, which took longer
+# than the ten leads. Its connections stay open for the next press.
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+@asynccontextmanager
+async def _client() -> AsyncIterator[httpx.AsyncClient]:
+    transport = make_transport()
+    if transport is not None:  # a routed transport (tests): a client of its own
+        async with httpx.AsyncClient(transport=transport, timeout=REQUEST_TIMEOUT_SECONDS) as own:
+            yield own
+        return
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        for stale in [other for other in _clients if other.is_closed()]:
+            del _clients[stale]
+        client = _clients[loop] = httpx.AsyncClient(
+            timeout=REQUEST_TIMEOUT_SECONDS,
+            # Enough connections for every request of a press to go out at the same time.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=MAX_DELIVERIES),
+        )
+    yield client
 
 
 def _session_credentials(request: HttpRequest, base_url: str) -> tuple[dict, dict]:
@@ -145,11 +159,12 @@ async def send_leads(
     base_url: str, payloads: list[dict[str, Any]], *, cookies: dict, headers: dict
 ) -> list[Outcome]:
     """POST every payload to /api/leads at the same time; the answers in payload order."""
-    headers = {**headers, "Content-Type": "application/json"}
-    async with _client(base_url, cookies=cookies) as client:
+    cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    headers = {**headers, "Content-Type": "application/json", "Cookie": cookie}
+    async with _client() as client:
         answers = await asyncio.gather(
             *(
-                _timed(client, LEADS_PATH, body=json.dumps(p).encode(), headers=headers)
+                _timed(client, base_url + LEADS_PATH, body=json.dumps(p).encode(), headers=headers)
                 for p in payloads
             )
         )
@@ -191,12 +206,12 @@ async def deliver_webhook(
 ) -> list[Outcome]:
     """Deliver the same reset event ``copies`` times at once, each delivery signed on its own."""
     body = json.dumps({"eventId": event_id}).encode()
-    async with _client(base_url) as client:
+    async with _client() as client:
         answers = await asyncio.gather(
             *(
                 _timed(
                     client,
-                    WEBHOOK_PATH,
+                    base_url + WEBHOOK_PATH,
                     body=body,
                     headers={
                         "Content-Type": "application/json",

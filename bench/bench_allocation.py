@@ -2,9 +2,12 @@
 
 Run: .venv/bin/python bench/bench_allocation.py [--leads 400] [--stored-leads 1000000]
 
-It builds a throw-away test database (test_<name>), fills it, and times submit_lead one lead
-at a time in each scenario. Machines here are noisy, so read the ratios between scenarios of
-the same run, not the absolute numbers. Results and commands go in docs/PERFORMANCE.md.
+It builds a throw-away test database (test_<name> of DATABASE_URL, default
+test_leaddist_bench), fills it, and times submit_lead one lead at a time in each scenario,
+in this process. Machines here are noisy, so read the ratios between scenarios of the same
+run, not the absolute numbers. Results and commands go in docs/PERFORMANCE.md. The
+invariants of bench/common.py are checked on the leads it allocated (the bulk-loaded history
+left out) before the database is dropped; the command exits 1 if one fails.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common
+
+sys.path.insert(0, str(common.APP_DIR))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leaddist.settings")
+os.environ.setdefault("DATABASE_URL", common.DEFAULT_DATABASE_URL)
 
 import django
 
@@ -45,7 +50,11 @@ def time_leads(service_id: int, count: int, phone_base: int) -> list[float]:
 
 
 def build_big_pool(exhausted_share: float) -> int:
-    """A service with 1 mandatory provider and a pool of BIG_POOL providers."""
+    """A service with 1 mandatory provider and a pool of BIG_POOL providers.
+
+    The exhausted ones have a quota of 0: ineligible like a used-up quota, and consistent
+    for the invariants check (quota - remaining_quota = leads allocated this cycle).
+    """
     service = Service.objects.create(slug=f"big-{exhausted_share}", name="Big pool")
     PoolCursor.objects.create(service=service)
     with connection.cursor() as cursor:
@@ -54,16 +63,17 @@ def build_big_pool(exhausted_share: float) -> int:
             INSERT INTO providers_provider
                 (name, quota, remaining_quota, status, cycle,
                  leads_this_cycle, leads_total, created_at)
-            SELECT 'Big ' || g, 1000000,
-                   CASE WHEN random() < %s THEN 0 ELSE 1000000 END,
-                   'active', 1, 0, 0, now()
-            FROM generate_series(1, %s) g
+            SELECT 'Big ' || g, q, q, 'active', 1, 0, 0, now()
+            FROM (
+                SELECT g, CASE WHEN random() < %s THEN 0 ELSE 1000000 END AS q
+                FROM generate_series(1, %s) g
+            ) s
             RETURNING id
             """,
             [exhausted_share, BIG_POOL + 1],
         )
         ids = sorted(row[0] for row in cursor.fetchall())
-    Provider.objects.filter(pk=ids[0]).update(remaining_quota=1_000_000)
+    Provider.objects.filter(pk=ids[0]).update(quota=1_000_000, remaining_quota=1_000_000)
     Membership.objects.create(service=service, provider_id=ids[0], role="mandatory", position=1)
     Membership.objects.bulk_create(
         (
@@ -128,8 +138,13 @@ def main() -> None:
             "pool of 10,000, 90% exhausted", time_leads(big_exhausted, args.leads, 50_000_000), base
         )
         summary("seed catalogue again (drift check)", time_leads(2, args.leads, 60_000_000), base)
+        url = common.database_url(connection.settings_dict["NAME"], common.base_database_url())
+        # The history leads (source "bench") were bulk-loaded without allocations.
+        invariants = common.check_invariants(url, "allocation", leads_where="l.source <> 'bench'")
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
+    if not common.report_invariants(invariants):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

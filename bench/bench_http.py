@@ -1,116 +1,211 @@
-"""A burst of leads over HTTP against daphne: throughput and latency at several concurrencies.
+"""Lead intake over HTTP under wrk, per server and worker count, against the database ceiling.
 
-Run: .venv/bin/python bench/bench_http.py [--requests 600] [--concurrency 1 8 32] [--workers 1 2]
+Run: .venv/bin/python bench/bench_http.py [--server serve] [--server granian ...]
+         [--workers 1 2] [--concurrency 1 8 32 64] [--seconds 10] [--warmup 2] [--no-ceiling]
 
-It creates a throw-away test database (test_<name>), seeds it with ample quota, serves the app
-with `python -m leaddist.serve` (1 daphne process, then 2 on one socket, with Redis fan-out) and
-fires POST /api/leads with httpx.AsyncClient. Compare rows of the same run: absolute numbers on
-these 2-core machines are noisy. GET /healthz at the same concurrency is the cost of the HTTP
-stack plus one database round trip.
+Servers are the named entries of SERVERS in bench/common.py (serve, run, granian, uvicorn);
+change a command there. It makes a throw-away database (<DATABASE_URL's name>_http, default
+leaddist_bench_http, dropped and recreated each run): migrated, seeded, quotas of 100,000,000,
+one API key. For each server and worker count it starts the server (DEBUG off, or on for
+`run`; REDIS_URL with more than one worker), waits for /healthz, warms up with wrk, then runs
+wrk (threads min(C, 2), `--timeout 30s`) with bench/wrk_leads.lua at each concurrency: POST
+/api/leads, a unique phone per request, services 1-3 in turn.
+
+Each row: leads/s (201 and 202 answers per second), wrk's p50/p99 latency, the status counts
+(socket errors are wrk's connect/read/write/timeout errors), the CPU per stored lead of the
+server (its process and all descendants) and of PostgreSQL (the postmaster and all its
+descendants), read from /proc before and after the run, after the leads still in flight when
+wrk stopped are stored; wrk's own CPU per request; and the ratio of leads/s to the pgbench
+ceiling (bench/bench_ceiling.py, `multi` script, same concurrency), run first in the same
+command unless --no-ceiling. Invariants are checked after each server; exit 1 if one fails.
+Compare rows of one run: the 2-core machines are noisy, and wrk, the server and PostgreSQL
+share the cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
-import statistics
+import json
+import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leaddist.settings")
+import common
+from bench_ceiling import ceiling_table, run_ceiling
 
-import django
-
-django.setup()
-
-import httpx  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test.utils import setup_test_environment  # noqa: E402
-
-from allocation.services import create_api_key  # noqa: E402
-from allocation.tests.asgi_server import run_daphne  # noqa: E402
-from providers.models import Provider  # noqa: E402
-from providers.services import seed_catalogue  # noqa: E402
+LUA = Path(__file__).resolve().with_name("wrk_leads.lua")
 
 
-async def burst(url: str, count: int, concurrency: int, make_request) -> tuple[float, list[float]]:
-    """Send `count` requests, `concurrency` at a time; return (seconds, latencies)."""
-    latencies: list[float] = []
-    queue = iter(range(count))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+class WrkFailed(Exception):
+    """wrk printed no result line (e.g. it could not connect at all)."""
 
-        async def worker() -> None:
-            for n in queue:
-                start = time.perf_counter()
-                response = await make_request(client, n)
-                latencies.append(time.perf_counter() - start)
-                assert response.status_code in (200, 201), response.text
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - start, latencies
+def run_wrk(url: str, key: str, *, clients: int, seconds: float, run: int) -> dict[str, float]:
+    command = [
+        "wrk",
+        *("-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{seconds}s"),
+        *("--timeout", "30s", "-s", str(LUA), url, "--", key, str(run)),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in result.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line.removeprefix("BENCH_JSON "))
+    raise WrkFailed(f"wrk failed ({result.returncode}): {result.stdout} {result.stderr}".strip())
+
+
+def measure(
+    server: common.Server, db_url: str, key: str, *, clients: int, seconds: float, run: int
+) -> dict[str, object]:
+    leads_before = common.count_leads(db_url)
+    with common.CpuMeter(server.process.pid, common.database_name(db_url)) as used:
+        stats = run_wrk(server.url, key, clients=clients, seconds=seconds, run=run)
+        stored = common.settle(db_url) - leads_before
+    duration = stats["duration_us"] / 1e6
+    return {
+        "server": server.name,
+        "workers": server.workers,
+        "clients": clients,
+        "leads_s": (stats["s201"] + stats["s202"]) / duration if duration else 0.0,
+        "p50": stats["p50"] / 1000,
+        "p99": stats["p99"] / 1000,
+        "s201": stats["s201"],
+        "s202": stats["s202"],
+        "s409": stats["s409"],
+        "other": stats["other"],
+        "socket": stats["connect"] + stats["read"] + stats["write"] + stats["timeout"],
+        "stored": stored,
+        "server_ms": used.server * 1000 / stored if stored else None,
+        "pg_ms": used.postgres * 1000 / stored if stored else None,
+        "wrk_ms": used.children * 1000 / stats["requests"] if stats["requests"] else None,
+    }
+
+
+def http_table(rows: list[dict[str, object]], ceiling: dict[tuple[str, int], dict]) -> str:
+    headers = [
+        "server",
+        "workers",
+        "c",
+        "leads/s",
+        "p50 ms",
+        "p99 ms",
+        "201",
+        "202",
+        "409",
+        "other",
+        "socket err",
+        "server CPU ms/lead",
+        "PG CPU ms/lead",
+        "wrk CPU ms/req",
+        "vs pgbench multi",
+    ]
+    out = []
+    for r in rows:
+        if "error" in r:
+            error = r["error"].replace("|", "/")[:80]
+            out.append([r["server"], r["workers"], "-", error, *["-"] * 11])
+            continue
+        multi = ceiling.get(("multi", r["clients"]), {}).get("tps")
+        out.append(
+            [
+                r["server"],
+                r["workers"],
+                r["clients"],
+                common.fmt(r["leads_s"], 0),
+                common.fmt(r["p50"], 1),
+                common.fmt(r["p99"], 1),
+                r["s201"],
+                r["s202"],
+                r["s409"],
+                r["other"],
+                r["socket"],
+                common.fmt(r["server_ms"], 2),
+                common.fmt(r["pg_ms"], 2),
+                common.fmt(r["wrk_ms"], 3),
+                f"{r['leads_s'] / multi:.2f}x" if multi else "-",
+            ]
+        )
+    return common.markdown_table(headers, out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=list(common.SERVERS),
+        help="an entry of SERVERS in bench/common.py; repeat for several (default: serve)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk -c 4 per server")
+    parser.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the pgbench ceiling first (default) and print the ratio to it",
+    )
+    parser.add_argument(
+        "--protocol",
+        default="prepared",
+        help="pgbench -M for the ceiling: prepared, as the app runs its statements",
+    )
+    parser.add_argument("--redis-url", default=common.DEFAULT_REDIS_URL)
+    parser.add_argument("--log-dir", type=Path, help="server logs (default: a temp dir)")
     args = parser.parse_args()
+    servers = args.server or ["serve"]
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    setup_test_environment()
-    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
-    try:
-        seed_catalogue()
-        Provider.objects.update(quota=1_000_000, remaining_quota=1_000_000)
-        _, key = create_api_key(name="bench")
-        headers = {"Authorization": f"Bearer {key}"}
-        log = Path("/tmp/leaddist-bench-daphne.log")
-        env = {
-            "RATE_LIMIT_PER_KEY": "0",
-            "DEBUG": "0",
-            "SECRET_KEY": "bench",
-            "LOG_LEVEL": "WARNING",
-        }
-        env["WEBHOOK_SECRET"] = "whsec_YmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtYmVuY2g="
-        env["ALLOWED_HOSTS"] = "127.0.0.1"
-        env["SECURE_SSL_REDIRECT"] = "false"
-        phone = iter(range(10_000_000, 99_999_999))
+    ceiling: dict[tuple[str, int], dict] = {}
+    invariants: list[str] = []
+    if args.ceiling:
+        ceiling, invariants = run_ceiling(args.concurrency, args.seconds, protocol=args.protocol)
 
-        async def lead(client: httpx.AsyncClient, n: int) -> httpx.Response:
-            body = {"name": "Bench", "phone": f"+1{next(phone)}", "city": "X", "service": n % 3 + 1}
-            return await client.post("/api/leads", json=body, headers=headers)
+    db_url = common.database_url(common.database_name(common.base_database_url()) + "_http")
+    key = common.prepare_app_database(db_url)
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="leaddist-bench-http-"))
+    rows: list[dict[str, object]] = []
+    run = 0
+    done: set[tuple[str, int]] = set()
+    for name in servers:
+        for requested in args.workers:
+            workers = common.server_workers(name, requested)
+            if (name, workers) in done:
+                continue
+            done.add((name, workers))
+            try:
+                with common.run_server(
+                    name, url=db_url, workers=workers, redis_url=args.redis_url, log_dir=log_dir
+                ) as server:
+                    run += 1
+                    run_wrk(server.url, key, clients=4, seconds=args.warmup, run=run)
+                    for clients in args.concurrency:
+                        run += 1
+                        common.log(f"{name} workers {workers}: wrk -c {clients} -d {args.seconds}s")
+                        row = measure(
+                            server, db_url, key, clients=clients, seconds=args.seconds, run=run
+                        )
+                        common.log(f"    {row['leads_s']:.0f} leads/s")
+                        rows.append(row)
+            except common.ServerFailed as exc:
+                common.log(str(exc))
+                rows.append({"server": name, "workers": workers, "error": "failed to start"})
+                continue
+            except WrkFailed as exc:
+                common.log(str(exc))
+                rows.append(
+                    {"server": name, "workers": workers, "error": " ".join(str(exc).split())}
+                )
+            invariants += common.check_invariants(db_url, f"{name} w{workers}")
 
-        async def health(client: httpx.AsyncClient, n: int) -> httpx.Response:
-            return await client.get("/healthz")
-
-        print("| workers | concurrency | requests | leads/s | p50 ms | p95 ms | healthz/s |")
-        print("|---|---|---|---|---|---|---|")
-        for workers in args.workers:
-            extra = {"REDIS_URL": args.redis_url} if workers > 1 else {}
-            with run_daphne(log, workers=workers, **env, **extra) as server:
-                asyncio.run(burst(server.url, 60, 4, lead))  # warm-up
-                for concurrency in args.concurrency:
-                    h_secs, _ = asyncio.run(burst(server.url, args.requests, concurrency, health))
-                    secs, lat = asyncio.run(burst(server.url, args.requests, concurrency, lead))
-                    lat.sort()
-                    rate, h_rate = args.requests / secs, args.requests / h_secs
-                    p50, p95 = statistics.median(lat) * 1000, lat[int(len(lat) * 0.95)] * 1000
-                    print(
-                        f"| {workers} | {concurrency} | {args.requests} | {rate:.0f} | "
-                        f"{p50:.1f} | {p95:.1f} | {h_rate:.0f} |"
-                    )
-        allocated = Provider.objects.values_list("leads_total", flat=True)
-        print(f"\n{sum(allocated) // 3} leads allocated, every request answered 201.")
-    finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+    if ceiling:
+        print(ceiling_table(ceiling))
+        print()
+    print(http_table(rows, ceiling))
+    print(f"\nServer logs: {log_dir}")
+    ok = common.report_invariants(invariants)
+    if not ok or any("error" in r for r in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

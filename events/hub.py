@@ -48,18 +48,15 @@ T = TypeVar("T")
 
 WAKE_CHANNEL = "leaddist:events"
 READ_BATCH = 500
-# How long the hub waits after a pass before the next one, so a burst of commits is read in
-# a few passes instead of one per commit.
-COALESCE_SECONDS = 0.02
 TRIM_EVERY_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One event as every stream sends it: the SSE text, with its stream position."""
+    """One event as every stream sends it: the SSE bytes, with its stream position."""
 
     seq: int
-    text: str
+    data: bytes
 
 
 def stream_id(seq: int) -> str:
@@ -68,7 +65,8 @@ def stream_id(seq: int) -> str:
 
 
 def encode(seq: int, event_type: str, data: Any) -> Frame:
-    return Frame(seq, sse_encode_event(event_type, json.dumps(data), event_id=stream_id(seq)))
+    text = sse_encode_event(event_type, json.dumps(data), event_id=stream_id(seq))
+    return Frame(seq, text.encode())
 
 
 # --- Reads from the log (blocking; the hub runs them in a thread) ------------------------------
@@ -125,6 +123,9 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.streams = 0
+        # Keep-alive ticks so far: every EVENT_KEEP_ALIVE_SECONDS the hub pulses once for all
+        # streams, so a waiting stream needs no timer of its own.
+        self.ticks = 0
         # Every seq in (floor, position] is in ``frames``, in order; gaps are rolled-back
         # transactions, whose seq was drawn and never committed.
         self.position: int | None = None
@@ -164,14 +165,14 @@ class Hub:
         return self.frames[start:]
 
     async def next_pulse(self) -> None:
-        """Until the hub has buffered new frames."""
+        """Until the hub has buffered new frames, or it is time for a keep-alive."""
         await self._pulse.wait()
 
     def wake(self) -> None:
         self._wake.set()
 
     async def _run(self) -> None:
-        last_trim = self.loop.time()
+        last_trim = last_tick = self.loop.time()
         while True:
             try:
                 async with asyncio.timeout(settings.EVENT_POLL_SECONDS):
@@ -189,13 +190,20 @@ class Hub:
                     # Nobody listens: forget the buffer rather than keep reading into it.
                     self.position = None
                     self.frames, self.seqs = [], []
+                if self.loop.time() - last_tick >= settings.EVENT_KEEP_ALIVE_SECONDS:
+                    last_tick = self.loop.time()
+                    self.ticks += 1
+                    self._pulse.set()
+                    self._pulse.clear()
                 if self.loop.time() - last_trim > TRIM_EVERY_SECONDS:
                     last_trim = self.loop.time()
                     await in_thread(trim_log)
             except Exception:
                 # The hub must outlive any failure; the next pass tries again.
                 logger.exception("live events: reading the event log failed")
-            await asyncio.sleep(COALESCE_SECONDS)
+            # A burst of commits is read, and sent to each stream, a few times a second rather
+            # than once per commit: the first event after a quiet spell goes out at once.
+            await asyncio.sleep(settings.EVENT_BATCH_SECONDS)
 
     async def _read(self) -> None:
         if self.position is None:

@@ -29,8 +29,8 @@ from events.hub import (
 from events.types import CHANNEL
 
 # django-eventstream pads its first chunk so that proxies and old browsers flush it at once.
-OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"
-KEEP_ALIVE = "event: keep-alive\ndata:\n\n"
+OPENING = b":" + b" " * 2048 + b"\n\nevent: stream-open\ndata:\n\n"
+KEEP_ALIVE = b"event: keep-alive\ndata:\n\n"
 
 
 class BadPosition(ValueError):
@@ -65,7 +65,7 @@ async def _starting_position(position: int | None) -> tuple[int, bool]:
 
 async def follow(
     position: int | None, *, still_allowed: Callable[[], Awaitable[bool]]
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     """The stream's text: everything after ``position``, then each new event as it commits.
 
     ``still_allowed`` is asked every SESSION_RECHECK_SECONDS; when it says no, the stream sends
@@ -81,14 +81,14 @@ async def follow(
         if reset:
             pending += sse_encode_event(
                 "stream-reset", {"channels": [CHANNEL]}, event_id=stream_id(start), json_encode=True
-            )
+            ).encode()
         position = start
         checked_at = loop.time()
         while True:
             if loop.time() - checked_at >= settings.EVENT_SESSION_RECHECK_SECONDS:
                 checked_at = loop.time()
                 if not await still_allowed():
-                    yield pending + sse_encode_error("forbidden", "The session has ended.")
+                    yield pending + sse_encode_error("forbidden", "The session has ended.").encode()
                     return
             frames = hub.buffered_after(position)
             if frames is None:
@@ -96,13 +96,12 @@ async def follow(
             if frames or pending:
                 if frames:
                     position = frames[-1].seq
-                yield pending + "".join(frame.text for frame in frames)
-                pending = ""
+                yield pending + b"".join(frame.data for frame in frames)
+                pending = b""
                 continue
-            try:
-                async with asyncio.timeout(settings.EVENT_KEEP_ALIVE_SECONDS):
-                    await hub.next_pulse()
-            except TimeoutError:
-                yield KEEP_ALIVE
+            ticks = hub.ticks
+            await hub.next_pulse()
+            if hub.ticks != ticks:
+                pending = KEEP_ALIVE  # sent with whatever else this pulse brought
     finally:
         hub.streams -= 1

@@ -1,4 +1,4 @@
-"""Serve leaddist in production: granian, one worker process per core, DEBUG off.
+"""Serve leaddist in production: uvicorn, one worker process per core, DEBUG off.
 
     python -m leaddist.serve [--host 0.0.0.0] [--port 8000] [--workers N]
 
@@ -7,14 +7,15 @@ This is what `make serve` and the Dockerfile run. ``--port`` defaults to PORT (e
 one core at a time, so a core per worker. All workers share PostgreSQL, whose row locks keep
 the engine correct across processes and hosts.
 
-Before handing over to granian it loads the production settings, so a missing SECRET_KEY or
+Before handing over to uvicorn it loads the production settings, so a missing SECRET_KEY or
 WEBHOOK_SECRET (or any other refused setting) stops it with the reason, and it refuses several
 workers without REDIS_URL: live events would then reach the other workers' dashboards only at
 their next poll, and each worker would count rate limits alone.
 
-granian was chosen by measurement against uvicorn (uvloop, httptools) and daphne; the figures
-are in docs/PERFORMANCE.md. It serves ASGI without lifespan events (Django has none), with a
-single-threaded Rust runtime per worker, and restarts a worker that dies.
+uvicorn (uvloop, httptools) was chosen by measurement against granian and daphne; the figures
+are in docs/PERFORMANCE.md. Its supervisor restarts a worker that dies. It runs without
+lifespan events (Django has none) and without its own X-Forwarded-For handling: which proxy
+headers to trust is the app's decision (TRUSTED_PROXY_COUNT), never the server's.
 """
 
 from __future__ import annotations
@@ -62,15 +63,13 @@ def refusal(workers: int) -> str | None:
     return None
 
 
-def granian_command(args: argparse.Namespace) -> list[str]:
+def server_command(args: argparse.Namespace) -> list[str]:
     return [
-        sys.executable,
-        *("-m", "granian", "--interface", "asginl"),
+        *(sys.executable, "-m", "uvicorn", APPLICATION),
         *("--host", args.host, "--port", str(args.port), "--workers", str(args.workers)),
-        *("--loop", "uvloop", "--runtime-mode", "st", "--backlog", "2048"),
-        *("--respawn-failed-workers", "--workers-kill-timeout", "30"),
-        *("--log-level", "warning"),
-        APPLICATION,
+        *("--loop", "uvloop", "--http", "httptools", "--lifespan", "off"),
+        *("--no-proxy-headers", "--no-access-log", "--no-server-header", "--backlog", "2048"),
+        *("--timeout-graceful-shutdown", "30", "--log-level", "warning"),
     ]
 
 
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(reason, file=sys.stderr)
         return 2
-    command = granian_command(args)
+    command = server_command(args)
     os.execv(command[0], command)
     return 0  # not reached
 

@@ -122,7 +122,7 @@ else:
 # Threads per process that run views, and so hold database connections (leaddist.asgi). A few
 # are enough: a lead's transaction waits on the network, not on Python, and more threads only
 # fight over the interpreter's lock (docs/PERFORMANCE.md).
-ASGI_THREADS = env.int("ASGI_THREADS", default=4)
+ASGI_THREADS = env.int("ASGI_THREADS", default=3)
 DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=2)
 # psycopg's default max of 4 starves a threaded server; each process gets its own pool.
 DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=20)
@@ -250,7 +250,10 @@ EVENTSTREAM_STORAGE_CLASS = "events.storage.EventLogStorage"
 EVENTSTREAM_CHANNELMANAGER_CLASS = "allocation.sse.StaffChannelManager"
 # Each process reads the log when a commit wakes it (locally, or through Redis), and at least
 # this often, so an event is never later than this even without Redis.
-EVENT_POLL_SECONDS = env.float("EVENT_POLL_SECONDS", default=1.0)
+EVENT_POLL_SECONDS = env.float("EVENT_POLL_SECONDS", default=0.5)
+# During a burst each process sends its streams what committed at most this often: a wake-up
+# costs every open stream a write, an event in a wake-up almost nothing.
+EVENT_BATCH_SECONDS = env.float("EVENT_BATCH_SECONDS", default=0.25)
 EVENT_KEEP_ALIVE_SECONDS = env.float("EVENT_KEEP_ALIVE_SECONDS", default=20.0)
 # An open stream re-reads its session this often and closes once it is no longer staff.
 EVENT_SESSION_RECHECK_SECONDS = env.float("EVENT_SESSION_RECHECK_SECONDS", default=60.0)

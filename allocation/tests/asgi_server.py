@@ -23,7 +23,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from leaddist.serve import granian_command
+from leaddist.serve import server_command
 
 BASE_DIR = Path(settings.BASE_DIR)
 ARTIFACTS = BASE_DIR / "test-artifacts"
@@ -82,8 +82,9 @@ def free_port() -> int:
 def run_server(log: Path, *, workers: int = 1, **environment: str) -> Iterator[AsgiServer]:
     """Serve leaddist.asgi on a free port until the block ends.
 
-    It runs granian exactly as ``python -m leaddist.serve`` does (one process, or ``workers``
-    of them on one port), but with DEBUG on, so that static files come from the source tree.
+    It runs the server exactly as ``python -m leaddist.serve`` does (one process, or
+    ``workers`` of them on one port), but with DEBUG on, so that static files come from the
+    source tree.
     """
     port = free_port()
     application_name = f"leaddist-test-server-{port}"
@@ -97,7 +98,7 @@ def run_server(log: Path, *, workers: int = 1, **environment: str) -> Iterator[A
     server = AsgiServer(url=f"http://127.0.0.1:{port}", log=log)
     with log.open("wb") as output:
         process = subprocess.Popen(
-            granian_command(Namespace(host="127.0.0.1", port=port, workers=workers)),
+            server_command(Namespace(host="127.0.0.1", port=port, workers=workers)),
             cwd=BASE_DIR,
             env=env,
             stdout=output,

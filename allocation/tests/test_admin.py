@@ -130,10 +130,31 @@ def test_key_hash_is_never_shown(admin_client, seeded):
     assert all(page.status_code == 200 for page in pages)
 
 
-def test_add_key_form_asks_only_for_a_name(admin_client, seeded):
+def test_add_key_form_asks_for_a_name_and_an_optional_rate_limit(admin_client, seeded):
     response = admin_client.get(reverse("admin:allocation_apikey_add"))
 
-    assert set(response.context["adminform"].form.fields) == {"name"}
+    assert set(response.context["adminform"].form.fields) == {"name", "rate_limit"}
+
+
+def test_a_key_s_rate_limit_is_set_and_changed_in_the_admin(admin_client, seeded):
+    admin_client.post(
+        reverse("admin:allocation_apikey_add"), {"name": "crm", "rate_limit": "500/s"}
+    )
+    key = ApiKey.objects.get(name="crm")
+
+    admin_client.post(
+        reverse("admin:allocation_apikey_change", args=[key.pk]),
+        {"name": "crm", "rate_limit": "20000/m"},
+    )
+    refused = admin_client.post(
+        reverse("admin:allocation_apikey_change", args=[key.pk]),
+        {"name": "crm", "rate_limit": "lots"},
+    )
+
+    key.refresh_from_db()
+    assert key.rate_limit == "20000/m"
+    assert refused.status_code == 200
+    assert "Use a form like 1000/s, 600/m or 0." in refused.content.decode()
 
 
 def test_revoke_action_sets_revoked_at(admin_client, seeded):

@@ -1,3 +1,4 @@
+import re
 from io import StringIO
 
 import pytest
@@ -38,3 +39,20 @@ def test_help_is_the_module_docstring():
     from allocation.management.commands import create_api_key
 
     assert create_api_key.Command.help == create_api_key.__doc__
+
+
+def test_a_key_can_have_its_own_rate_limit(client, seeded):
+    output = run("marketplace", "--rate-limit", "2000/s")
+
+    key = ApiKey.objects.get()
+    assert key.rate_limit == "2000/s"
+    assert post_lead(client, key=output.strip().splitlines()[-1]).status_code == 201
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("rate", ["fast", "10/d", "1000"])
+def test_refuses_a_rate_limit_it_cannot_read(rate):
+    with pytest.raises(CommandError, match=re.escape("Use a form like 1000/s, 600/m or 0.")):
+        run("acme", "--rate-limit", rate)
+
+    assert ApiKey.objects.count() == 0

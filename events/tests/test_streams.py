@@ -47,11 +47,11 @@ async def allowed() -> bool:
     return True
 
 
-async def read_until(chunks: AsyncIterator[str], marker: str, *, seconds: float = 5) -> str:
+async def read_until(chunks: AsyncIterator[bytes], marker: str, *, seconds: float = 5) -> str:
     text = ""
     async with asyncio.timeout(seconds):
         while marker not in text:
-            text += await anext(chunks)
+            text += (await anext(chunks)).decode()
     return text
 
 
@@ -165,7 +165,7 @@ def test_a_stream_whose_session_ended_says_so_and_closes(settings):
     async def scenario() -> list[str]:
         stream = follow(None, still_allowed=signed_out)
         try:
-            return [chunk async for chunk in stream]
+            return [chunk.decode() async for chunk in stream]
         finally:
             await close_hub()
 
@@ -173,3 +173,19 @@ def test_a_stream_whose_session_ended_says_so_and_closes(settings):
 
     assert "event: stream-error" in chunks[-1]
     assert '"condition": "forbidden"' in chunks[-1]
+
+
+def test_a_quiet_stream_gets_keep_alives_from_the_hub(settings):
+    settings.EVENT_KEEP_ALIVE_SECONDS = 0.2
+    settings.EVENT_POLL_SECONDS = 0.05
+
+    async def scenario() -> str:
+        stream = follow(None, still_allowed=allowed)
+        try:
+            await read_until(stream, "stream-open")
+            return await read_until(stream, "event: keep-alive", seconds=3)
+        finally:
+            await stream.aclose()
+            await close_hub()
+
+    assert "event: keep-alive\ndata:\n\n" in asyncio.run(scenario())
