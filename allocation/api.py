@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Query, Router, Schema
 
@@ -34,7 +35,8 @@ from allocation.selectors import (
 )
 from allocation.services import Busy, DuplicateLead, ServiceUnavailable, intake_lead
 from leaddist.audit import log_event
-from leaddist.errors import Rejected, error_response
+from leaddist.db import connection_lost, recover
+from leaddist.errors import Rejected, busy_response, error_response
 from leaddist.json_body import parse_json_body
 from leaddist.ratelimit import RateLimited, client_ip
 from providers.models import Provider, Service
@@ -185,7 +187,15 @@ DESCRIPTION = (
 def submit(request: HttpRequest) -> HttpResponse:
     started = time.monotonic()
     trail: dict[str, Any] = {}
-    response = _submit(request, trail)
+    try:
+        response = _submit(request, trail)
+    except DatabaseError as exc:
+        # Lost before anything committed (a committed lead is answered from the engine's
+        # decision): once more, on a fresh connection; a second loss is answered 503 busy.
+        if not connection_lost(exc):
+            raise
+        recover()
+        response = _submit(request, trail)
     log_event(
         "lead",
         started=started,
@@ -231,9 +241,7 @@ def _submit(request: HttpRequest, trail: dict[str, Any]) -> HttpResponse:
         return _invalid({"service": [str(exc)]}).response()
     except Busy as exc:
         trail["outcome"] = "busy"
-        response = error_response(503, "busy", str(exc))
-        response["Retry-After"] = str(exc.retry_after)
-        return response
+        return busy_response(str(exc))
     outcome = intake_outcome(intake, service)
     trail.update(outcome=outcome["status"], lead_id=intake.lead.pk)
     # The body is LeadOut by construction; a plain JsonResponse skips re-validating it.

@@ -11,7 +11,7 @@ from functools import wraps
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.auth.views import redirect_to_login
-from django.db import DEFAULT_DB_ALIAS, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.middleware.csrf import CsrfViewMiddleware
@@ -20,6 +20,7 @@ from ninja.errors import AuthenticationError, AuthorizationError
 from ninja.security.http import HttpBearer
 
 from allocation.models import ApiKey
+from leaddist.db import connection_lost, recover
 from leaddist.errors import error_response
 from leaddist.ratelimit import client_ip, hit, parse_rate
 
@@ -93,15 +94,28 @@ class _VerifiedKeys:
 verified_keys = _VerifiedKeys()
 
 
+def _stored_key(key_hash: str) -> tuple | None:
+    with connection.cursor() as cursor:
+        cursor.execute(USABLE_KEY_SQL, [key_hash])
+        return cursor.fetchone()
+
+
 def usable_key(raw: str) -> ApiKey | None:
-    """The key with this raw value, unless it is unknown or revoked."""
+    """The key with this raw value, unless it is unknown or revoked.
+
+    Usually a request's first database access: a connection found dead is replaced once.
+    """
     key_hash = ApiKey.hash_key(raw)
     key = verified_keys.get(key_hash)
     if key is not None:
         return key
-    with connection.cursor() as cursor:
-        cursor.execute(USABLE_KEY_SQL, [key_hash])
-        row = cursor.fetchone()
+    try:
+        row = _stored_key(key_hash)
+    except DatabaseError as exc:
+        if not connection_lost(exc):
+            raise
+        recover()
+        row = _stored_key(key_hash)
     if row is None:
         return None
     key = ApiKey.from_db(DEFAULT_DB_ALIAS, USABLE_KEY_FIELDS, row)

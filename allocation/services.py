@@ -30,7 +30,14 @@ from datetime import datetime
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.db.models import QuerySet
 from django.dispatch import receiver
 from django.utils import timezone
@@ -47,6 +54,7 @@ from allocation.engine import (
 )
 from allocation.models import ApiKey, Lead
 from events.services import announce_after_commit
+from leaddist.db import connection_lost, recover
 from providers.models import PoolCursor, Provider, Service
 from providers.services import lock_cursors
 from providers.signals import capacity_added
@@ -110,16 +118,27 @@ def _is_transient(exc: OperationalError) -> bool:
 
 
 def run_with_retries(attempt: Callable[[int], T]) -> T:
-    """Run ``attempt(slack)`` until it commits; retry transient conflicts, then raise Busy."""
+    """Run ``attempt(slack)`` until it commits; retry transient conflicts, then raise Busy.
+
+    A lost connection is retried once, on a fresh connection (leaddist.db.recover); a second
+    loss is Busy too. Nothing of a failed attempt is stored.
+    """
     slack = INITIAL_SLACK
     attempts = settings.ALLOCATION_MAX_ATTEMPTS
+    reconnected = False
     for number in range(1, attempts + 1):
         try:
             return attempt(slack)
         except _CandidatesTaken:
             logger.debug("candidates taken by another service, attempt %d/%d", number, attempts)
             slack *= 2
-        except OperationalError as exc:
+        except (OperationalError, InterfaceError) as exc:
+            if connection_lost(exc):
+                if reconnected:
+                    break
+                reconnected = True
+                recover()
+                continue
             if not _is_transient(exc):
                 raise
             logger.info("allocation conflict (%s), attempt %d/%d", exc.__cause__, number, attempts)
@@ -436,6 +455,22 @@ def _allocation_params(
     }
 
 
+def _committed_after_all(exc: Exception, written: QuerySet[Lead]) -> bool:
+    """The connection was lost at COMMIT: did the commit happen? Asked on a fresh connection.
+
+    PostgreSQL may have committed just before the connection went; then the lead is stored and
+    must be answered as stored, not as an error. Its event committed with it, and streams pick
+    it up at their next poll (the wake-up, an on_commit callback, never ran).
+    """
+    if not connection_lost(exc):
+        return False
+    recover()
+    if not written.exists():
+        return False
+    logger.warning("the connection was lost at commit, and the commit had happened")
+    return True
+
+
 def _trace(decision: Decision) -> list[dict[str, object]]:
     return [entry.as_dict() for entry in decision.trace]
 
@@ -467,32 +502,38 @@ def intake_lead(data: LeadInput) -> Intake:
     """
 
     def attempt(slack: int) -> Intake:
-        with transaction.atomic():
-            cursor = _lock_cursor(data.service_id)
-            decision, locked = _decide(data.service_id, cursor, slack=slack)
-            now = timezone.now()
-            trace = _trace(decision)
-            params: dict[str, object] = {
-                "name": data.name,
-                "phone": data.phone,
-                "city": data.city,
-                "description": data.description,
-                "source": data.source,
-                "wait_reason": decision.wait_reason or "",
-            }
-            if decision.complete:
-                params |= _allocation_params(data.service_id, decision, locked, now=now)
-                params |= {"status": Lead.Status.ALLOCATED, "allocated_at": now}
-                lead_id = _write(NEW_ALLOCATED_LEAD_SQL, params)
-            else:
-                params |= {
-                    "service": data.service_id,
-                    "status": Lead.Status.WAITING,
-                    "trace": json.dumps(trace),
-                    "now": now,
-                    "allocated_at": None,
+        written: int | None = None
+        try:
+            with transaction.atomic():
+                cursor = _lock_cursor(data.service_id)
+                decision, locked = _decide(data.service_id, cursor, slack=slack)
+                now = timezone.now()
+                trace = _trace(decision)
+                params: dict[str, object] = {
+                    "name": data.name,
+                    "phone": data.phone,
+                    "city": data.city,
+                    "description": data.description,
+                    "source": data.source,
+                    "wait_reason": decision.wait_reason or "",
                 }
-                lead_id = _write(NEW_WAITING_LEAD_SQL, params)
+                if decision.complete:
+                    params |= _allocation_params(data.service_id, decision, locked, now=now)
+                    params |= {"status": Lead.Status.ALLOCATED, "allocated_at": now}
+                    written = _write(NEW_ALLOCATED_LEAD_SQL, params)
+                else:
+                    params |= {
+                        "service": data.service_id,
+                        "status": Lead.Status.WAITING,
+                        "trace": json.dumps(trace),
+                        "now": now,
+                        "allocated_at": None,
+                    }
+                    written = _write(NEW_WAITING_LEAD_SQL, params)
+        except (OperationalError, InterfaceError) as exc:
+            if written is None or not _committed_after_all(exc, Lead.objects.filter(pk=written)):
+                raise
+        lead_id = written
         lead = Lead(
             pk=lead_id,
             service_id=data.service_id,
@@ -541,22 +582,29 @@ def allocate_waiting_lead(lead_id: int) -> bool:
         service_id = Lead.objects.filter(pk=lead_id).values_list("service_id", flat=True).first()
         if service_id is None:
             return False
-        with transaction.atomic():
-            cursor = _lock_cursor(service_id)
-            still_waiting = (
-                Lead.objects.select_for_update()
-                .filter(pk=lead_id, status=Lead.Status.WAITING)
-                .exists()
-            )
-            if not still_waiting:
-                return False  # another drain got there first
-            decision, locked = _decide(
-                service_id, cursor, slack=slack, before=lead_id, intake=False
-            )
-            if not decision.complete:
-                return False
-            params = _allocation_params(service_id, decision, locked, now=timezone.now())
-            _write(DRAINED_LEAD_SQL, params | {"lead": lead_id})
+        written = False
+        try:
+            with transaction.atomic():
+                cursor = _lock_cursor(service_id)
+                still_waiting = (
+                    Lead.objects.select_for_update()
+                    .filter(pk=lead_id, status=Lead.Status.WAITING)
+                    .exists()
+                )
+                if not still_waiting:
+                    return False  # another drain got there first
+                decision, locked = _decide(
+                    service_id, cursor, slack=slack, before=lead_id, intake=False
+                )
+                if not decision.complete:
+                    return False
+                params = _allocation_params(service_id, decision, locked, now=timezone.now())
+                _write(DRAINED_LEAD_SQL, params | {"lead": lead_id})
+                written = True
+        except (OperationalError, InterfaceError) as exc:
+            allocated = Lead.objects.filter(pk=lead_id, status=Lead.Status.ALLOCATED)
+            if not written or not _committed_after_all(exc, allocated):
+                raise
         return True
 
     return run_with_retries(attempt)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
@@ -14,6 +16,7 @@ from allocation.forms import LeadForm
 from allocation.selectors import intake_outcome
 from allocation.services import Busy, DuplicateLead, ServiceUnavailable, intake_lead
 from leaddist.audit import log_event
+from leaddist.db import connection_lost, recover
 from leaddist.ratelimit import RateLimited, client_ip
 
 FORM_SOURCE = "form"
@@ -31,7 +34,21 @@ def request_service(request: HttpRequest) -> HttpResponse:
         return _page(request, {"form": LeadForm()})
     started = time.monotonic()
     trail: dict[str, Any] = {}
-    response = _submit_form(request, trail)
+    try:
+        response = _submit_form(request, trail)
+    except DatabaseError as exc:
+        # As the API does: once more on a fresh connection, then "busy" (nothing was stored).
+        if not connection_lost(exc):
+            raise
+        recover()
+        try:
+            response = _submit_form(request, trail)
+        except DatabaseError as again:
+            if not connection_lost(again):
+                raise
+            trail["outcome"] = "busy"
+            response = _page(request, {"form": LeadForm(request.POST), "busy": True}, status=503)
+            response["Retry-After"] = str(settings.BUSY_RETRY_AFTER_SECONDS)
     log_event(
         "lead",
         started=started,

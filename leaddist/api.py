@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 
 from allocation.api import router as intake_router
 from allocation.auth import ApiKeyOrStaffSession, Unauthorized, api_credential_required
-from leaddist.errors import error_response
+from leaddist.db import connection_lost
+from leaddist.errors import busy_response, error_response
 from webhooks.api import router as webhook_router
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,16 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 400: "malformed_json"}
     return error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc))
+
+
+@api.exception_handler(DatabaseError)
+def on_database_error(request: HttpRequest, exc: DatabaseError) -> HttpResponse:
+    if not connection_lost(exc):
+        return on_unexpected_error(request, exc)
+    # Nothing was stored: whatever could not reach the database did not commit. A committed
+    # lead is answered from what the engine decided, and never reaches this.
+    logger.warning("database unreachable in %s %s: %s", request.method, request.path, exc)
+    return busy_response("The database is unreachable; retry later.")
 
 
 @api.exception_handler(Exception)

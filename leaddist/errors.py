@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 
 
@@ -13,6 +14,13 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
     return JsonResponse(error_body(code, message, **extra), status=status)
+
+
+def busy_response(message: str) -> JsonResponse:
+    """503 busy with Retry-After: nothing was stored, the same request may be sent again."""
+    response = error_response(503, "busy", message)
+    response["Retry-After"] = str(settings.BUSY_RETRY_AFTER_SECONDS)
+    return response
 
 
 class Rejected(Exception):

@@ -5,17 +5,25 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 
+from leaddist import redis_client
 from leaddist.api import api
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database answers, 503 otherwise."""
+    """200 when the database answers, 503 otherwise; Redis is reported, never failed on.
+
+    Without Redis the app still takes leads (rate limits count per process, live events arrive
+    by polling), so a degraded Redis must not take a process out of its load balancer.
+    """
+    redis = redis_client.health()
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except Exception:
-        return JsonResponse({"status": "unavailable"}, status=503)
-    return JsonResponse({"status": "ok"})
+        return JsonResponse(
+            {"status": "unavailable", "database": "unavailable", "redis": redis}, status=503
+        )
+    return JsonResponse({"status": "ok", "database": "ok", "redis": redis})
 
 
 urlpatterns = [

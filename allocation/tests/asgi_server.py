@@ -34,6 +34,7 @@ STARTUP_SECONDS = 30
 class AsgiServer:
     url: str
     log: Path
+    process: subprocess.Popen  # the supervisor, leader of its own process group
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -95,7 +96,6 @@ def run_server(log: Path, *, workers: int = 1, **environment: str) -> Iterator[A
         "LOG_LEVEL": "WARNING",
         **environment,
     }
-    server = AsgiServer(url=f"http://127.0.0.1:{port}", log=log)
     with log.open("wb") as output:
         process = subprocess.Popen(
             server_command(Namespace(host="127.0.0.1", port=port, workers=workers)),
@@ -103,7 +103,9 @@ def run_server(log: Path, *, workers: int = 1, **environment: str) -> Iterator[A
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # so a test can kill it, workers and all, as a group
         )
+        server = AsgiServer(url=f"http://127.0.0.1:{port}", log=log, process=process)
         try:
             _wait_until_up(server, process)
             yield server

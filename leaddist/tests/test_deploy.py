@@ -112,7 +112,7 @@ def test_healthz_answers_plain_http_probes(https_only, db):
     response = https_only.get("/healthz")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json()["status"] == "ok"
 
 
 def test_forwarded_proto_is_trusted_only_behind_a_proxy():
@@ -174,3 +174,16 @@ def test_api_docs_load_their_assets_from_our_own_static_files(admin_client, seed
     assert "/static/ninja/swagger-ui-bundle.js" in assets
     assert "/static/ninja/swagger-ui.css" in assets
     assert all(asset.startswith("/static/") for asset in assets), assets
+
+
+def test_healthz_reports_redis_without_failing_on_it(client, db, settings, redis_url):
+    settings.REDIS_URL = redis_url
+    up = client.get("/healthz", HTTP_HOST="localhost")
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    down = client.get("/healthz", HTTP_HOST="localhost")
+    settings.REDIS_URL = ""
+    unset = client.get("/healthz", HTTP_HOST="localhost")
+
+    assert (up.status_code, up.json()) == (200, {"status": "ok", "database": "ok", "redis": "ok"})
+    assert (down.status_code, down.json()["redis"]) == (200, "degraded")
+    assert unset.json()["redis"] == "disabled"
