@@ -1,5 +1,5 @@
 # leaddist: `make run` serves the app for development, `make test` runs the suite, `make serve`
-# runs the production server. See README.md.
+# runs the production server, `make worker` a background worker on its own. See README.md.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PORT ?= 8000
 # A demo secret for the quota-reset webhook, for local use only (`make run` prints it).
 DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 
-.PHONY: run serve test lint format install install-dev clean-db
+.PHONY: run serve worker test lint format install install-dev clean-db
 
 # What serving needs, and what testing adds on top (requirements-dev.txt includes the first).
 $(VENV)/.runtime: requirements.txt
@@ -41,6 +41,9 @@ run: install
 	$(PY) manage.py seed
 	$(PY) manage.py collectstatic --no-input --verbosity 0
 	$(PY) manage.py demo_setup
+	@# The background worker runs beside daphne and stops with it (Ctrl-C stops both).
+	$(PY) manage.py procrastinate worker --concurrency 1 & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) leaddist.asgi:application
 
 # Production: DEBUG off, settings from the environment (README, Production). The settings
@@ -50,6 +53,11 @@ serve: install
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py collectstatic --no-input --verbosity 0
 	$(PY) -m leaddist.serve
+
+# A background worker (procrastinate) on its own, for hosts that run no web server. `make serve`
+# and `make run` start one already.
+worker: install
+	$(PY) manage.py procrastinate worker --concurrency 1 --shutdown-graceful-timeout 25
 
 clean-db:
 	rm -rf .pgdata

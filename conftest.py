@@ -75,3 +75,40 @@ def redis_url() -> str:
             pytest.fail(f"REQUIRE_REDIS=1 but Redis at {TEST_REDIS_URL} does not answer: {exc}")
         pytest.skip(f"no Redis at {TEST_REDIS_URL}")
     return TEST_REDIS_URL
+
+
+class Jobs:
+    """The procrastinate job queue, emptied for the test (its tables outlive transactional
+    tests' flushes), and a worker that runs what is due, as `make worker` would."""
+
+    def clear(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE procrastinate_jobs CASCADE")
+
+    def of(self, task_name: str) -> list[tuple[str, dict]]:
+        """(status, args) of the task's jobs, oldest first."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT status, args FROM procrastinate_jobs WHERE task_name = %s ORDER BY id",
+                [task_name],
+            )
+            return cursor.fetchall()
+
+    def run(self) -> None:
+        """Run every job that is due, on the worker's own connections, then return."""
+        from procrastinate.contrib.django import app
+
+        with app.replace_connector(app.connector.get_worker_connector()):
+            app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False)
+
+
+@pytest.fixture
+def jobs(transactional_db) -> Jobs:
+    queue = Jobs()
+    queue.clear()
+    yield queue
+    queue.clear()

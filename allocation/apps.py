@@ -6,4 +6,4 @@ class AllocationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from allocation import services  # noqa: F401  (connects the drain to capacity_added)
+        from allocation import tasks  # noqa: F401  (connects the drain to capacity_added)

@@ -20,6 +20,7 @@ bounded number of times too; after the last attempt the caller gets :class:`Busy
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import logging
 import random
@@ -38,8 +39,7 @@ from django.db import (
     connection,
     transaction,
 )
-from django.db.models import QuerySet
-from django.dispatch import receiver
+from django.db.models import Min, QuerySet
 from django.utils import timezone
 
 from allocation.auth import verified_keys
@@ -57,7 +57,6 @@ from events.services import announce_after_commit
 from leaddist.db import connection_lost, recover
 from providers.models import PoolCursor, Provider, Service
 from providers.services import lock_cursors
-from providers.signals import capacity_added
 
 logger = logging.getLogger(__name__)
 
@@ -575,78 +574,97 @@ def submit_lead(data: LeadInput) -> Lead:
     return intake_lead(data).lead
 
 
-def allocate_waiting_lead(lead_id: int) -> bool:
-    """Try once more to allocate one waiting lead, keeping its place; True if it was allocated."""
+# The head of a service's waiting queue, locked, and the id of the lead behind it (a hint for
+# the drain's order, read in the same round trip). Run under the service's cursor lock, which
+# every drain of the service takes first: nobody else allocates these leads meanwhile.
+HEAD_OF_QUEUE_SQL = """
+SELECT head.id,
+       (SELECT min(behind.id) FROM allocation_lead AS behind
+         WHERE behind.service_id = head.service_id AND behind.status = 'waiting'
+           AND behind.id > head.id)
+  FROM allocation_lead AS head
+ WHERE head.service_id = %s AND head.status = 'waiting'
+ ORDER BY head.id
+ LIMIT 1
+   FOR UPDATE OF head
+"""
 
-    def attempt(slack: int) -> bool:
-        service_id = Lead.objects.filter(pk=lead_id).values_list("service_id", flat=True).first()
-        if service_id is None:
-            return False
-        written = False
+
+def allocate_next_waiting(service_id: int) -> tuple[bool, int | None]:
+    """Allocate the service's oldest waiting lead if 3 providers can take it.
+
+    Return whether it was allocated, and the id of the lead waiting behind it (None if none).
+    The oldest waiting lead is read under the service's cursor lock, so it is exact: a lead
+    stored waiting by a transaction that committed a moment ago is not passed over.
+    Lock order: the cursor, the lead's row, then the providers.
+    """
+
+    def attempt(slack: int) -> tuple[bool, int | None]:
+        written: int | None = None
         try:
             with transaction.atomic():
                 cursor = _lock_cursor(service_id)
-                still_waiting = (
-                    Lead.objects.select_for_update()
-                    .filter(pk=lead_id, status=Lead.Status.WAITING)
-                    .exists()
-                )
-                if not still_waiting:
-                    return False  # another drain got there first
+                with connection.cursor() as db:
+                    db.execute(HEAD_OF_QUEUE_SQL, [service_id])
+                    head = db.fetchone()
+                if head is None:
+                    return False, None
+                lead_id, behind = head
                 decision, locked = _decide(
                     service_id, cursor, slack=slack, before=lead_id, intake=False
                 )
                 if not decision.complete:
-                    return False
+                    return False, lead_id
                 params = _allocation_params(service_id, decision, locked, now=timezone.now())
                 _write(DRAINED_LEAD_SQL, params | {"lead": lead_id})
-                written = True
+                written = lead_id
         except (OperationalError, InterfaceError) as exc:
-            allocated = Lead.objects.filter(pk=lead_id, status=Lead.Status.ALLOCATED)
-            if not written or not _committed_after_all(exc, allocated):
+            allocated = Lead.objects.filter(pk=written, status=Lead.Status.ALLOCATED)
+            if written is None or not _committed_after_all(exc, allocated):
                 raise
-        return True
+            behind = None  # unknown: the next pass reads the queue again
+        return True, behind
 
     return run_with_retries(attempt)
 
 
-def allocate_waiting_leads(*, batch_size: int = 500) -> int:
-    """Drain the waiting queue in order of arrival, one transaction per lead; return how many.
+def allocate_waiting_leads(*, deadline: float | None = None) -> int:
+    """Drain the waiting queue; return how many leads it allocated.
 
-    Once a lead of a service stays waiting, the later leads of that service stay behind it,
-    so the drain moves on to other services.
+    Leads go in global order of arrival, one transaction per lead: of all services with
+    waiting leads, the one whose oldest lead is oldest goes next. A service whose oldest lead
+    stays waiting keeps the rest of its leads behind it. Passes repeat until one allocates
+    nothing, so capacity added meanwhile is used too. With ``deadline`` (a time.monotonic()
+    value) it stops once that has passed, and leaves the rest for a later drain.
     """
     allocated = 0
-    blocked: set[int] = set()
-    last_id = 0
     while True:
-        batch = list(
-            Lead.objects.waiting()
-            .filter(pk__gt=last_id)
-            .order_by("pk")
-            .values_list("pk", "service_id")[:batch_size]
-        )
-        if not batch:
-            return allocated
-        for lead_id, service_id in batch:
-            last_id = lead_id
-            if service_id in blocked:
-                continue
+        heads = [
+            (first, service_id)
+            for service_id, first in Lead.objects.waiting()
+            .values_list("service_id")
+            .annotate(first=Min("pk"))
+            .values_list("service_id", "first")
+        ]
+        heapq.heapify(heads)
+        progressed = False
+        while heads:
+            if deadline is not None and time.monotonic() >= deadline:
+                return allocated
+            _, service_id = heapq.heappop(heads)
             try:
-                done = allocate_waiting_lead(lead_id)
+                done, behind = allocate_next_waiting(service_id)
             except Busy:
-                logger.warning("drain: lead %d busy, left waiting for the next drain", lead_id)
+                logger.warning("drain: service %d busy, left for the next drain", service_id)
                 done = False
-            if done:
-                allocated += 1
-            else:
-                blocked.add(service_id)
-
-
-@receiver(capacity_added)
-def drain_after_capacity_added(sender: object, service_ids: list[int], **kwargs: object) -> None:
-    """A provider resumed, a quota was raised or a membership added: serve who was waiting."""
-    allocate_waiting_leads()
+            if not done:
+                continue  # blocked: its later leads stay behind its oldest
+            allocated += 1
+            progressed = True
+            if behind is not None:
+                heapq.heappush(heads, (behind, service_id))
+        if not progressed:
+            return allocated
 
 
 def create_api_key(*, name: str, rate_limit: str = "") -> tuple[ApiKey, str]:

@@ -1,4 +1,5 @@
-"""The one way leaddist talks to Redis: short timeouts, no retries, and a circuit breaker.
+"""The one way leaddist talks to Redis: short timeouts, no waiting retries, and a circuit
+breaker.
 
 Redis carries optional work only (shared rate-limit counters, wake-ups between processes for
 the live dashboard), so an unreachable Redis must cost a request nothing noticeable. redis-py's
@@ -6,6 +7,11 @@ defaults would do the opposite: a 5-second socket timeout and three retries with
 every call. Here a call fails within REDIS_TIMEOUT_SECONDS, and after a failure the breaker
 stays open for REDIS_BREAKER_SECONDS, during which callers skip Redis at once. The first call
 after that is the probe: success closes the breaker, failure opens it again.
+
+The one retry: a connection error (never a timeout) is retried once, at once, on a fresh
+connection. After Redis restarts, every pooled connection is dead, and without it the first
+call on each would fail and open the breaker again. With Redis down the retry's connect is
+refused at once, so it costs nothing noticeable.
 """
 
 from __future__ import annotations
@@ -74,7 +80,9 @@ def client_options(*, asyncio: bool = False) -> dict[str, Any]:
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": (AsyncRetry if asyncio else Retry)(NoBackoff(), 0),
+        "retry": (AsyncRetry if asyncio else Retry)(
+            NoBackoff(), 1, supported_errors=(redis.ConnectionError,)
+        ),
     }
 
 

@@ -1,11 +1,19 @@
-"""Serve leaddist in production: uvicorn, one worker process per core, DEBUG off.
+"""Serve leaddist in production: uvicorn, one worker process per core, DEBUG off, and the
+background worker beside it.
 
-    python -m leaddist.serve [--host 0.0.0.0] [--port 8000] [--workers N]
+    python -m leaddist.serve [--host 0.0.0.0] [--port 8000] [--workers N] [--background N]
 
 This is what `make serve` and the Dockerfile run. ``--port`` defaults to PORT (else 8000),
 ``--workers`` to WEB_CONCURRENCY (else the machine's cores): one Python process runs Python on
 one core at a time, so a core per worker. All workers share PostgreSQL, whose row locks keep
 the engine correct across processes and hosts.
+
+``--background`` (default BACKGROUND_WORKERS, else 1) is how many background workers
+(procrastinate, `manage.py procrastinate worker`) run beside the web server: they finish the
+drains a request leaves over and run the periodic jobs. Any number of them, on any number of
+hosts, share one queue in PostgreSQL; 0 leaves them to another container or `make worker`.
+The launcher stays their parent: it restarts a background worker that dies, and SIGTERM or
+Ctrl-C stops everything, each process finishing what it was doing.
 
 Before handing over to uvicorn it loads the production settings, so a missing SECRET_KEY or
 WEBHOOK_SECRET (or any other refused setting) stops it with the reason, and it refuses several
@@ -22,9 +30,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
+from types import FrameType
 
 APPLICATION = "leaddist.asgi:application"
+MANAGE = Path(__file__).resolve().parent.parent / "manage.py"
+# A background worker that dies is started again after this long, doubling up to the maximum
+# while it keeps dying at once.
+RESTART_DELAY_SECONDS = (1.0, 30.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,13 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1),
     )
+    parser.add_argument(
+        "--background", type=int, default=int(os.environ.get("BACKGROUND_WORKERS") or 1)
+    )
     return parser.parse_args(argv)
 
 
-def refusal(workers: int) -> str | None:
+def refusal(workers: int, background: int = 0) -> str | None:
     """Why the production configuration cannot start, or None."""
     if workers < 1:
         return "--workers must be at least 1."
+    if background < 0:
+        return "--background must be 0 or more."
     os.environ["DEBUG"] = "false"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "leaddist.settings")
     import django
@@ -73,15 +95,89 @@ def server_command(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def background_command() -> list[str]:
+    return [
+        *(sys.executable, str(MANAGE), "procrastinate", "worker"),
+        # One job at a time: a drain is a loop of short transactions, and two drains of the
+        # same queue would only wait for each other's cursor locks.
+        *("--concurrency", "1", "--shutdown-graceful-timeout", "25"),
+    ]
+
+
+class BackgroundWorker:
+    """One background worker process, started again after it dies (a backoff while it keeps
+    dying at once)."""
+
+    def __init__(self) -> None:
+        self.delay = RESTART_DELAY_SECONDS[0]
+        self.restart_at: float | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(background_command())
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def look_after(self, now: float) -> None:
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return
+        if self.process.poll() is None:
+            return
+        if now - self.started_at > 60:
+            self.delay = RESTART_DELAY_SECONDS[0]  # it had been running well: no backoff
+        print(
+            f"leaddist.serve: background worker exited with {self.process.returncode}; "
+            f"starting another in {self.delay:g}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.restart_at = now + self.delay
+        self.delay = min(self.delay * 2, RESTART_DELAY_SECONDS[1])
+
+
+def supervise(server: list[str], background: int) -> int:
+    """Run the web server and ``background`` background workers until the server exits or
+    SIGTERM/SIGINT asks us to stop; return the server's exit code."""
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    web = subprocess.Popen(server)
+    workers = [BackgroundWorker() for _ in range(background)]
+    while not stopping and web.poll() is None:
+        now = time.monotonic()
+        for worker in workers:
+            worker.look_after(now)
+        time.sleep(0.2)
+    processes = [web, *(worker.process for worker in workers)]
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # each finishes what it is doing
+    for process in processes:
+        try:
+            process.wait(timeout=35)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return web.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reason = refusal(args.workers)
+    reason = refusal(args.workers, args.background)
     if reason:
         print(reason, file=sys.stderr)
         return 2
     command = server_command(args)
-    os.execv(command[0], command)
-    return 0  # not reached
+    if not args.background:
+        os.execv(command[0], command)  # uvicorn itself: nothing else to look after
+    return supervise(command, args.background)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_eventstream",
+    # The task queue (background drains, deliveries): jobs are rows in PostgreSQL.
+    "procrastinate.contrib.django",
     "events",
     # Serves the /api/docs assets (Swagger UI) from static files instead of a CDN.
     "ninja",
@@ -159,6 +161,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # lock timeout; after the last one the client gets 503 busy with Retry-After.
 ALLOCATION_MAX_ATTEMPTS = env.int("ALLOCATION_MAX_ATTEMPTS", default=6)
 BUSY_RETRY_AFTER_SECONDS = env.int("BUSY_RETRY_AFTER_SECONDS", default=1)
+# A request that adds capacity (quota reset, provider resumed, quota raised, membership added)
+# drains the waiting queue for at most this long; a background drain does the rest.
+DRAIN_INLINE_SECONDS = env.float("DRAIN_INLINE_SECONDS", default=1.0)
 # Intake remembers active services (by id and slug) this long per process; the engine checks
 # under its lock that the service is still active (providers.selectors.active_services).
 SERVICE_CACHE_SECONDS = env.float("SERVICE_CACHE_SECONDS", default=5.0)
@@ -273,5 +278,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"pgserver": {"level": "WARNING"}},
+    # procrastinate logs every job at INFO; its warnings and errors are what operators need.
+    "loggers": {"pgserver": {"level": "WARNING"}, "procrastinate": {"level": "WARNING"}},
 }

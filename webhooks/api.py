@@ -60,7 +60,13 @@ class ResetQuotaOut(Schema):
     eventId: str
     leadsAllocated: int | None = Field(
         default=None,
-        description="Waiting leads the drain after this reset allocated (applied only).",
+        description="Waiting leads the drain after this reset allocated before answering "
+        "(applied only; it drains for at most about a second).",
+    )
+    leadsWaiting: int | None = Field(
+        default=None,
+        description="Leads still waiting when it answered (applied only): a background drain "
+        "goes on with them.",
     )
 
 
@@ -267,5 +273,6 @@ def _reset_quota(request: HttpRequest) -> HttpResponse | Status[dict[str, Any]]:
             "status": outcome.status,
             "eventId": outcome.event_id,
             "leadsAllocated": outcome.leads_allocated,
+            "leadsWaiting": outcome.leads_waiting,
         },
     )

@@ -27,9 +27,12 @@ class ProcessedEvent(models.Model):
     # None means every provider was reset; otherwise the ids that were.
     provider_ids = models.JSONField(null=True, blank=True)
     providers_reset = models.PositiveIntegerField(default=0)
-    # None until the drain that follows the reset has run and been recorded. A row left at
-    # None means the process stopped in between: `manage.py allocate_waiting` finishes it.
+    # The waiting leads the drain that followed the reset allocated before the reset was
+    # announced (the webhook's own drain, at most DRAIN_INLINE_SECONDS; or, if the process
+    # that answered died first, the background drain). None until then.
     leads_allocated = models.PositiveIntegerField(null=True, blank=True)
+    # When quota.reset went to the dashboards; set once, by whichever drain gets there first.
+    announced_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-pk"]

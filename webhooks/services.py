@@ -5,19 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.utils import timezone
 
+from allocation.models import Lead
 from allocation.services import allocate_waiting_leads, run_with_retries
 from events.services import record_event
 from events.types import QUOTA_RESET
 from providers.models import Provider, Service
 from providers.services import lock_cursors, services_of
 from webhooks.models import ProcessedEvent
+from webhooks.tasks import finish_quota_reset
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +31,9 @@ DUPLICATE = "duplicate"
 UNIQUE_EVENT_ID = "webhooks_processedevent_unique_event_id"
 # Provider ids are bigint: anything outside cannot exist, and must not reach the query.
 MAX_PK = 2**63 - 1
+# The background job that finishes a reset runs this long after it, by when the webhook's own
+# bounded drain has normally announced it.
+FINISH_AFTER_SECONDS = 5
 
 
 class IdempotencyConflict(Exception):
@@ -49,9 +57,11 @@ class ResetOutcome:
     event_id: str
     status: str  # APPLIED or DUPLICATE
     providers_reset: int = 0
-    # How many waiting leads the drain after this reset allocated; None for a duplicate, or
-    # when the drain failed (the reset stands; `manage.py allocate_waiting` catches up).
+    # How many waiting leads the webhook's own drain allocated, and how many were still
+    # waiting when it answered (a background drain goes on); None for a duplicate, or when the
+    # drain failed (the reset stands, and the background drain catches up).
     leads_allocated: int | None = None
+    leads_waiting: int | None = None
 
 
 def canonical_body_sha256(body: Mapping[str, Any]) -> str:
@@ -97,29 +107,46 @@ def _reset_providers(provider_ids: list[int] | None) -> int:
 
 
 def _drain(event: ProcessedEvent) -> int | None:
-    """Allocate waiting leads now that quota is back; how many, or None if the drain failed."""
+    """Allocate waiting leads now that quota is back, for at most DRAIN_INLINE_SECONDS: the
+    gateway gets its answer within 2 seconds whatever the length of the queue, and the
+    background drain deferred with the reset does the rest. How many, or None if it failed."""
     try:
-        return allocate_waiting_leads()
+        return allocate_waiting_leads(deadline=time.monotonic() + settings.DRAIN_INLINE_SECONDS)
     except Exception:
         # The reset has committed and stands; failing the delivery would only make the gateway
-        # retry into a duplicate. The leads stay waiting for `manage.py allocate_waiting`.
+        # retry into a duplicate. The background drain allocates the leads.
         logger.exception("drain after quota reset %r failed", event.event_id)
         return None
 
 
-def _record_drain(event: ProcessedEvent, leads_allocated: int | None) -> None:
-    """Record on the event row how many leads the drain allocated, with quota.reset."""
+def announce_reset(event: ProcessedEvent, leads_allocated: int | None) -> bool:
+    """Record quota.reset (once per event, whoever comes first) with the drain's count.
+
+    The webhook announces after its bounded drain; if the process died before, the
+    background drain does. A conditional UPDATE is the claim: two announcers cannot both win.
+    """
     with transaction.atomic():
-        if leads_allocated is not None:
-            ProcessedEvent.objects.filter(pk=event.pk).update(leads_allocated=leads_allocated)
-        record_event(
-            QUOTA_RESET,
-            {
-                "event_id": event.event_id,
-                "provider_ids": event.provider_ids,
-                "leads_allocated": leads_allocated,
-            },
+        claimed = ProcessedEvent.objects.filter(pk=event.pk, announced_at__isnull=True).update(
+            announced_at=timezone.now(), leads_allocated=leads_allocated
         )
+        if claimed:
+            record_event(
+                QUOTA_RESET,
+                {
+                    "event_id": event.event_id,
+                    "provider_ids": event.provider_ids,
+                    "leads_allocated": leads_allocated,
+                },
+            )
+    return bool(claimed)
+
+
+def finish_reset(processed_event_id: int) -> int:
+    """The background half of a reset: drain the whole queue, then announce the reset if the
+    webhook's process died before it could. Return how many leads this drain allocated."""
+    allocated = allocate_waiting_leads()
+    announce_reset(ProcessedEvent.objects.get(pk=processed_event_id), allocated)
+    return allocated
 
 
 def apply_quota_reset(
@@ -132,7 +159,9 @@ def apply_quota_reset(
        fails the insert and reads our row (READ COMMITTED takes a new snapshot per query).
     2. Still in it: lock the affected services' cursors, then the providers by pk, and set
        remaining_quota = quota, cycle + 1, leads_this_cycle = 0. Cursors and history stay.
-    3. After the commit: drain, and record on the row how many leads it allocated.
+       Defer the background job that finishes the reset (webhooks.tasks).
+    3. After the commit: drain for at most DRAIN_INLINE_SECONDS, then announce quota.reset
+       with how many leads that allocated, and answer with how many still wait.
 
     ``provider_ids`` None resets every provider. Raises IdempotencyConflict for a used id with
     another body, UnknownProviders (nothing reset, id not consumed), and Busy.
@@ -147,6 +176,12 @@ def apply_quota_reset(
             if created:
                 event.providers_reset = _reset_providers(ids)
                 event.save(update_fields=["providers_reset"])
+                # With the reset, in its transaction: if the process dies after the commit, a
+                # worker still drains and announces it.
+                finish_quota_reset.configure(
+                    queueing_lock=f"finish_quota_reset:{event.pk}",
+                    schedule_in={"seconds": FINISH_AFTER_SECONDS},
+                ).defer(processed_event_id=event.pk)
         return event, created
 
     try:
@@ -164,10 +199,11 @@ def apply_quota_reset(
         return ResetOutcome(event_id=event_id, status=DUPLICATE)
     leads_allocated = _drain(event)
     # After the drain, so the event can say how many waiting leads the reset let through.
-    _record_drain(event, leads_allocated)
+    announce_reset(event, leads_allocated)
     return ResetOutcome(
         event_id=event_id,
         status=APPLIED,
         providers_reset=event.providers_reset,
         leads_allocated=leads_allocated,
+        leads_waiting=Lead.objects.waiting().count(),
     )

@@ -1,9 +1,6 @@
 """`allocate_waiting` drains the waiting queue; `demo_setup` prepares a local demo login and key."""
 
-import os
 import re
-import signal
-import threading
 from io import StringIO
 
 import pytest
@@ -77,31 +74,6 @@ def test_allocate_waiting_leaves_leads_waiting_while_capacity_is_short(seeded):
     run("allocate_waiting")
 
     assert statuses(lead) == ["waiting"]
-
-
-@pytest.mark.django_db
-def test_allocate_waiting_refuses_a_non_positive_interval(seeded):
-    with pytest.raises(CommandError, match="positive"):
-        run("allocate_waiting", every=0)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_allocate_waiting_every_loops_until_sigterm(seeded_tx):
-    seeded_tx.providers(2, 3, 4).update(remaining_quota=0)
-    lead = submit_lead(lead_for(1, 1))
-    seeded_tx.providers(2, 3, 4).update(remaining_quota=10)
-    stopper = threading.Timer(1.0, os.kill, args=(os.getpid(), signal.SIGTERM))
-    stopper.start()
-
-    try:
-        output = run("allocate_waiting", every=0.1)
-    finally:
-        stopper.cancel()
-
-    assert statuses(lead) == ["allocated"]
-    assert "Allocated 1 waiting lead(s)." in output
-    assert output.rstrip().endswith("Stopped.")
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 # --- demo_setup --------------------------------------------------------------------------------

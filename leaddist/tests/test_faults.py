@@ -251,3 +251,30 @@ def test_redis_stopped_and_restarted_under_two_workers(
 @pytest.fixture
 def staff_user(transactional_db):
     return get_user_model().objects.create_user(username="watcher", password="x", is_staff=True)
+
+
+def test_pooled_redis_connections_work_at_once_after_a_redis_restart(own_redis, settings):
+    """Every pooled connection dies with the server; the next call on each still succeeds
+    (one immediate retry on a fresh connection), for the sync and the asyncio client."""
+    import asyncio
+
+    from leaddist import redis_client
+
+    settings.REDIS_URL = own_redis.url
+    sync = redis_client.sync_client()
+
+    async def main() -> list:
+        client = redis_client.async_client()
+        try:
+            await asyncio.gather(*(client.ping() for _ in range(3)))  # three pooled connections
+            await asyncio.gather(*(asyncio.to_thread(sync.ping) for _ in range(3)))
+            own_redis.stop()
+            own_redis.start()
+            return [
+                *await asyncio.gather(*(client.incr("restarted") for _ in range(3))),
+                *[sync.incr("restarted") for _ in range(3)],
+            ]
+        finally:
+            await client.aclose()
+
+    assert sorted(asyncio.run(main())) == [1, 2, 3, 4, 5, 6]

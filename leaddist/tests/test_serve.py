@@ -16,10 +16,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from allocation.models import Lead
-from allocation.services import create_api_key
+from allocation.services import LeadInput, create_api_key, submit_lead
+from allocation.tasks import drain_waiting_leads
 from allocation.tests.asgi_server import database_url_for_tests, free_port
 from allocation.tests.test_concurrency import assert_invariants
 from allocation.tests.test_sse import _open_stream, _read_until, _session_cookie
+from providers.models import Provider
 
 
 @pytest.fixture
@@ -124,11 +126,19 @@ def test_the_launcher_runs_debug_off_even_when_the_environment_says_on():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_launcher_serves_production_with_one_worker_per_core(seeded_tx, tmp_path, redis_url):
-    """The production configuration end to end: DEBUG off, prepared statements, uvicorn."""
+def test_the_launcher_serves_production_with_one_worker_per_core_and_a_background_worker(
+    seeded_tx, tmp_path, redis_url, jobs
+):
+    """The production configuration end to end: DEBUG off, prepared statements, uvicorn, and
+    a background worker that runs the queued jobs; SIGTERM stops every process."""
     _, key = create_api_key(name="production")
+    # A lead left waiting with capacity back and a drain queued: the background worker's job.
+    Provider.objects.filter(pk__in=[2, 3, 4]).update(status="paused")
+    waiting = submit_lead(LeadInput(service_id=1, name="Ada", phone="+15550209999", city="X"))
+    Provider.objects.update(status="active")  # an update() sends no capacity_added
+    drain_waiting_leads.defer()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "DEBUG")}
     env |= PRODUCTION | {"REDIS_URL": redis_url, "PORT": str(port)}
     env["DATABASE_URL"] = database_url_for_tests(f"leaddist-test-serve-{port}")
     log = tmp_path / "serve.log"
@@ -150,10 +160,11 @@ def test_the_launcher_serves_production_with_one_worker_per_core(seeded_tx, tmp_
                     time.sleep(0.2)
             cores = os.cpu_count() or 1
             expected_workers = cores if cores > 1 else 0
-            workers = child_processes(process.pid)
+            workers = web_workers(process.pid)
             while len(workers) < expected_workers and time.monotonic() < deadline:
                 time.sleep(0.2)  # the first worker may answer before the others are up
-                workers = child_processes(process.pid)
+                workers = web_workers(process.pid)
+            background = children(process.pid, b"procrastinate")
             leads = [
                 httpx.post(
                     f"http://127.0.0.1:{port}/api/leads",
@@ -163,16 +174,24 @@ def test_the_launcher_serves_production_with_one_worker_per_core(seeded_tx, tmp_
                 )
                 for n in range(5)  # past the prepare threshold: the statements run prepared
             ]
+            while jobs.of("drain_waiting_leads")[0][0] != "succeeded":
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
         finally:
             process.terminate()
-            process.wait(timeout=30)
+            process.wait(timeout=40)
+    left_running = [pid for pid in [*workers, *background] if os.path.exists(f"/proc/{pid}")]
 
     assert health is not None, log.read_text()
     assert health.status_code == 200, log.read_text()
     assert health.json()["status"] == "ok"
-    # The launcher became uvicorn's supervisor; with one core uvicorn serves in-process.
+    # uvicorn's supervisor runs the web workers; with one core uvicorn serves in-process.
     assert len(workers) == expected_workers
+    assert len(background) == 1
+    assert process.returncode == 0, log.read_text()
+    assert left_running == []
     assert [lead.status_code for lead in leads] == [201] * 5, log.read_text()
+    assert Lead.objects.get(pk=waiting.pk).status == "allocated"
     assert [[p["id"] for p in lead.json()["providers"]] for lead in leads] == [
         [1, 4, 2],
         [1, 4, 3],
@@ -183,10 +202,9 @@ def test_the_launcher_serves_production_with_one_worker_per_core(seeded_tx, tmp_
     assert_invariants()
 
 
-def child_processes(pid: int) -> list[int]:
-    """The pids of a process's worker children (multiprocessing's spawned processes), from
-    /proc; helper processes such as multiprocessing's resource tracker are left out."""
-    children = []
+def children(pid: int, marker: bytes) -> list[int]:
+    """The pids of a process's children whose command line contains ``marker``, from /proc."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -197,6 +215,14 @@ def child_processes(pid: int) -> list[int]:
                 command = cmdline.read()
         except (OSError, ValueError, IndexError):
             continue
-        if parent == pid and b"spawn_main" in command:
-            children.append(int(entry))
-    return children
+        if parent == pid and marker in command:
+            found.append(int(entry))
+    return found
+
+
+def web_workers(launcher: int) -> list[int]:
+    """uvicorn's worker processes (multiprocessing's spawned children of its supervisor);
+    helpers such as multiprocessing's resource tracker are left out."""
+    return [
+        pid for server in children(launcher, b"uvicorn") for pid in children(server, b"spawn_main")
+    ]

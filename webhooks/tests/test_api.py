@@ -28,6 +28,7 @@ def test_first_delivery_resets_every_provider_and_answers_applied(client, seeded
         "status": "applied",
         "eventId": "evt_2024_11_reset_all",
         "leadsAllocated": 0,
+        "leadsWaiting": 0,
     }
     assert used[1] == 7
     for provider in Provider.objects.all():

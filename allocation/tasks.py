@@ -1,0 +1,79 @@
+"""Background work of the engine, as procrastinate jobs run by `make worker` (`make run` starts
+one): draining the waiting queue past what a request may spend on it, and a drain every minute
+as a safety net for drains cut off by a dying process. Jobs are rows in PostgreSQL: one
+deferred inside a transaction commits or rolls back with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from django.conf import settings
+from django.dispatch import receiver
+from procrastinate.contrib.django import app
+from procrastinate.exceptions import AlreadyEnqueued
+
+from allocation.models import Lead
+from allocation.services import allocate_waiting_leads
+from providers.signals import capacity_added
+
+DRAINS = "drains"
+# Finished jobs stay this long (the admin shows them under Procrastinate), then go; failed
+# ones stay until someone looks.
+JOB_HISTORY_HOURS = 72
+
+
+@app.task(name="drain_waiting_leads", queue=DRAINS, queueing_lock="drain_waiting_leads")
+def drain_waiting_leads() -> int:
+    """Allocate every waiting lead that can be allocated, oldest first; return how many.
+
+    One queued at a time (queueing lock): a drain that is waiting to run covers whatever asked
+    for another meanwhile.
+    """
+    return allocate_waiting_leads()
+
+
+@app.periodic(cron="* * * * *", periodic_id="drain")
+@app.task(name="drain_every_minute", queue=DRAINS, queueing_lock="drain_every_minute")
+def drain_every_minute(timestamp: int) -> int:
+    """A drain a minute, so one that a dying process cut off is finished within a minute."""
+    return allocate_waiting_leads()
+
+
+@app.periodic(cron="* * * * *", periodic_id="stalled")
+@app.task(name="retry_stalled_jobs", queueing_lock="retry_stalled_jobs")
+async def retry_stalled_jobs(timestamp: int) -> int:
+    """Run again the jobs whose worker stopped sending heartbeats (killed, or its host gone);
+    return how many."""
+    stalled = await app.job_manager.get_stalled_jobs()
+    for job in stalled:
+        await app.job_manager.retry_job(job)
+    return len(stalled)
+
+
+@app.periodic(cron="17 * * * *", periodic_id="remove_old_jobs")
+@app.task(name="remove_old_jobs", queueing_lock="remove_old_jobs")
+async def remove_old_jobs(timestamp: int) -> None:
+    """Keep the job table small: every job that succeeded more than JOB_HISTORY_HOURS ago
+    goes, once an hour."""
+    await app.job_manager.delete_old_jobs(nb_hours=JOB_HISTORY_HOURS)
+
+
+def drain_for_a_while() -> int:
+    """Drain for at most DRAIN_INLINE_SECONDS in this request; a background drain does the
+    rest. Return how many leads this drain allocated."""
+    deadline = time.monotonic() + settings.DRAIN_INLINE_SECONDS
+    try:
+        return allocate_waiting_leads(deadline=deadline)
+    finally:
+        if time.monotonic() >= deadline and Lead.objects.waiting().exists():
+            with contextlib.suppress(AlreadyEnqueued):
+                drain_waiting_leads.defer()
+
+
+@receiver(capacity_added)
+def drain_after_capacity_added(sender: object, service_ids: list[int], **kwargs: object) -> None:
+    """A provider resumed, a quota was raised or a membership added (sent after its commit):
+    serve who was waiting, a second's worth now, the rest in the background."""
+    drain_for_a_while()

@@ -1,0 +1,30 @@
+"""Helpers for tests that order threads and processes by what the database shows, not sleeps."""
+
+from __future__ import annotations
+
+import time
+
+from django.db import connection
+
+
+def lock_waiters() -> int:
+    """How many other sessions of this database are waiting on a lock right now."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # a fresh view, even in a transaction
+        cursor.execute(
+            """
+            SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND wait_event_type = 'Lock'
+            """
+        )
+        return cursor.fetchone()[0]
+
+
+def wait_for_lock_waiters(count: int = 1, *, timeout: float = 10) -> None:
+    """Return once ``count`` other sessions wait on a lock; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while lock_waiters() < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {count} session(s) waiting on a lock after {timeout}s")
+        time.sleep(0.005)
