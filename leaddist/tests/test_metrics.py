@@ -26,7 +26,7 @@ from allocation.tests.asgi_server import database_url_for_tests, free_port
 from allocation.tests.intake_support import LEAD, post_lead
 from events import hub
 from leaddist import redis_client, serve
-from leaddist.tests.test_serve import PRODUCTION, web_workers
+from leaddist.tests.test_serve import PRODUCTION, launch, web_workers
 from providers.models import Provider
 from webhooks.tests.helpers import SECRET, signed
 
@@ -302,6 +302,13 @@ def test_the_background_queue_shows_jobs_due_and_no_worker(seeded_tx, jobs, scra
 # --- Several processes -------------------------------------------------------------------------
 
 
+def test_production_refuses_a_short_metrics_token():
+    short = launch("--workers", "1", **(PRODUCTION | {"METRICS_TOKEN": "short"}))
+
+    assert short.returncode == 2
+    assert "METRICS_TOKEN must be at least 24 characters" in short.stderr
+
+
 def test_the_launcher_empties_a_named_metrics_directory(tmp_path, monkeypatch):
     stale = tmp_path / "counter_12345.db"
     stale.write_bytes(b"from a previous run")
@@ -314,7 +321,9 @@ def test_the_launcher_empties_a_named_metrics_directory(tmp_path, monkeypatch):
 
 
 def test_the_launcher_makes_a_metrics_directory_for_several_processes_only(monkeypatch):
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # Set first, so that the test's end removes what share_metrics sets.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
 
     alone = serve.share_metrics(1)
     made = serve.share_metrics(2)
