@@ -38,6 +38,7 @@ from leaddist.audit import log_event
 from leaddist.db import connection_lost, recover
 from leaddist.errors import Rejected, busy_response, error_response
 from leaddist.json_body import parse_json_body
+from leaddist.metrics import count_lead
 from leaddist.ratelimit import RateLimited, client_ip
 from providers.models import Provider, Service
 
@@ -195,7 +196,14 @@ def submit(request: HttpRequest) -> HttpResponse:
         if not connection_lost(exc):
             raise
         recover()
-        response = _submit(request, trail)
+        try:
+            response = _submit(request, trail)
+        except DatabaseError as again:
+            if not connection_lost(again):
+                raise
+            trail["outcome"] = "busy"
+            response = busy_response("The database is unreachable; retry later.")
+    count_lead(trail.get("outcome"))
     log_event(
         "lead",
         started=started,

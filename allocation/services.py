@@ -55,6 +55,7 @@ from allocation.engine import (
 from allocation.models import ApiKey, Lead
 from events.services import announce_after_commit
 from leaddist.db import connection_lost, recover
+from leaddist.metrics import ALLOCATION_SECONDS
 from providers.models import PoolCursor, Provider, Service
 from providers.services import lock_cursors
 
@@ -555,6 +556,7 @@ def intake_lead(data: LeadInput) -> Intake:
         )
         return Intake(lead=lead, providers=chosen)
 
+    started = time.perf_counter()
     try:
         return run_with_retries(attempt)
     except IntegrityError as exc:
@@ -567,6 +569,8 @@ def intake_lead(data: LeadInput) -> Intake:
             "pk", flat=True
         )
         raise DuplicateLead(existing.first()) from exc
+    finally:
+        ALLOCATION_SECONDS.observe(time.perf_counter() - started)
 
 
 def submit_lead(data: LeadInput) -> Lead:

@@ -17,6 +17,7 @@ from allocation.selectors import intake_outcome
 from allocation.services import Busy, DuplicateLead, ServiceUnavailable, intake_lead
 from leaddist.audit import log_event
 from leaddist.db import connection_lost, recover
+from leaddist.metrics import count_lead
 from leaddist.ratelimit import RateLimited, client_ip
 
 FORM_SOURCE = "form"
@@ -49,6 +50,7 @@ def request_service(request: HttpRequest) -> HttpResponse:
             trail["outcome"] = "busy"
             response = _page(request, {"form": LeadForm(request.POST), "busy": True}, status=503)
             response["Retry-After"] = str(settings.BUSY_RETRY_AFTER_SECONDS)
+    count_lead(trail.get("outcome"))
     log_event(
         "lead",
         started=started,

@@ -41,6 +41,7 @@ from django_eventstream.utils import make_id, sse_encode_event
 from events.models import Event, Horizon
 from events.types import CHANNEL
 from leaddist import redis_client
+from leaddist.metrics import EVENT_HUB_FAILURES, count_publish_failure
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class Hub:
                     await in_thread(trim_log)
             except Exception:
                 # The hub must outlive any failure; the next pass tries again.
+                EVENT_HUB_FAILURES.inc()
                 logger.exception("live events: reading the event log failed")
             # A burst of commits is read, and sent to each stream, a few times a second rather
             # than once per commit: the first event after a quiet spell goes out at once.
@@ -230,11 +232,15 @@ class Hub:
         self._pulse.clear()
 
     async def _tell_other_processes(self) -> None:
-        if self._redis is None or not redis_client.breaker.allow():
+        if self._redis is None:
+            return
+        if not redis_client.breaker.allow():
+            count_publish_failure("breaker_open")
             return
         try:
             await self._redis.publish(WAKE_CHANNEL, "1")
         except Exception as exc:
+            count_publish_failure("redis_error")
             redis_client.breaker.failed(exc)
         else:
             redis_client.breaker.succeeded()
@@ -305,11 +311,15 @@ def notify_committed() -> None:
         except RuntimeError:  # its loop closed in between
             pass
     client = redis_client.sync_client()
-    if client is None or not redis_client.breaker.allow():
+    if client is None:
+        return
+    if not redis_client.breaker.allow():
+        count_publish_failure("breaker_open")
         return
     try:
         client.publish(WAKE_CHANNEL, "1")
     except Exception as exc:
+        count_publish_failure("redis_error")
         redis_client.breaker.failed(exc)
     else:
         redis_client.breaker.succeeded()

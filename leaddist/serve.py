@@ -20,6 +20,11 @@ WEBHOOK_SECRET (or any other refused setting) stops it with the reason, and it r
 workers without REDIS_URL: live events would then reach the other workers' dashboards only at
 their next poll, and each worker would count rate limits alone.
 
+Metrics (GET /metrics) count in every process. With more than one process the launcher gives
+them a directory to count in, PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess
+mode), and /metrics adds the processes up: a temporary directory removed at exit, or the one
+the environment names, emptied of a previous run's files at start.
+
 uvicorn (uvloop, httptools) was chosen by measurement against granian and daphne; the figures
 are in docs/PERFORMANCE.md. Its supervisor restarts a worker that dies. It runs without
 lifespan events (Django has none) and without its own X-Forwarded-For handling: which proxy
@@ -30,9 +35,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -83,6 +90,28 @@ def refusal(workers: int, background: int = 0) -> str | None:
             "alone. Set REDIS_URL, or use --workers 1."
         )
     return None
+
+
+def share_metrics(processes: int) -> Path | None:
+    """Set PROMETHEUS_MULTIPROC_DIR for the processes we start; return the directory to remove
+    at exit, if we made it.
+
+    One process keeps its metrics in memory, unless the environment names a directory. A named
+    directory is emptied of its .db files: counts of a previous run's processes would otherwise
+    be added to this run's (prometheus-client asks for a wiped directory at start).
+    """
+    named = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if named:
+        directory = Path(named)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return None
+    if processes < 2:
+        return None
+    made = Path(tempfile.mkdtemp(prefix="leaddist-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(made)
+    return made
 
 
 def server_command(args: argparse.Namespace) -> list[str]:
@@ -170,14 +199,20 @@ def supervise(server: list[str], background: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reason = refusal(args.workers, args.background)
-    if reason:
-        print(reason, file=sys.stderr)
-        return 2
-    command = server_command(args)
-    if not args.background:
-        os.execv(command[0], command)  # uvicorn itself: nothing else to look after
-    return supervise(command, args.background)
+    # First: loading the settings below imports the metrics, which need their directory.
+    made = share_metrics(args.workers + args.background)
+    try:
+        reason = refusal(args.workers, args.background)
+        if reason:
+            print(reason, file=sys.stderr)
+            return 2
+        command = server_command(args)
+        if not args.background and made is None:
+            os.execv(command[0], command)  # uvicorn itself: nothing else to look after
+        return supervise(command, args.background)
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 if __name__ == "__main__":

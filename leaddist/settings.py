@@ -214,6 +214,17 @@ elif not DEBUG:
         "through /api/webhook/reset-quota. Set it to the gateway's whsec_... secret."
     )
 
+# --- Metrics (docs/OPERATIONS.md, Metrics) --------------------------------------------------
+# Prometheus scrapes GET /metrics with `Authorization: Bearer <METRICS_TOKEN>`. Optional: unset,
+# only staff sessions may read the metrics, and nothing else changes. Set, it must be long
+# enough not to be guessed when DEBUG is off.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 24 and not DEBUG:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be at least 24 characters long when DEBUG is off. Generate one "
+        "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+    )
+
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -1,12 +1,12 @@
 """URL wiring. Routes are exactly those of SPEC §3-§7, without trailing slashes."""
 
 from django.contrib import admin
-from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 
-from leaddist import redis_client
 from leaddist.api import api
+from leaddist.health import database_ok, redis_health
+from leaddist.scrape import metrics
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -15,11 +15,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
     Without Redis the app still takes leads (rate limits count per process, live events arrive
     by polling), so a degraded Redis must not take a process out of its load balancer.
     """
-    redis = redis_client.health()
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except Exception:
+    redis = redis_health()
+    if not database_ok():
         return JsonResponse(
             {"status": "unavailable", "database": "unavailable", "redis": redis}, status=503
         )
@@ -29,6 +26,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
     path("api/", api.urls),
     path("", include("allocation.urls")),
 ]

@@ -21,6 +21,7 @@ from allocation.services import Busy
 from leaddist.audit import log_event
 from leaddist.errors import Rejected, error_response
 from leaddist.json_body import parse_json_body
+from leaddist.metrics import count_webhook
 from webhooks.models import EVENT_ID_MAX_LENGTH
 from webhooks.services import (
     IdempotencyConflict,
@@ -219,6 +220,7 @@ def reset_quota(request: HttpRequest) -> HttpResponse | Status[dict[str, Any]]:
     else:
         error = json.loads(response.content)["error"]
         outcome, event_id = error["code"], error.get("eventId")
+    count_webhook(outcome)
     log_event(
         "webhook",
         started=started,

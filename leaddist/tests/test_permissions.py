@@ -56,6 +56,8 @@ ROUTES = [
     ("request form", "get", "/request-service", PUBLIC),
     ("request form post", "form", "/request-service", PUBLIC),
     ("healthz", "get", "/healthz", PUBLIC),
+    # METRICS_TOKEN or a staff session: an API key is no metrics token.
+    ("metrics", "get", "/metrics", (401, 401, 401, 401, 403, 200)),
 ]
 # SPEC §6: staff sessions only, with real 401/403 answers; an API key is no session. Tested
 # on committed data: the stream reads the session in a worker thread, on its own connection.
