@@ -16,6 +16,7 @@ from events.services import record_event
 from events.types import LEAD_ALLOCATED, QUOTA_RESET
 from providers.models import Membership, PoolCursor, Provider, Service
 from providers.services import create_service
+from webhooks.services import apply_quota_reset
 
 STAFF_PAGES = [
     "/dashboard",
@@ -124,16 +125,50 @@ def test_live_feed_lists_allocations_with_their_trace_waiting_leads_and_resets(
     assert feed.count('<span class="badge badge-selected">selected</span>') == 3
 
 
+def fairness_bars(page: str, service_id: int) -> dict[str, int]:
+    """Provider id -> the number the chart shows under this service's pool."""
+    group = page.split(f'data-fairness-service="{service_id}"')[1].split("</figure>")[0]
+    return {
+        bar.split('"')[0]: int(bar.split('data-pool-leads="')[1].split('"')[0])
+        for bar in group.split('data-pool-provider="')[1:]
+    }
+
+
 @pytest.mark.django_db
-def test_fairness_chart_shows_leads_this_cycle_per_pool_provider(seeded, staff_client):
-    allocate(1, 3)  # the pool P2, P3, P4 gets 2 leads each
+def test_fairness_chart_counts_what_each_pool_gave_its_providers_this_cycle(seeded, staff_client):
+    # Services 1 and 3 share P2 and P3 in their pools; P4 is in Service 1's pool and is
+    # mandatory in Service 3.
+    allocate(1, 3)  # Service 1: P1 + (P2, P3), P1 + (P4, P2), P1 + (P3, P4)
+    allocate(3, 2)  # Service 3: P1, P4 + P2, then P1, P4 + P3
 
     page = staff_client.get("/dashboard").content.decode()
 
-    chart = page.split('id="fairness"')[1].split("</figure>")[0]
-    assert "Service 1" in chart
-    assert "spread 2\N{EN DASH}2" in chart
-    assert chart.count('<span class="hbar-value">2</span>') == 3
+    assert Provider.objects.get(pk=2).leads_this_cycle == 3
+    assert Provider.objects.get(pk=4).leads_this_cycle == 4
+    assert fairness_bars(page, 1) == {"2": 2, "3": 2, "4": 2}
+    assert fairness_bars(page, 3) == {"2": 1, "3": 1, "5": 0, "6": 0, "7": 0, "8": 0}
+    assert fairness_bars(page, 2) == {"6": 0, "7": 0, "8": 0}
+    chart = page.split('id="fairness"')[1]
+    assert "the leads its pool gave each of its pool providers in their current cycle" in chart
+    service_1 = chart.split('data-fairness-service="1"')[1].split("</figure>")[0]
+    assert "spread 2\N{EN DASH}2" in service_1
+    assert 'next: <strong data-fairness-next="2">Provider 2</strong>' in service_1
+    service_3 = chart.split('data-fairness-service="3"')[1].split("</figure>")[0]
+    assert "spread 0\N{EN DASH}1" in service_3
+    assert 'next: <strong data-fairness-next="5">Provider 5</strong>' in service_3
+
+
+@pytest.mark.django_db
+def test_fairness_chart_starts_a_provider_afresh_with_its_new_cycle(seeded, staff_client):
+    allocate(1, 3)
+    allocate(3, 2)
+    apply_quota_reset(event_id="evt_p2", body_sha256="a" * 64, provider_ids=[2])
+    allocate(3, 1, start=2)  # Service 3's walk goes on from its cursor: P1, P4 + P5
+
+    page = staff_client.get("/dashboard").content.decode()
+
+    assert fairness_bars(page, 1) == {"2": 0, "3": 2, "4": 2}
+    assert fairness_bars(page, 3) == {"2": 0, "3": 1, "5": 1, "6": 0, "7": 0, "8": 0}
 
 
 @pytest.mark.django_db
@@ -289,6 +324,7 @@ def test_dashboard_query_count_does_not_grow_with_providers_and_leads(
     assert page.count('class="provider-row') == 50  # paginated
     assert page.count('class="feed-item') == 30  # truncated
     assert "+483 more" in page  # pools of 499, 16 shown from the cursor
+    assert "among the 16 shown of 499" in page.split('id="fairness"')[1]
 
 
 @pytest.mark.django_db
