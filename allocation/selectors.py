@@ -427,6 +427,23 @@ def _feed_items(events: list[Event]) -> list[FeedItem]:
     return items
 
 
+@dataclass(frozen=True)
+class LastEvent:
+    """The newest event a page has applied: its stream position and when it happened."""
+
+    seq: int
+    created: datetime | None
+
+
+def last_event(seq: int | None = None) -> LastEvent:
+    """The event at this stream position, or the newest one; seq 0 when there is none: one
+    query."""
+    events = Event.objects.published()
+    events = events.filter(seq=seq) if seq is not None else events.order_by("-seq")
+    row = events.values_list("seq", "created_at").first()
+    return LastEvent(*row) if row else LastEvent(0, None)
+
+
 def recent_feed(*, limit: int = FEED_SIZE) -> list[FeedItem]:
     """The latest allocations, waiting leads and resets, newest first, from the event log."""
     feed = Event.objects.published().filter(type__in=FEED_TYPES)

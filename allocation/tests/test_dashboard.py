@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from django.db import connection
 from django.test import Client
@@ -12,6 +14,7 @@ from allocation.models import Allocation, Lead
 from allocation.services import submit_lead
 from allocation.tests.dashboard_support import lead_input, settle_events, stream_position
 from events.hub import stream_id
+from events.models import Event
 from events.services import record_event
 from events.types import LEAD_ALLOCATED, QUOTA_RESET
 from providers.models import Membership, PoolCursor, Provider, Service
@@ -20,7 +23,6 @@ from webhooks.services import apply_quota_reset
 
 STAFF_PAGES = [
     "/dashboard",
-    "/dashboard/fragments?summary=1",
     "/dashboard/providers/1/leads",
     "/test-tools",
 ]
@@ -47,11 +49,37 @@ def test_signed_in_non_staff_users_get_403(seeded, plain_client, path):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("path", STAFF_PAGES)
+@pytest.mark.parametrize("path", [*STAFF_PAGES, "/dashboard/fragments?summary=1"])
 def test_staff_users_get_the_page(seeded, staff_client, path):
     response = staff_client.get(path)
 
     assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_fragments_answer_401_once_the_session_has_ended_not_the_login_page(seeded, staff_client):
+    staff_client.logout()
+
+    response = staff_client.get("/dashboard/fragments?summary=1")
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.django_db
+def test_fragments_answer_403_to_non_staff(seeded, plain_client):
+    response = plain_client.get("/dashboard/fragments?summary=1")
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+
+
+@pytest.mark.django_db
+def test_fragments_with_nothing_named_are_an_empty_page_for_the_session_probe(seeded, staff_client):
+    response = staff_client.get("/dashboard/fragments")
+
+    assert response.status_code == 200
+    assert "<template" not in response.content.decode()
 
 
 # --- Content ---------------------------------------------------------------------------------
@@ -198,6 +226,7 @@ def test_page_renders_the_stream_position_and_loads_only_local_scripts(seeded, s
     page = staff_client.get("/dashboard").content.decode()
 
     assert f'data-last-event-id="{current_event_id()}"' in page
+    assert 'href="/admin/login/?next=/dashboard" hidden>sign in again</a>' in page
     assert '<script src="/static/js/dashboard.js" defer></script>' in page
     for forbidden in ("<script>", " onclick=", ' style="', "//cdn", "https://"):
         assert forbidden not in page
@@ -222,6 +251,38 @@ def test_fragments_render_the_named_rows_with_the_page_templates(seeded, staff_c
     assert f"Lead #{lead.pk}" in html
     for part in ('id="summary"', 'id="services"', 'id="fairness"'):
         assert part in html
+
+
+@pytest.mark.django_db
+def test_header_shows_the_time_of_the_last_event_not_its_stream_id(seeded, staff_client):
+    allocate(1, 1)
+    Event.objects.published().update(created_at=datetime(2026, 3, 4, 13, 14, 15, tzinfo=UTC))
+
+    page = staff_client.get("/dashboard").content.decode()
+
+    header = page.split('class="page-actions"')[1].split("</p>")[0]
+    assert 'last event <time datetime="2026-03-04T13:14:15+00:00"' in header
+    assert ">13:14:15</time>" in header
+    assert "dashboard:" not in header
+
+
+@pytest.mark.django_db
+def test_header_says_when_there_is_no_event_yet(seeded, staff_client):
+    page = staff_client.get("/dashboard").content.decode()
+
+    assert "no events yet</span>" in page.split('class="page-actions"')[1]
+
+
+@pytest.mark.django_db
+def test_fragments_bring_the_time_of_the_newest_event_applied(seeded, staff_client):
+    allocate(1, 1)
+    eid = current_event_id().split(":")[1]
+    Event.objects.published().update(created_at=datetime(2026, 3, 4, 9, 8, 7, tzinfo=UTC))
+
+    html = staff_client.get("/dashboard/fragments", {"last": eid}).content.decode()
+
+    assert '<template data-swap><span id="last-event"' in html
+    assert ">09:08:07</time>" in html
 
 
 @pytest.mark.django_db
