@@ -233,6 +233,10 @@ def test_dashboard_and_test_tools_in_a_real_browser(
         polling=100,
     )
     assert dashboard.evaluate("() => window.loadedOnce") is True, "the page was reloaded"
+    # The reset's count of drained leads stays one piece on one line, however the note wraps.
+    count = dashboard.locator("[data-feed] .feed-quota-reset .feed-reset-count").first
+    assert count.inner_text().endswith("allocated")
+    assert count.evaluate("(element) => element.getClientRects().length") == 1
     dashboard.screenshot(path=ARTIFACTS / "dashboard-after-reset.png", full_page=True)
 
     assert errors == []

@@ -148,7 +148,7 @@ def test_live_feed_lists_allocations_with_their_trace_waiting_leads_and_resets(
     feed = staff_client.get("/dashboard").content.decode().split("data-feed")[1]
 
     assert feed.index("Quota reset") < feed.index(f"Lead #{lead.pk}</strong> allocated")
-    assert "<code>evt_9</code>" in feed
+    assert '<code class="feed-event-id" title="eventId">evt_9</code>' in feed
     assert "Decision trace · 3 steps" in feed
     assert feed.count('<span class="badge badge-selected">selected</span>') == 3
 
@@ -197,6 +197,22 @@ def test_fairness_chart_starts_a_provider_afresh_with_its_new_cycle(seeded, staf
 
     assert fairness_bars(page, 1) == {"2": 0, "3": 2, "4": 2}
     assert fairness_bars(page, 3) == {"2": 0, "3": 1, "5": 1, "6": 0, "7": 0, "8": 0}
+
+
+@pytest.mark.django_db
+def test_a_reset_in_the_feed_keeps_its_count_in_one_piece(seeded, staff_client):
+    record_event(
+        QUOTA_RESET,
+        {"event_id": "evt_" + "x" * 60, "provider_ids": None, "leads_allocated": 7},
+    )
+    settle_events()
+
+    feed = staff_client.get("/dashboard").content.decode().split("data-feed")[1]
+
+    note = feed.split('class="feed-note feed-reset-note"')[1].split("</div>")[0]
+    assert '<code class="feed-event-id" title="eventId">evt_' in note
+    assert '<span class="feed-reset-count">7 waiting leads allocated</span>' in note
+    assert "\N{MIDDLE DOT}" not in note
 
 
 @pytest.mark.django_db
