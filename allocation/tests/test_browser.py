@@ -367,3 +367,26 @@ def test_dashboard_says_reconnecting_while_the_server_is_down_and_catches_up_aft
     assert dashboard.evaluate("() => window.loadedOnce") is True, "the page was reloaded"
     assert errors == []
     context.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_blank_membership_row_of_the_service_admin_shows_no_eligible_tick(
+    seeded_tx, asgi_server_factory, launch_chromium
+):
+    get_user_model().objects.create_user(
+        username="operator", password=STAFF_PASSWORD, is_staff=True, is_superuser=True
+    )
+    server = asgi_server_factory()
+    browser = launch_chromium()
+    page = browser.new_page()
+
+    page.goto(server.url + "/admin/providers/service/1/change/")
+    _sign_in(page, server.url + "/admin/providers/service/1/change/")
+
+    saved = page.locator("tr.form-row.has_original td.field-eligible img")
+    blank = page.locator("tr.form-row:not(.has_original):not(.empty-form)")
+    assert saved.count() == 4
+    assert blank.count() == 1
+    assert blank.first.is_visible()
+    assert blank.first.locator("td.field-eligible img").count() == 0
+    page.close()
