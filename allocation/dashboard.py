@@ -1,7 +1,8 @@
 """The live dashboard (SPEC §6): the page, the fragments it swaps in, a provider's leads.
 
 The page and every live update render the same templates (``dashboard/_*.html``). SSE events
-carry ids only; on an event the page asks ``/dashboard/fragments`` for the rows it names.
+carry ids only; on an event the page asks ``/dashboard/fragments`` for the rows it names. The
+fragments answer 401 or 403 once the session has ended, so that the page can say so.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from allocation.access import staff_page
+from allocation.access import staff_fragment, staff_page
 from allocation.selectors import (
     FEED_SIZE,
     PROVIDERS_PER_PAGE,
     SERVICES_SHOWN,
     dashboard_summary,
     feed_items,
+    last_event,
     provider_allocations,
     provider_page,
     provider_rows,
@@ -25,7 +27,7 @@ from allocation.selectors import (
     service_cards,
     service_count,
 )
-from events.hub import current_position, stream_id
+from events.hub import stream_id
 from providers.models import Provider
 
 # Ids one fragment request may name: a page of providers, and more events than the feed shows.
@@ -48,10 +50,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """Providers, services, fairness and the live feed, as committed in the database."""
     # The stream position is read before the data. An event committed in between is then both
     # rendered and replayed, and the page drops the duplicate; read after, it could be lost.
-    last_event_id = stream_id(current_position())
+    latest = last_event()
     context = {
         "nav": "dashboard",
-        "last_event_id": last_event_id,
+        "last_event_id": stream_id(latest.seq),
+        "last_event": latest,
         "summary": dashboard_summary(),
         "providers": provider_page(request.GET.get("page")),
         "services": service_cards(),
@@ -64,12 +67,16 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @require_GET
-@staff_page
+@staff_fragment
 def fragments(request: HttpRequest) -> HttpResponse:
-    """The server-rendered pieces an event names: ?provider=ID&event=EID&services&summary."""
+    """The server-rendered pieces an event names: ?provider=ID&event=EID&services&summary, and
+    &last=EID for the time of the newest event applied. With none, an empty 200: the page asks
+    that to learn whether its session still holds."""
     provider_ids = _ids(request.GET.getlist("provider"))
     eids = _ids(request.GET.getlist("event"))
+    last = _ids(request.GET.getlist("last"))[:1]
     context = {
+        "last_event": last_event(last[0]) if last else None,
         "rows": provider_rows(provider_ids) if provider_ids else [],
         "feed": feed_items(eids) if eids else [],
         "summary": dashboard_summary() if "summary" in request.GET else None,

@@ -102,7 +102,15 @@ class Allocation(models.Model):
                 name="allocation_allocation_rank_1_to_3",
             ),
         ]
-        indexes = [models.Index(fields=["provider", "-id"], name="alloc_provider_recent")]
+        indexes = [
+            models.Index(fields=["provider", "-id"], name="alloc_provider_recent"),
+            # The fairness chart: what one provider got from pools in its current cycle.
+            models.Index(
+                fields=["provider", "cycle", "lead"],
+                condition=Q(role="pool"),
+                name="alloc_pool_cycle",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Lead #{self.lead_id} → provider #{self.provider_id}"

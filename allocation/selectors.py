@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.paginator import Page, Paginator
 from django.db import connection
-from django.db.models import Count, Max, Min, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from allocation.models import PROVIDERS_PER_LEAD, Allocation, Lead
@@ -112,6 +112,8 @@ class Chip:
     position: int
     is_cursor: bool = False
     is_next: bool = False
+    # Pool chips only: the leads this service's pool gave the provider in its current cycle.
+    pool_leads: int = 0
 
     @property
     def eligible(self) -> bool:
@@ -129,12 +131,19 @@ class ServiceCard:
     last_picked: Chip | None
     next_provider: Chip | None
     waiting: int
-    low: int
-    high: int
 
     @property
     def hidden(self) -> int:
         return self.pool_size - len(self.pool)
+
+    @property
+    def low(self) -> int:
+        """The fewest leads this pool gave one of the providers shown, this cycle."""
+        return min((chip.pool_leads for chip in self.pool), default=0)
+
+    @property
+    def high(self) -> int:
+        return max((chip.pool_leads for chip in self.pool), default=0)
 
     @property
     def chart_max(self) -> int:
@@ -229,7 +238,7 @@ def provider_rows(provider_ids: list[int]) -> list[ProviderRow]:
 
 
 def _chip(row: tuple, cursor: int | None, next_id: int | None) -> Chip:
-    provider_id, position, name, status, quota, remaining, this_cycle = row
+    provider_id, position, name, status, quota, remaining, this_cycle, pool_leads = row
     return Chip(
         provider_id,
         name,
@@ -240,18 +249,29 @@ def _chip(row: tuple, cursor: int | None, next_id: int | None) -> Chip:
         position,
         is_cursor=cursor is not None and position == cursor,
         is_next=provider_id == next_id,
+        pool_leads=pool_leads,
     )
 
 
 def _pool_rows(service_ids: list[int], window: int) -> dict[int, dict[str, list[tuple]]]:
     """Per service: the pool rows after the cursor, from the start up to it, the cursor's own
     row, and the next eligible one each side. A handful of indexed reads per service, in one
-    query: nothing scans the whole pool."""
+    query: nothing scans the whole pool.
+
+    Each row counts the leads this service's pool gave the provider in its current cycle: a
+    provider's leads_this_cycle adds up every service and its mandatory places, which says
+    nothing about how fairly one pool turns."""
     membership, provider = Membership._meta.db_table, Provider._meta.db_table
+    allocation, lead = Allocation._meta.db_table, Lead._meta.db_table
+    # Through the partial index alloc_pool_cycle: at most a cycle's leads per provider shown.
+    pool_leads = f"""(
+        SELECT count(*) FROM {allocation} AS a JOIN {lead} AS l ON l.id = a.lead_id
+        WHERE a.provider_id = m.provider_id AND a.cycle = p.cycle AND a.role = 'pool'
+          AND l.service_id = m.service_id)"""
     # In the order _chip() unpacks them.
     columns = (
         "m.provider_id, m.position, p.name, p.status, p.quota, p.remaining_quota, "
-        "p.leads_this_cycle"
+        f"p.leads_this_cycle, {pool_leads} AS pool_leads"
     )
 
     def part(kind: str, condition: str, limit: str) -> str:
@@ -284,8 +304,9 @@ def _pool_rows(service_ids: list[int], window: int) -> dict[int, dict[str, list[
 
 
 def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> list[ServiceCard]:
-    """Each service with its mandatory providers, its pool around the cursor, the next
-    provider in line, its waiting leads and its pool's spread: six queries."""
+    """Each service with its mandatory providers, its pool around the cursor with what the pool
+    gave each of them this cycle, the next provider in line and its waiting leads: six
+    queries."""
     services = list(Service.objects.select_related("cursor").order_by("pk")[:limit])
     ids = [s.pk for s in services]
     if not ids:
@@ -301,17 +322,13 @@ def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> 
         mandatory[m.service_id].append(
             Chip(p.pk, p.name, p.status, p.quota, p.remaining_quota, p.leads_this_cycle, m.position)
         )
-    stats = {
-        row["service_id"]: row
-        for row in Membership.objects.pool()
+    pool_sizes = dict(
+        Membership.objects.pool()
         .filter(service_id__in=ids)
         .values("service_id")
-        .annotate(
-            size=Count("pk"),
-            low=Min("provider__leads_this_cycle"),
-            high=Max("provider__leads_this_cycle"),
-        )
-    }
+        .annotate(size=Count("pk"))
+        .values_list("service_id", "size")
+    )
     waiting = dict(
         Lead.objects.waiting()
         .filter(service_id__in=ids)
@@ -328,7 +345,7 @@ def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> 
         rows = pool_rows[service.pk]
         next_row = (rows["next"] or rows["next_wrap"] or [None])[0]
         next_id = next_row[0] if next_row else None
-        size = stats.get(service.pk, {}).get("size", 0)
+        size = pool_sizes.get(service.pk, 0)
         windowed = size > window
         if windowed:
             walk = rows["cursor"] + [r for r in rows["after"] + rows["wrap"] if r[1] != cursor]
@@ -349,8 +366,6 @@ def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> 
                 last_picked=next((_chip(r, cursor, next_id) for r in rows["cursor"]), None),
                 next_provider=_chip(next_row, cursor, next_id) if next_row else None,
                 waiting=waiting.get(service.pk, 0),
-                low=stats.get(service.pk, {}).get("low") or 0,
-                high=stats.get(service.pk, {}).get("high") or 0,
             )
         )
     return cards
@@ -410,6 +425,23 @@ def _feed_items(events: list[Event]) -> list[FeedItem]:
             FeedItem(event.seq, event.type, event.created_at, data, lead, _trace_lines(lead, names))
         )
     return items
+
+
+@dataclass(frozen=True)
+class LastEvent:
+    """The newest event a page has applied: its stream position and when it happened."""
+
+    seq: int
+    created: datetime | None
+
+
+def last_event(seq: int | None = None) -> LastEvent:
+    """The event at this stream position, or the newest one; seq 0 when there is none: one
+    query."""
+    events = Event.objects.published()
+    events = events.filter(seq=seq) if seq is not None else events.order_by("-seq")
+    row = events.values_list("seq", "created_at").first()
+    return LastEvent(*row) if row else LastEvent(0, None)
 
 
 def recent_feed(*, limit: int = FEED_SIZE) -> list[FeedItem]:

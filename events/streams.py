@@ -31,6 +31,7 @@ from events.types import CHANNEL
 # django-eventstream pads its first chunk so that proxies and old browsers flush it at once.
 OPENING = b":" + b" " * 2048 + b"\n\nevent: stream-open\ndata:\n\n"
 KEEP_ALIVE = b"event: keep-alive\ndata:\n\n"
+RECHECK_FLOOR_SECONDS = 0.1
 
 
 class BadPosition(ValueError):
@@ -68,8 +69,9 @@ async def follow(
 ) -> AsyncIterator[bytes]:
     """The stream's text: everything after ``position``, then each new event as it commits.
 
-    ``still_allowed`` is asked every SESSION_RECHECK_SECONDS; when it says no, the stream sends
-    django-eventstream's ``stream-error`` and ends, and the client's reconnection is refused.
+    ``still_allowed`` is asked every SESSION_RECHECK_SECONDS, on a quiet stream too; when it
+    says no, the stream sends django-eventstream's ``stream-error`` and ends, and the client's
+    reconnection is refused.
     """
     hub: Hub = start_hub()
     hub.streams += 1
@@ -100,7 +102,14 @@ async def follow(
                 pending = b""
                 continue
             ticks = hub.ticks
-            await hub.next_pulse()
+            # Wake for the session re-check as well: a quiet stream would otherwise keep
+            # serving a signed-out page until the next event or keep-alive.
+            recheck_in = settings.EVENT_SESSION_RECHECK_SECONDS - (loop.time() - checked_at)
+            try:
+                async with asyncio.timeout(max(recheck_in, RECHECK_FLOOR_SECONDS)):
+                    await hub.next_pulse()
+            except TimeoutError:
+                continue
             if hub.ticks != ticks:
                 pending = KEEP_ALIVE  # sent with whatever else this pulse brought
     finally:

@@ -11,6 +11,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import display_for_value
 from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
@@ -128,11 +129,19 @@ class MembershipInlineFormSet(BaseInlineFormSet):
 class MembershipInline(admin.TabularInline):
     model = Membership
     formset = MembershipInlineFormSet
-    fields = ["provider", "role", "position", "provider_eligible"]
-    readonly_fields = ["provider_eligible"]
+    fields = ["provider", "role", "position", "eligible"]
+    readonly_fields = ["eligible"]
     autocomplete_fields = ["provider"]
     ordering = ["role", "position"]
     extra = 1
+
+    @admin.display(description="Eligible")
+    def eligible(self, obj: Membership) -> str | None:
+        """A saved row's tick or cross; nothing on the blank row for a new membership, whose
+        field default would otherwise show a green tick for no provider at all."""
+        if obj.pk is None:
+            return None
+        return display_for_value(obj.provider_eligible, "", boolean=True)
 
 
 @admin.register(Service)

@@ -8,6 +8,7 @@ connections.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -38,6 +39,13 @@ class AsgiServer:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Stop at once, workers and all, as a crash or a lost host would: open connections
+        are cut, nothing is finished."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
 
 
 def database_url_for_tests(application_name: str) -> str:
@@ -80,14 +88,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_server(log: Path, *, workers: int = 1, **environment: str) -> Iterator[AsgiServer]:
-    """Serve leaddist.asgi on a free port until the block ends.
+def run_server(
+    log: Path, *, workers: int = 1, port: int | None = None, **environment: str
+) -> Iterator[AsgiServer]:
+    """Serve leaddist.asgi on ``port`` (default: a free one) until the block ends.
 
     It runs the server exactly as ``python -m leaddist.serve`` does (one process, or
     ``workers`` of them on one port), but with DEBUG on, so that static files come from the
-    source tree.
+    source tree. A server started again on the port of one that was killed is, for its
+    clients, the same server come back.
     """
-    port = free_port()
+    port = port or free_port()
     application_name = f"leaddist-test-server-{port}"
     env = {
         **os.environ,
@@ -138,8 +149,9 @@ def asgi_server_factory(transactional_db, tmp_path) -> Iterator[Callable[..., As
     """Start servers with extra environment; all are stopped after the test."""
     stack: list = []
 
-    def start(*, workers: int = 1, **environment: str) -> AsgiServer:
-        manager = run_server(tmp_path / f"server-{len(stack)}.log", workers=workers, **environment)
+    def start(*, workers: int = 1, port: int | None = None, **environment: str) -> AsgiServer:
+        log = tmp_path / f"server-{len(stack)}.log"
+        manager = run_server(log, workers=workers, port=port, **environment)
         server = manager.__enter__()
         stack.append(manager)
         return server

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from django.db import connection
 from django.test import Client
@@ -12,14 +14,15 @@ from allocation.models import Allocation, Lead
 from allocation.services import submit_lead
 from allocation.tests.dashboard_support import lead_input, settle_events, stream_position
 from events.hub import stream_id
+from events.models import Event
 from events.services import record_event
 from events.types import LEAD_ALLOCATED, QUOTA_RESET
 from providers.models import Membership, PoolCursor, Provider, Service
 from providers.services import create_service
+from webhooks.services import apply_quota_reset
 
 STAFF_PAGES = [
     "/dashboard",
-    "/dashboard/fragments?summary=1",
     "/dashboard/providers/1/leads",
     "/test-tools",
 ]
@@ -46,11 +49,37 @@ def test_signed_in_non_staff_users_get_403(seeded, plain_client, path):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("path", STAFF_PAGES)
+@pytest.mark.parametrize("path", [*STAFF_PAGES, "/dashboard/fragments?summary=1"])
 def test_staff_users_get_the_page(seeded, staff_client, path):
     response = staff_client.get(path)
 
     assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_fragments_answer_401_once_the_session_has_ended_not_the_login_page(seeded, staff_client):
+    staff_client.logout()
+
+    response = staff_client.get("/dashboard/fragments?summary=1")
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.django_db
+def test_fragments_answer_403_to_non_staff(seeded, plain_client):
+    response = plain_client.get("/dashboard/fragments?summary=1")
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+
+
+@pytest.mark.django_db
+def test_fragments_with_nothing_named_are_an_empty_page_for_the_session_probe(seeded, staff_client):
+    response = staff_client.get("/dashboard/fragments")
+
+    assert response.status_code == 200
+    assert "<template" not in response.content.decode()
 
 
 # --- Content ---------------------------------------------------------------------------------
@@ -119,21 +148,71 @@ def test_live_feed_lists_allocations_with_their_trace_waiting_leads_and_resets(
     feed = staff_client.get("/dashboard").content.decode().split("data-feed")[1]
 
     assert feed.index("Quota reset") < feed.index(f"Lead #{lead.pk}</strong> allocated")
-    assert "<code>evt_9</code>" in feed
+    assert '<code class="feed-event-id" title="eventId">evt_9</code>' in feed
     assert "Decision trace · 3 steps" in feed
     assert feed.count('<span class="badge badge-selected">selected</span>') == 3
 
 
+def fairness_bars(page: str, service_id: int) -> dict[str, int]:
+    """Provider id -> the number the chart shows under this service's pool."""
+    group = page.split(f'data-fairness-service="{service_id}"')[1].split("</figure>")[0]
+    return {
+        bar.split('"')[0]: int(bar.split('data-pool-leads="')[1].split('"')[0])
+        for bar in group.split('data-pool-provider="')[1:]
+    }
+
+
 @pytest.mark.django_db
-def test_fairness_chart_shows_leads_this_cycle_per_pool_provider(seeded, staff_client):
-    allocate(1, 3)  # the pool P2, P3, P4 gets 2 leads each
+def test_fairness_chart_counts_what_each_pool_gave_its_providers_this_cycle(seeded, staff_client):
+    # Services 1 and 3 share P2 and P3 in their pools; P4 is in Service 1's pool and is
+    # mandatory in Service 3.
+    allocate(1, 3)  # Service 1: P1 + (P2, P3), P1 + (P4, P2), P1 + (P3, P4)
+    allocate(3, 2)  # Service 3: P1, P4 + P2, then P1, P4 + P3
 
     page = staff_client.get("/dashboard").content.decode()
 
-    chart = page.split('id="fairness"')[1].split("</figure>")[0]
-    assert "Service 1" in chart
-    assert "spread 2\N{EN DASH}2" in chart
-    assert chart.count('<span class="hbar-value">2</span>') == 3
+    assert Provider.objects.get(pk=2).leads_this_cycle == 3
+    assert Provider.objects.get(pk=4).leads_this_cycle == 4
+    assert fairness_bars(page, 1) == {"2": 2, "3": 2, "4": 2}
+    assert fairness_bars(page, 3) == {"2": 1, "3": 1, "5": 0, "6": 0, "7": 0, "8": 0}
+    assert fairness_bars(page, 2) == {"6": 0, "7": 0, "8": 0}
+    chart = page.split('id="fairness"')[1]
+    assert "the leads its pool gave each of its pool providers in their current cycle" in chart
+    service_1 = chart.split('data-fairness-service="1"')[1].split("</figure>")[0]
+    assert "spread 2\N{EN DASH}2" in service_1
+    assert 'next: <strong data-fairness-next="2">Provider 2</strong>' in service_1
+    service_3 = chart.split('data-fairness-service="3"')[1].split("</figure>")[0]
+    assert "spread 0\N{EN DASH}1" in service_3
+    assert 'next: <strong data-fairness-next="5">Provider 5</strong>' in service_3
+
+
+@pytest.mark.django_db
+def test_fairness_chart_starts_a_provider_afresh_with_its_new_cycle(seeded, staff_client):
+    allocate(1, 3)
+    allocate(3, 2)
+    apply_quota_reset(event_id="evt_p2", body_sha256="a" * 64, provider_ids=[2])
+    allocate(3, 1, start=2)  # Service 3's walk goes on from its cursor: P1, P4 + P5
+
+    page = staff_client.get("/dashboard").content.decode()
+
+    assert fairness_bars(page, 1) == {"2": 0, "3": 2, "4": 2}
+    assert fairness_bars(page, 3) == {"2": 0, "3": 1, "5": 1, "6": 0, "7": 0, "8": 0}
+
+
+@pytest.mark.django_db
+def test_a_reset_in_the_feed_keeps_its_count_in_one_piece(seeded, staff_client):
+    record_event(
+        QUOTA_RESET,
+        {"event_id": "evt_" + "x" * 60, "provider_ids": None, "leads_allocated": 7},
+    )
+    settle_events()
+
+    feed = staff_client.get("/dashboard").content.decode().split("data-feed")[1]
+
+    note = feed.split('class="feed-note feed-reset-note"')[1].split("</div>")[0]
+    assert '<code class="feed-event-id" title="eventId">evt_' in note
+    assert '<span class="feed-reset-count">7 waiting leads allocated</span>' in note
+    assert "\N{MIDDLE DOT}" not in note
 
 
 @pytest.mark.django_db
@@ -163,6 +242,7 @@ def test_page_renders_the_stream_position_and_loads_only_local_scripts(seeded, s
     page = staff_client.get("/dashboard").content.decode()
 
     assert f'data-last-event-id="{current_event_id()}"' in page
+    assert 'href="/admin/login/?next=/dashboard" hidden>sign in again</a>' in page
     assert '<script src="/static/js/dashboard.js" defer></script>' in page
     for forbidden in ("<script>", " onclick=", ' style="', "//cdn", "https://"):
         assert forbidden not in page
@@ -187,6 +267,38 @@ def test_fragments_render_the_named_rows_with_the_page_templates(seeded, staff_c
     assert f"Lead #{lead.pk}" in html
     for part in ('id="summary"', 'id="services"', 'id="fairness"'):
         assert part in html
+
+
+@pytest.mark.django_db
+def test_header_shows_the_time_of_the_last_event_not_its_stream_id(seeded, staff_client):
+    allocate(1, 1)
+    Event.objects.published().update(created_at=datetime(2026, 3, 4, 13, 14, 15, tzinfo=UTC))
+
+    page = staff_client.get("/dashboard").content.decode()
+
+    header = page.split('class="page-actions"')[1].split("</p>")[0]
+    assert 'last event <time datetime="2026-03-04T13:14:15+00:00"' in header
+    assert ">13:14:15</time>" in header
+    assert "dashboard:" not in header
+
+
+@pytest.mark.django_db
+def test_header_says_when_there_is_no_event_yet(seeded, staff_client):
+    page = staff_client.get("/dashboard").content.decode()
+
+    assert "no events yet</span>" in page.split('class="page-actions"')[1]
+
+
+@pytest.mark.django_db
+def test_fragments_bring_the_time_of_the_newest_event_applied(seeded, staff_client):
+    allocate(1, 1)
+    eid = current_event_id().split(":")[1]
+    Event.objects.published().update(created_at=datetime(2026, 3, 4, 9, 8, 7, tzinfo=UTC))
+
+    html = staff_client.get("/dashboard/fragments", {"last": eid}).content.decode()
+
+    assert '<template data-swap><span id="last-event"' in html
+    assert ">09:08:07</time>" in html
 
 
 @pytest.mark.django_db
@@ -289,6 +401,7 @@ def test_dashboard_query_count_does_not_grow_with_providers_and_leads(
     assert page.count('class="provider-row') == 50  # paginated
     assert page.count('class="feed-item') == 30  # truncated
     assert "+483 more" in page  # pools of 499, 16 shown from the cursor
+    assert "among the 16 shown of 499" in page.split('id="fairness"')[1]
 
 
 @pytest.mark.django_db

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -189,3 +190,28 @@ def test_a_quiet_stream_gets_keep_alives_from_the_hub(settings):
             await close_hub()
 
     assert "event: keep-alive\ndata:\n\n" in asyncio.run(scenario())
+
+
+def test_a_quiet_stream_rechecks_its_session_without_waiting_for_a_keep_alive(settings):
+    settings.EVENT_SESSION_RECHECK_SECONDS = 0.3
+    settings.EVENT_KEEP_ALIVE_SECONDS = 60
+    checks: list[float] = []
+
+    async def signed_out_after_first_check() -> bool:
+        checks.append(time.monotonic())
+        return len(checks) < 2
+
+    async def scenario() -> list[str]:
+        stream = follow(None, still_allowed=signed_out_after_first_check)
+        try:
+            async with asyncio.timeout(5):
+                return [chunk.decode() async for chunk in stream]
+        finally:
+            await close_hub()
+
+    started = time.monotonic()
+    chunks = asyncio.run(scenario())
+
+    assert "event: stream-error" in chunks[-1]
+    assert len(checks) == 2
+    assert time.monotonic() - started < 2

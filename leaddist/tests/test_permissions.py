@@ -50,6 +50,8 @@ ROUTES = [
     ("webhook signed", "signed", "/api/webhook/reset-quota", (200,) * 6),
     ("dashboard", "get", "/dashboard", STAFF_PAGE),
     ("test tools", "get", "/test-tools", STAFF_PAGE),
+    # Fetched by the dashboard's script, which must see a refusal as one, not a login page.
+    ("dashboard fragments", "get", "/dashboard/fragments", (401, 401, 401, 401, 403, 200)),
     # The admin sends anyone but staff to its login page, which is public.
     ("admin", "get", "/admin/", (302, 302, 302, 302, 302, 200)),
     ("admin login", "get", "/admin/login/", (200, 200, 200, 200, 200, 302)),

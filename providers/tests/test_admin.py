@@ -484,3 +484,21 @@ def test_validate_membership_checks_against_the_services_rows(seeded):
     with pytest.raises(ValidationError, match="Provider 2 appears 2 times"):
         validate_membership(duplicate)
     validate_membership(fine)
+
+
+@pytest.mark.django_db
+def test_the_blank_membership_row_shows_no_eligibility_only_saved_rows_do(admin_client, seeded):
+    Provider.objects.filter(pk=2).update(remaining_quota=0)
+
+    page = admin_client.get(change_url("service", 1)).content.decode()
+
+    rows = page.split('<tr class="form-row')[1:]
+    saved = [row for row in rows if "has_original" in row.split(">")[0]]
+    blank = [row for row in rows if "has_original" not in row.split(">")[0]]
+    assert len(saved) == 4  # P1 mandatory; P2, P3, P4 in the pool
+    assert sum("icon-yes.svg" in row for row in saved) == 3
+    assert sum("icon-no.svg" in row for row in saved) == 1  # P2, out of quota
+    assert blank
+    for row in blank:
+        assert "icon-yes.svg" not in row
+        assert "icon-no.svg" not in row

@@ -5,6 +5,17 @@
  * the provider rows, feed items, services and summary they touch, and replaces those elements
  * by id. The stream starts from the event id the page was rendered at, so an event committed
  * between the render and the connection is replayed; ids already seen are dropped.
+ *
+ * The status in the header says only what is true:
+ * - "Live" while the stream is open;
+ * - "Reconnecting…" while the server cannot be reached; the stream comes back by itself and
+ *   resumes after the last event applied (Last-Event-ID), so nothing is missed and nothing
+ *   reloads;
+ * - "Signed out — sign in again" once the stream or a fragment is refused (401/403: the session
+ *   ended in another tab, expired, or its password changed). The page stops following and asks
+ *   now and then whether the session is back (signed in again in another tab), then catches up.
+ * EventSource does not expose the status of a refused connection: it only closes. So on a
+ * close, the page asks the fragments URL, which answers 401/403 rather than redirecting.
  */
 (function () {
   "use strict";
@@ -18,25 +29,35 @@
   var FEED_MAX = 60;
   var BATCH_MS = 60;
   var RETRY_MS = 3000;
+  var SIGNED_OUT_RETRY_MS = 5000;
 
   var streamUrl = root.getAttribute("data-stream-url");
   var fragmentsUrl = root.getAttribute("data-fragments-url");
   var feed = root.querySelector("[data-feed]");
   var liveStatus = root.querySelector("[data-live-status]");
   var liveText = root.querySelector("[data-live-text]");
-  var livePosition = root.querySelector("[data-live-position]");
+  var signIn = root.querySelector("[data-live-signin]");
 
   // "dashboard:42": where the page was rendered; then the last event applied.
   var position = root.getAttribute("data-last-event-id") || "";
   var lastSeen = sequence(position);
   var source = null;
+  var signedOut = false;
+  var retryTimer = null;
 
   var pending = newPending();
   var batchTimer = null;
   var inFlight = false;
 
   function newPending() {
-    return { providers: {}, allProviders: false, events: {}, services: false, summary: false };
+    return {
+      providers: {},
+      allProviders: false,
+      events: {},
+      services: false,
+      summary: false,
+      last: -1,
+    };
   }
 
   function hasPending() {
@@ -57,35 +78,114 @@
   function setStatus(state, text) {
     liveStatus.setAttribute("data-state", state);
     liveText.textContent = text;
+    signIn.hidden = state !== "signed-out";
+  }
+
+  function later(task, ms) {
+    window.clearTimeout(retryTimer);
+    retryTimer = window.setTimeout(task, ms);
+  }
+
+  function stopFollowing() {
+    if (source) {
+      source.close();
+      source = null;
+    }
+  }
+
+  // A fragment request made with the page's session: redirects are not followed, so a login
+  // redirect is seen as one (the server answers 401/403, but a proxy might redirect).
+  function fetchFragments(query) {
+    return fetch(fragmentsUrl + (query ? "?" + query : ""), {
+      credentials: "same-origin",
+      headers: { Accept: "text/html" },
+      redirect: "manual",
+    });
+  }
+
+  function refused(response) {
+    return (
+      response.status === 401 || response.status === 403 || response.type === "opaqueredirect"
+    );
+  }
+
+  function toSignedOut() {
+    signedOut = true;
+    stopFollowing();
+    setStatus("signed-out", "Signed out \u2014");
+    later(probe, SIGNED_OUT_RETRY_MS);
+  }
+
+  function toReconnecting() {
+    setStatus("reconnecting", "Reconnecting\u2026");
+  }
+
+  // The stream closed for good, or the page is signed out: find out why, and act on it.
+  function probe() {
+    fetchFragments("").then(
+      function (response) {
+        if (refused(response)) {
+          toSignedOut();
+        } else if (response.ok) {
+          signedOut = false;
+          connect();
+        } else {
+          toReconnecting(); // a 5xx: the server is up but not well; try again
+          later(probe, RETRY_MS);
+        }
+      },
+      function () {
+        if (!signedOut) {
+          toReconnecting();
+        }
+        later(probe, signedOut ? SIGNED_OUT_RETRY_MS : RETRY_MS);
+      }
+    );
   }
 
   function connect() {
+    stopFollowing();
     var url = streamUrl;
     if (position) {
       url += "?lastEventId=" + encodeURIComponent(position);
     }
-    source = new EventSource(url);
-    source.addEventListener("open", function () {
+    var stream = new EventSource(url);
+    source = stream;
+    stream.addEventListener("open", function () {
       setStatus("live", "Live");
-    });
-    source.addEventListener("error", function () {
-      if (source.readyState === EventSource.CLOSED) {
-        // Refused (signed out?) or the server went away: try again from our position.
-        setStatus("down", "Disconnected, retrying…");
-        source.close();
-        window.setTimeout(connect, RETRY_MS);
-      } else {
-        setStatus("connecting", "Reconnecting…");
+      if (hasPending()) {
+        schedule(); // work a refusal or an outage left undone
       }
     });
+    stream.addEventListener("error", function () {
+      if (stream !== source) {
+        return;
+      }
+      if (stream.readyState === EventSource.CLOSED) {
+        // Refused (401/403, or another answer than a stream) or gone for good: ask why.
+        stopFollowing();
+        toReconnecting();
+        probe();
+      } else {
+        // The browser reconnects by itself, with Last-Event-ID.
+        toReconnecting();
+      }
+    });
+    stream.addEventListener("stream-error", function () {
+      // The server closed the stream because the session ended; a reconnection would be
+      // refused, so ask straight away.
+      stopFollowing();
+      probe();
+    });
     EVENT_TYPES.forEach(function (type) {
-      source.addEventListener(type, onEvent);
+      stream.addEventListener(type, onEvent);
     });
     source.addEventListener("stream-reset", function (event) {
       // Our position is no longer stored (events expire): refresh everything visible.
       if (event.lastEventId) {
         position = event.lastEventId;
         lastSeen = sequence(position);
+        pending.last = lastSeen;
       }
       pending.allProviders = true;
       pending.services = true;
@@ -102,7 +202,7 @@
       }
       lastSeen = seq;
       position = event.lastEventId;
-      livePosition.textContent = position;
+      pending.last = seq;
     }
     var data;
     try {
@@ -136,7 +236,7 @@
   }
 
   function schedule() {
-    if (batchTimer === null && !inFlight) {
+    if (batchTimer === null && !inFlight && !signedOut) {
       batchTimer = window.setTimeout(flush, BATCH_MS);
     }
   }
@@ -179,31 +279,42 @@
     if (work.summary) {
       params.append("summary", "1");
     }
+    if (work.last >= 0) {
+      params.append("last", work.last);
+    }
     if (!params.toString()) {
       return;
     }
 
     inFlight = true;
     var failed = false;
-    fetch(fragmentsUrl + "?" + params.toString(), {
-      credentials: "same-origin",
-      headers: { Accept: "text/html" },
-    })
-      .then(function (response) {
-        if (!response.ok) {
-          throw new Error("HTTP " + response.status);
+    fetchFragments(params.toString())
+      .then(
+        function (response) {
+          if (refused(response)) {
+            failed = true;
+            merge(work); // fetched again once signed in
+            toSignedOut();
+            return;
+          }
+          if (!response.ok) {
+            failed = true;
+            merge(work);
+            setStatus("down", "Update failed, retrying\u2026");
+            return;
+          }
+          return response.text().then(apply);
+        },
+        function () {
+          // The server cannot be reached: the stream will notice too, and come back.
+          failed = true;
+          merge(work);
+          toReconnecting();
         }
-        return response.text();
-      })
-      .then(apply)
-      .catch(function () {
-        failed = true;
-        merge(work);
-        setStatus("down", "Update failed, retrying…");
-      })
+      )
       .then(function () {
         inFlight = false;
-        if (hasPending()) {
+        if (hasPending() && !signedOut) {
           batchTimer = window.setTimeout(flush, failed ? RETRY_MS : BATCH_MS);
         }
       });
@@ -219,6 +330,7 @@
     pending.allProviders = pending.allProviders || work.allProviders;
     pending.services = pending.services || work.services;
     pending.summary = pending.summary || work.summary;
+    pending.last = Math.max(pending.last, work.last);
   }
 
   function apply(html) {
@@ -229,7 +341,9 @@
       var current = fresh && document.getElementById(fresh.id);
       if (current) {
         current.replaceWith(fresh);
-        flash(fresh);
+        if (!fresh.hasAttribute("data-no-flash")) {
+          flash(fresh);
+        }
       }
     });
     holder.content.querySelectorAll("template[data-feed-item]").forEach(function (piece) {
@@ -272,6 +386,20 @@
       element.classList.remove("flash");
     }, 1200);
   }
+
+  // Back to this tab, perhaps after signing out in another one: check before claiming "Live".
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible" && source && !signedOut) {
+      fetchFragments("").then(
+        function (response) {
+          if (refused(response)) {
+            toSignedOut();
+          }
+        },
+        function () {} // unreachable: the stream says so by itself
+      );
+    }
+  });
 
   connect();
 })();
