@@ -55,8 +55,8 @@ from allocation.engine import (
 from allocation.models import ApiKey, Lead
 from events.services import announce_after_commit
 from leaddist.db import connection_lost, recover
+from providers.locks import lock_cursors
 from providers.models import PoolCursor, Provider, Service
-from providers.services import lock_cursors
 
 logger = logging.getLogger(__name__)
 

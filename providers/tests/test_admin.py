@@ -44,6 +44,7 @@ def service_post(service, *, changes=None, delete=(), add=()):
         "slug": service.slug,
         "name": service.name,
         "active": "on" if service.active else "",
+        "seen_version": str(service.version),
         f"{PREFIX}-TOTAL_FORMS": str(len(rows) + len(add)),
         f"{PREFIX}-INITIAL_FORMS": str(len(rows)),
         f"{PREFIX}-MIN_NUM_FORMS": "0",
@@ -56,6 +57,7 @@ def service_post(service, *, changes=None, delete=(), add=()):
             {
                 f"{PREFIX}-{index}-id": str(row.pk),
                 f"{PREFIX}-{index}-service": str(service.pk),
+                f"{PREFIX}-{index}-seen_version": str(row.version),
                 **{f"{PREFIX}-{index}-{key}": str(value) for key, value in values.items()},
             }
         )
@@ -89,7 +91,12 @@ def errors_of(response):
 
 
 def provider_post(provider, **overrides):
-    data = {"name": provider.name, "quota": provider.quota, "status": provider.status}
+    data = {
+        "name": provider.name,
+        "quota": provider.quota,
+        "status": provider.status,
+        "seen_version": provider.version,
+    }
     data.update(overrides)
     return data
 
@@ -344,7 +351,7 @@ def test_provider_form_offers_no_way_to_change_the_remaining_quota(admin_client,
     response = admin_client.get(change_url("provider", 1))
 
     form = response.context["adminform"].form
-    assert set(form.fields) == {"name", "quota", "status"}
+    assert set(form.fields) == {"name", "quota", "status", "seen_version"}
     assert 'name="remaining_quota"' not in response.content.decode()
 
 
