@@ -113,6 +113,21 @@ class MembershipInlineFormSet(BaseInlineFormSet):
         return found
 
     def clean(self) -> None:
+        # A row removed by someone else fails its hidden id field ("Select a valid choice"):
+        # say what happened instead.
+        gone = [
+            form.data.get(form.add_prefix("id"))
+            for form in self.initial_forms
+            if "id" in form.errors and not self._should_delete_form(form)
+        ]
+        if gone:
+            raise ValidationError(
+                [
+                    f"Membership #{pk} was removed by someone else after you opened this page; "
+                    "nothing was saved. Reload the page to see the current memberships."
+                    for pk in gone
+                ]
+            )
         # Ours first: it names providers, where Django's duplicate check would not.
         check_memberships(self.instance, self.edits())
         super().clean()
