@@ -70,18 +70,27 @@ def _conflict_message(
     return text + " Reload the page to see the current values, then make your change again."
 
 
-def _check_version(
+def _conflict(
     what: str, row: Provider | Service | Membership, seen_version: int | None, yours: Mapping
-) -> None:
-    """Raise EditConflict if the locked ``row`` has moved past ``seen_version``."""
+) -> str | None:
+    """Why an edit made on ``seen_version`` may not be saved over the locked ``row``, or None."""
     if seen_version is None or row.version == seen_version:
-        return
+        return None
     differences = [
         (name.removesuffix("_id"), value, getattr(row, name))
         for name, value in yours.items()
         if value != getattr(row, name)
     ]
-    raise EditConflict(_conflict_message(what, seen_version, row.version, differences))
+    return _conflict_message(what, seen_version, row.version, differences)
+
+
+def _check_version(
+    what: str, row: Provider | Service | Membership, seen_version: int | None, yours: Mapping
+) -> None:
+    """Raise EditConflict if the locked ``row`` has moved past ``seen_version``."""
+    conflict = _conflict(what, row, seen_version, yours)
+    if conflict:
+        raise EditConflict(conflict)
 
 
 def _announce_change(provider: Provider) -> None:
@@ -328,7 +337,10 @@ def _plan_memberships(service: Service, edits: Sequence[MembershipEdit]) -> _Pla
                 "page; nothing was saved. Reload the page to see the current memberships."
             )
         else:
-            _check_version_into(conflicts, row, edit)
+            what = f"The membership of {row.provider.name} (#{row.pk})"
+            conflict = _conflict(what, row, edit.seen_version, edit.changes)
+            if conflict:
+                conflicts.append(conflict)
     if conflicts:
         raise EditConflict(conflicts)
 
@@ -377,14 +389,6 @@ def _plan_memberships(service: Service, edits: Sequence[MembershipEdit]) -> _Pla
     if order_error:
         raise ValidationError(order_error)
     return plan
-
-
-def _check_version_into(conflicts: list[str], row: Membership, edit: MembershipEdit) -> None:
-    try:
-        what = f"The membership of {row.provider.name} (#{row.pk})"
-        _check_version(what, row, edit.seen_version, edit.changes)
-    except EditConflict as exc:
-        conflicts.extend(exc.messages)
 
 
 def check_memberships(service: Service, edits: Sequence[MembershipEdit]) -> None:
