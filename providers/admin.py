@@ -81,14 +81,14 @@ class MembershipInlineForm(VersionedForm):
         fields = ["provider", "role", "position"]
 
     def edit(self, *, existing: bool) -> MembershipEdit | None:
-        """What saving this row does, or None (an untouched or empty row)."""
+        """What saving this row does, or None (an untouched or empty row); removals are the
+        formset's."""
         data = self.cleaned_data
         if existing:
-            seen = data["seen_version"]
-            if data.get("DELETE"):
-                return MembershipEdit(self.instance.pk, delete=True, seen_version=seen)
             changes = self.changes(MEMBERSHIP_COLUMNS)
-            return MembershipEdit(self.instance.pk, changes, seen_version=seen) if changes else None
+            if not changes:
+                return None
+            return MembershipEdit(self.instance.pk, changes, seen_version=data["seen_version"])
         if data.get("DELETE") or not self.has_changed() or not data.get("provider"):
             return None
         columns = {"provider_id": data["provider"].pk}
@@ -104,9 +104,14 @@ class MembershipInlineFormSet(BaseInlineFormSet):
         invalid anyway, and they show their own errors)."""
         found = []
         for index, form in enumerate(self.forms):
+            existing = index < self.initial_form_count() and form.instance.pk is not None
+            if existing and self._should_delete_form(form):
+                # Django deletes a row marked for deletion whatever its other fields say.
+                seen = form.cleaned_data.get("seen_version")
+                found.append(MembershipEdit(form.instance.pk, delete=True, seen_version=seen))
+                continue
             if form.errors or not hasattr(form, "cleaned_data"):
                 continue
-            existing = index < self.initial_form_count() and form.instance.pk is not None
             edit = form.edit(existing=existing)
             if edit is not None:
                 found.append(edit)

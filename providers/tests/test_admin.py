@@ -645,3 +645,14 @@ def test_membership_removed_by_someone_else_is_named_in_the_refusal(admin_client
 
     assert f"Membership #{p3.pk} was removed by someone else" in errors_of(response)
     assert memberships_of(1) == before
+
+
+def test_removing_a_row_someone_else_changed_is_refused(admin_client, seeded):
+    opened = service_post(seeded.service(1), delete=[4])
+    p4 = Membership.objects.get(service_id=1, provider_id=4)
+    save_memberships(seeded.service(1), [MembershipEdit(p4.pk, {"position": 7})])
+
+    response = admin_client.post(change_url("service", 1), opened)
+
+    assert "The membership of Provider 4" in errors_of(response)
+    assert ("pool", 7, 4) in memberships_of(1)
