@@ -56,8 +56,8 @@ from allocation.models import ApiKey, Lead
 from events.services import announce_after_commit
 from leaddist.db import connection_lost, recover
 from leaddist.metrics import ALLOCATION_SECONDS
+from providers.locks import lock_cursors
 from providers.models import PoolCursor, Provider, Service
-from providers.services import lock_cursors
 
 logger = logging.getLogger(__name__)
 

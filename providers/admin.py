@@ -1,8 +1,14 @@
 """The operator's catalogue admin: services with their memberships, providers, cursors.
 
-Every write goes through the engine's lock order (providers/services.py): a service's pool
-cursor first, then providers by pk. Quota is never restored here; only the payment webhook
-does that (SPEC §5).
+Every write goes through providers/services.py, which locks in the engine's order (a service's
+pool cursor first, then providers by pk, then memberships). Quota is never restored here; only
+the payment webhook does that (SPEC §5).
+
+No silent overwrites: every change form carries, hidden, the version of the row it was opened
+on (``seen_version``), and so does every membership row of a service's page. Validation locks
+the rows (the admin validates and saves in one transaction) and refuses the save if someone
+else edited them meanwhile, saying what differs. Only the fields the operator changed are
+written: a form opened before a pause and saved after it cannot resume the provider.
 """
 
 from __future__ import annotations
@@ -12,124 +18,132 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import display_for_value
-from django.db import connection, transaction
+from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 
+from providers.locks import lock_cursors
 from providers.models import Membership, PoolCursor, Provider, Service
 from providers.services import (
-    lock_cursors,
-    memberships_changed,
+    PROVIDER_FIELDS,
+    SERVICE_FIELDS,
+    MembershipEdit,
+    check_memberships,
+    check_provider_edit,
+    check_service_edit,
     pause_provider,
+    remove_memberships,
     resume_provider,
+    save_memberships,
     update_provider,
+    update_service,
 )
-from providers.validation import MembershipSpec, membership_errors, validate_membership
 
-Key = tuple[object, ...]
-
-
-def _keys(spec: MembershipSpec) -> list[Key]:
-    """What a membership row holds uniquely within its service."""
-    return [("provider", spec.provider_id), ("position", spec.role, spec.position)]
+# Form field -> membership column, for the fields an operator edits.
+MEMBERSHIP_COLUMNS = {"provider": "provider_id", "role": "role", "position": "position"}
+MISSING_VERSION = "This form does not say which version it was opened on; reload the page."
 
 
-def _lock_if_saving(service_ids: set[int]) -> None:
-    """Take the services' allocation locks when validating inside the admin's save transaction.
+def _column_value(name: str, value: object) -> object:
+    return value.pk if name == "provider" and value is not None else value
 
-    The admin validates and saves in one transaction: locking before validation means the
-    rows we check are the rows we write over, even with another operator saving the same
-    service at the same time.
-    """
-    if service_ids and connection.in_atomic_block:
-        lock_cursors(service_ids)
+
+class VersionedForm(forms.ModelForm):
+    """A form that carries, hidden, the version of the row it was opened on."""
+
+    seen_version = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.fields["seen_version"].initial = self.instance.version
+
+    def clean_seen_version(self) -> int | None:
+        value = self.cleaned_data.get("seen_version")
+        if self.instance.pk is not None and value is None:
+            raise ValidationError(MISSING_VERSION)
+        return value
+
+    def changes(self, columns: dict[str, str]) -> dict[str, Any]:
+        """The fields the operator changed, by column. Compared with the row as read on this
+        request, which the version check proves is the row the form was opened on."""
+        return {
+            columns[name]: _column_value(name, self.cleaned_data[name])
+            for name in self.changed_data
+            if name in columns
+        }
+
+
+class MembershipInlineForm(VersionedForm):
+    class Meta:
+        model = Membership
+        fields = ["provider", "role", "position"]
+
+    def edit(self, *, existing: bool) -> MembershipEdit | None:
+        """What saving this row does, or None (an untouched or empty row); removals are the
+        formset's."""
+        data = self.cleaned_data
+        if existing:
+            changes = self.changes(MEMBERSHIP_COLUMNS)
+            if not changes:
+                return None
+            return MembershipEdit(self.instance.pk, changes, seen_version=data["seen_version"])
+        if data.get("DELETE") or not self.has_changed() or not data.get("provider"):
+            return None
+        columns = {"provider_id": data["provider"].pk}
+        return MembershipEdit(None, columns | {"role": data["role"], "position": data["position"]})
 
 
 class MembershipInlineFormSet(BaseInlineFormSet):
-    """Checks the service's whole membership set against SPEC §1 before anything is saved."""
+    """Checks the service's memberships as providers.services.save_memberships will save them:
+    under its locks, against each row's version and SPEC §1's rules, before anything is saved."""
+
+    def edits(self) -> list[MembershipEdit]:
+        """The rows' edits in form order; forms with errors are left out (the formset is
+        invalid anyway, and they show their own errors)."""
+        found = []
+        for index, form in enumerate(self.forms):
+            existing = index < self.initial_form_count() and form.instance.pk is not None
+            if existing and self._should_delete_form(form):
+                # Django deletes a row marked for deletion whatever its other fields say.
+                seen = form.cleaned_data.get("seen_version")
+                found.append(MembershipEdit(form.instance.pk, delete=True, seen_version=seen))
+                continue
+            if form.errors or not hasattr(form, "cleaned_data"):
+                continue
+            edit = form.edit(existing=existing)
+            if edit is not None:
+                found.append(edit)
+        return found
 
     def clean(self) -> None:
-        service: Service = self.instance
-        current: dict[object, MembershipSpec] = {}
-        if service.pk is not None:
-            _lock_if_saving({service.pk})
-            rows = Membership.objects.filter(service_id=service.pk).select_related("provider")
-            current = {m.pk: MembershipSpec.of(m) for m in rows}
-
-        # The rows in Django's save order (existing rows in form order, then new ones), each
-        # with what the save does to it: ("delete", None) or ("save", spec).
-        steps: list[tuple[object, str, MembershipSpec | None]] = []
-        for index, form in enumerate(self.forms):
-            if form.errors:
-                continue  # the formset is invalid anyway; the form shows its own errors
-            data = form.cleaned_data
-            existing = index < self.initial_form_count() and form.instance.pk in current
-            row = form.instance.pk if existing else ("new", index)
-            if data.get("DELETE"):
-                if existing:
-                    steps.append((row, "delete", None))
-                continue
-            if not form.has_changed() or not data.get("provider"):
-                continue
-            provider = data["provider"]
-            spec = MembershipSpec(provider.pk, data["role"], data["position"], provider.name)
-            steps.append((row, "save", spec))
-
-        final = dict(current)
-        for row, action, spec in steps:
-            if action == "delete":
-                final.pop(row, None)
-            else:
-                final[row] = spec
-        errors = membership_errors(final.values())
-        if errors:
-            raise forms.ValidationError(errors)
-        self._check_save_order(current, steps)
+        # A row removed by someone else fails its hidden id field ("Select a valid choice"):
+        # say what happened instead.
+        gone = [
+            form.data.get(form.add_prefix("id"))
+            for form in self.initial_forms
+            if "id" in form.errors and not self._should_delete_form(form)
+        ]
+        if gone:
+            raise ValidationError(
+                [
+                    f"Membership #{pk} was removed by someone else after you opened this page; "
+                    "nothing was saved. Reload the page to see the current memberships."
+                    for pk in gone
+                ]
+            )
+        # Ours first: it names providers, where Django's duplicate check would not.
+        check_memberships(self.instance, self.edits())
         super().clean()
-
-    @staticmethod
-    def _check_save_order(
-        current: dict[object, MembershipSpec],
-        steps: list[tuple[object, str, MembershipSpec | None]],
-    ) -> None:
-        """Reject a valid end state that cannot be reached one row at a time (a swap).
-
-        The database checks uniqueness after every row, so two rows cannot trade a position or
-        a provider in one save: it would fail half-way with an IntegrityError.
-        """
-        state = dict(current)
-        held = {key: row for row, spec in state.items() for key in _keys(spec)}
-        for row, action, spec in steps:
-            old = state.pop(row, None)
-            if old is not None:
-                for key in _keys(old):
-                    held.pop(key, None)
-            if action == "delete" or spec is None:
-                continue
-            for key in _keys(spec):
-                holder = held.get(key)
-                if holder is not None:
-                    other = state[holder]
-                    what = (
-                        f"{spec.label}"
-                        if key[0] == "provider"
-                        else f"{spec.role} position {spec.position}"
-                    )
-                    raise forms.ValidationError(
-                        f"{other.label} still holds {what} when the row of {spec.label} is "
-                        "saved: rows are saved one at a time, so a swap needs two saves. First "
-                        "move one of them to a free position (or remove it) and save, then "
-                        "finish the change."
-                    )
-            state[row] = spec
-            held.update(dict.fromkeys(_keys(spec), row))
 
 
 class MembershipInline(admin.TabularInline):
     model = Membership
+    form = MembershipInlineForm
     formset = MembershipInlineFormSet
-    fields = ["provider", "role", "position", "eligible"]
+    fields = ["provider", "role", "position", "eligible", "seen_version"]
     readonly_fields = ["eligible"]
     autocomplete_fields = ["provider"]
     ordering = ["role", "position"]
@@ -144,8 +158,23 @@ class MembershipInline(admin.TabularInline):
         return display_for_value(obj.provider_eligible, "", boolean=True)
 
 
+class ServiceAdminForm(VersionedForm):
+    class Meta:
+        model = Service
+        fields = ["slug", "name", "active"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk is not None and cleaned.get("seen_version") is not None:
+            yours = {name: cleaned[name] for name in SERVICE_FIELDS if name in cleaned}
+            # Locks the cursor, then the service's row, until the admin's transaction ends.
+            check_service_edit(self.instance, seen_version=cleaned["seen_version"], yours=yours)
+        return cleaned
+
+
 @admin.register(Service)
 class ServiceAdmin(admin.ModelAdmin):
+    form = ServiceAdminForm
     list_display = ["id", "name", "slug", "active", "mandatory_count", "pool_count", "cursor"]
     list_display_links = ["id", "name"]
     list_filter = ["active"]
@@ -182,78 +211,94 @@ class ServiceAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
         if change:
-            # The cursor row is the service's allocation lock: no lead of this service is
-            # allocated half on the old memberships and half on the new.
-            lock_cursors([obj.pk])
-        super().save_model(request, obj, form, change)
-        if not change:
+            saved = update_service(
+                obj,
+                expected_version=form.cleaned_data["seen_version"],
+                **form.changes({name: name for name in SERVICE_FIELDS}),
+            )
+            for name in [*SERVICE_FIELDS, "version"]:
+                setattr(obj, name, getattr(saved, name))
+            return
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
             lock_cursors([obj.pk])  # creates the new service's cursor
 
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        if any(formset.has_changed() for formset in formsets):
-            memberships_changed(form.instance)
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if not isinstance(formset, MembershipInlineFormSet):
+            super().save_formset(request, form, formset, change)
+            return
+        saved = save_memberships(form.instance, formset.edits())
+        # What the admin's history entry lists.
+        columns = {column: name for name, column in MEMBERSHIP_COLUMNS.items()}
+        formset.new_objects = saved.created
+        formset.changed_objects = [
+            (row, [columns[column] for column in changed]) for row, changed in saved.changed
+        ]
+        formset.deleted_objects = saved.deleted
 
 
-class MembershipAdminForm(forms.ModelForm):
+class MembershipAdminForm(VersionedForm):
     class Meta:
         model = Membership
         fields = ["service", "provider", "role", "position"]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        service, provider = cleaned.get("service"), cleaned.get("provider")
-        role, position = cleaned.get("role"), cleaned.get("position")
-        if service is None or provider is None or not role or position is None:
-            return cleaned
-        _lock_if_saving({service.pk} | ({self.instance.service_id} if self.instance.pk else set()))
-        candidate = Membership(
-            pk=self.instance.pk, service=service, provider=provider, role=role, position=position
-        )
-        validate_membership(candidate)
+        self.edit: MembershipEdit | None = None
+        if self.instance.pk is not None:
+            if cleaned.get("seen_version") is None:
+                return cleaned
+            changes = self.changes(MEMBERSHIP_COLUMNS)
+            if changes:
+                self.edit = MembershipEdit(
+                    self.instance.pk, changes, seen_version=cleaned["seen_version"]
+                )
+            service = self.instance.service
+        else:
+            service, provider = cleaned.get("service"), cleaned.get("provider")
+            role, position = cleaned.get("role"), cleaned.get("position")
+            if service is None or provider is None or not role or position is None:
+                return cleaned
+            self.edit = MembershipEdit(
+                None, {"provider_id": provider.pk, "role": role, "position": position}
+            )
+        if self.edit is not None:
+            check_memberships(service, [self.edit])
         return cleaned
 
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
+    """One membership at a time, through the same service as the service page's rows. A
+    membership stays in its service: to move a provider, remove it there and add it here."""
+
     form = MembershipAdminForm
     list_display = ["id", "service", "provider", "role", "position", "provider_eligible"]
     list_filter = ["service", "role", "provider_eligible"]
     search_fields = ["provider__name", "service__name", "service__slug"]
     list_select_related = ["service", "provider"]
     autocomplete_fields = ["service", "provider"]
-    readonly_fields = ["provider_eligible"]
     ordering = ["service_id", "role", "position"]
 
-    def _services_touched(self, memberships: QuerySet[Membership]) -> list[int]:
-        return sorted(set(memberships.values_list("service_id", flat=True)))
+    def get_fields(self, request: HttpRequest, obj: Membership | None = None) -> list[str]:
+        return ["service", "provider", "role", "position", "provider_eligible", "seen_version"]
 
-    def _announce(self, service_ids: list[int]) -> None:
-        for service in Service.objects.filter(pk__in=service_ids):
-            memberships_changed(service)
+    def get_readonly_fields(self, request: HttpRequest, obj: Membership | None = None) -> list[str]:
+        return ["provider_eligible"] + (["service"] if obj is not None else [])
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
-        service_ids = {obj.service_id}
-        if change:
-            service_ids |= set(self._services_touched(Membership.objects.filter(pk=obj.pk)))
-        with transaction.atomic():
-            lock_cursors(service_ids)
-            super().save_model(request, obj, form, change)
-            self._announce(sorted(service_ids))
+        if form.edit is None:
+            return  # nothing changed
+        saved = save_memberships(obj.service, [form.edit])
+        for row in saved.created + [row for row, _ in saved.changed]:
+            obj.pk, obj.version = row.pk, row.version
+            obj._state.adding = False
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:
-        with transaction.atomic():
-            lock_cursors([obj.service_id])
-            super().delete_model(request, obj)
-            # Removing an exhausted mandatory provider can let waiting leads through.
-            self._announce([obj.service_id])
+        remove_memberships([obj.pk])
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
-        with transaction.atomic():
-            service_ids = self._services_touched(queryset)
-            lock_cursors(service_ids)
-            super().delete_queryset(request, queryset)
-            self._announce(service_ids)
+        remove_memberships(list(queryset.values_list("pk", flat=True)))
 
 
 class QuotaLeftFilter(admin.SimpleListFilter):
@@ -271,11 +316,29 @@ class QuotaLeftFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ProviderAdminForm(VersionedForm):
+    class Meta:
+        model = Provider
+        fields = list(PROVIDER_FIELDS)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk is not None and cleaned.get("seen_version") is not None:
+            yours = {name: cleaned[name] for name in PROVIDER_FIELDS if name in cleaned}
+            # Locks the provider's cursors, then the provider, until the admin's transaction
+            # ends: the save that follows writes over exactly the version checked here.
+            check_provider_edit(self.instance, seen_version=cleaned["seen_version"], yours=yours)
+        return cleaned
+
+
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     """Name, quota and status are editable; the quota left and the counters belong to the engine.
 
     There is deliberately no way to restore quota here: only the payment webhook does that.
+    The allocations and quota resets that move those numbers meanwhile do not make an open
+    form stale: they leave the version alone, and a quota change is applied to the quota
+    left as it is under the lock.
     """
 
     EDITABLE = ["name", "quota", "status"]
@@ -291,6 +354,7 @@ class ProviderAdmin(admin.ModelAdmin):
         "leads_this_cycle",
         "leads_total",
     ]
+    form = ProviderAdminForm
     list_display_links = ["id", "name"]
     list_filter = ["status", QuotaLeftFilter, "memberships__service"]
     search_fields = ["name"]
@@ -298,7 +362,7 @@ class ProviderAdmin(admin.ModelAdmin):
     actions = ["pause_selected", "resume_selected"]
 
     def get_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
-        return self.EDITABLE + (self.ENGINE_OWNED if obj is not None else [])
+        return [*self.EDITABLE, "seen_version"] + (self.ENGINE_OWNED if obj is not None else [])
 
     def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
         if not change:
@@ -306,15 +370,18 @@ class ProviderAdmin(admin.ModelAdmin):
             obj.remaining_quota = obj.quota
             obj.save()
             return
+        # Only what the operator changed: the rest of the form may be what they saw, not what
+        # is stored now (the version check refuses that case, and this keeps it harmless).
         saved = update_provider(
             obj,
-            name=form.cleaned_data["name"],
-            quota=form.cleaned_data["quota"],
-            status=form.cleaned_data["status"],
+            expected_version=form.cleaned_data["seen_version"],
+            **form.changes({name: name for name in PROVIDER_FIELDS}),
         )
-        for field in ["name", "quota", "status", *self.ENGINE_OWNED]:
+        for field in [*self.EDITABLE, "version", *self.ENGINE_OWNED]:
             setattr(obj, field, getattr(saved, field))
 
+    # The actions write through update_provider too: PostgreSQL moves the version, so a change
+    # form opened before the action is refused rather than undoing it.
     @admin.action(description="Pause selected providers")
     def pause_selected(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
         providers = list(queryset.order_by("pk"))

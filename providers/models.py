@@ -9,6 +9,16 @@ from django.db.models import F, Q
 MAX_MANDATORY = 3
 
 
+def version_field() -> models.PositiveBigIntegerField:
+    """Optimistic concurrency for the admin: the number of catalogue edits the row has had.
+
+    PostgreSQL owns it (migration providers 0004): a trigger adds 1 whenever a catalogue column
+    changes, whoever writes it, and keeps it as it was on any other write. Allocations and
+    quota resets touch only engine-owned columns, so they leave it alone.
+    """
+    return models.PositiveBigIntegerField(default=1, db_default=1, editable=False)
+
+
 class ServiceQuerySet(models.QuerySet["Service"]):
     def active(self) -> ServiceQuerySet:
         return self.filter(active=True)
@@ -18,6 +28,8 @@ class Service(models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=120)
     active = models.BooleanField(default=True)
+    # Counts edits of slug, name and active (not of memberships, which carry their own).
+    version = version_field()
 
     objects = ServiceQuerySet.as_manager()
 
@@ -51,6 +63,8 @@ class Provider(models.Model):
     leads_this_cycle = models.PositiveIntegerField(default=0)
     leads_total = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Counts edits of name, quota and status: what the admin form writes.
+    version = version_field()
 
     objects = ProviderQuerySet.as_manager()
 
@@ -96,6 +110,8 @@ class Membership(models.Model):
     # providers 0002). It lets the engine find the next eligible pool providers through a
     # partial index, so the work per lead does not grow with the pool or with exhaustion.
     provider_eligible = models.BooleanField(default=True, editable=False)
+    # Counts edits of service, provider, role and position; not of provider_eligible.
+    version = version_field()
 
     objects = MembershipQuerySet.as_manager()
 

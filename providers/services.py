@@ -1,51 +1,96 @@
 """Writes to the catalogue. Each function owns its transaction and keeps the lock order.
 
-Lock order, everywhere in leaddist: pool cursors by service pk, then providers by pk. Anything
-that can add capacity (resume, quota raised, membership added, quota reset) takes the cursors
-of the services it touches first, so it cannot interleave with an allocation of those
-services: every allocation sees the catalogue either wholly before or wholly after it.
+Lock order, everywhere in leaddist: pool cursors by service pk, then providers by pk, then
+membership rows (providers/locks.py, the one module that takes these locks). Anything that can
+add capacity (resume, quota raised, membership added, quota reset) takes the cursors of the
+services it touches first, so it cannot interleave with an allocation of those services: every
+allocation sees the catalogue either wholly before or wholly after it.
+
+Edits made from a form carry the version of the row the editor read. Under the row's lock that
+version is compared with the stored one; if someone else edited the row meanwhile, the edit is
+refused with :class:`EditConflict` and nothing is written. PostgreSQL keeps the versions
+(migration providers 0004) and counts catalogue edits only: allocations and quota resets leave
+them alone, so a form is never refused because leads were allocated or quotas reset meanwhile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from events.services import record_event
 from events.types import PROVIDER_UPDATED
+from providers.locks import (
+    lock_cursors,
+    lock_memberships,
+    lock_providers,
+    lock_service,
+    services_of,
+)
 from providers.models import Membership, PoolCursor, Provider, Service
 from providers.signals import capacity_added
+from providers.validation import MembershipSpec, membership_errors
+
+PROVIDER_FIELDS = ("name", "quota", "status")
+SERVICE_FIELDS = ("slug", "name", "active")
+MEMBERSHIP_FIELDS = ("provider_id", "role", "position")
 
 
-def lock_cursors(service_ids: Iterable[int]) -> dict[int, PoolCursor]:
-    """Lock the pool cursors of these services in pk order, creating any that are missing."""
-    ids = sorted(set(service_ids))
-    if not ids:
-        return {}
-    cursors = list(
-        PoolCursor.objects.select_for_update().filter(service_id__in=ids).order_by("service_id")
+class EditConflict(ValidationError):
+    """Someone else edited the row after the editor read it; nothing was written.
+
+    Its messages say, for each row, which fields differ: the editor's value against the one
+    stored now.
+    """
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _conflict_message(
+    what: str, seen: int, current: int, differences: list[tuple[str, object, object]]
+) -> str:
+    text = (
+        f"{what} was changed by someone else after you opened this page (you edited version "
+        f"{seen}, it is now at version {current}); nothing was saved."
     )
-    if len(cursors) < len(ids):
-        # A cursor row is normally created with its service; this covers any made otherwise.
-        PoolCursor.objects.bulk_create(
-            [PoolCursor(service_id=sid) for sid in ids], ignore_conflicts=True
+    if differences:
+        text += " Your form against what is stored now: " + "; ".join(
+            f"{name}: yours “{_shown(yours)}”, now “{_shown(now)}”"
+            for name, yours, now in differences
         )
-        cursors = list(
-            PoolCursor.objects.select_for_update().filter(service_id__in=ids).order_by("service_id")
-        )
-    return {cursor.service_id: cursor for cursor in cursors}
+        text += "."
+    return text + " Reload the page to see the current values, then make your change again."
 
 
-def services_of(provider_ids: Iterable[int]) -> list[int]:
-    """Ids of the services in which any of these providers is a member."""
-    return sorted(
-        set(
-            Membership.objects.filter(provider_id__in=list(provider_ids)).values_list(
-                "service_id", flat=True
-            )
-        )
-    )
+def _conflict(
+    what: str, row: Provider | Service | Membership, seen_version: int | None, yours: Mapping
+) -> str | None:
+    """Why an edit made on ``seen_version`` may not be saved over the locked ``row``, or None."""
+    if seen_version is None or row.version == seen_version:
+        return None
+    differences = [
+        (name.removesuffix("_id"), value, getattr(row, name))
+        for name, value in yours.items()
+        if value != getattr(row, name)
+    ]
+    return _conflict_message(what, seen_version, row.version, differences)
+
+
+def _check_version(
+    what: str, row: Provider | Service | Membership, seen_version: int | None, yours: Mapping
+) -> None:
+    """Raise EditConflict if the locked ``row`` has moved past ``seen_version``."""
+    conflict = _conflict(what, row, seen_version, yours)
+    if conflict:
+        raise EditConflict(conflict)
 
 
 def _announce_change(provider: Provider) -> None:
@@ -68,34 +113,63 @@ def _announce_capacity(service_ids: list[int]) -> None:
         )
 
 
+def _lock_provider(provider_id: int) -> tuple[list[int], Provider]:
+    """The cursors of the provider's services, then the provider; return both."""
+    service_ids = services_of([provider_id])
+    lock_cursors(service_ids)
+    return service_ids, lock_providers([provider_id])[provider_id]
+
+
+def check_provider_edit(
+    provider: Provider, *, seen_version: int, yours: Mapping[str, object]
+) -> Provider:
+    """Lock the provider as update_provider does and raise EditConflict if its version moved.
+
+    ``yours`` is the editor's whole form (name, quota, status), for the message. Inside the
+    caller's transaction the lock stays until it commits: the admin checks while validating,
+    then saves with nothing in between.
+    """
+    with transaction.atomic():
+        _, locked = _lock_provider(provider.pk)
+        _check_version(f"Provider “{locked.name}”", locked, seen_version, yours)
+    return locked
+
+
 def update_provider(
     provider: Provider,
     *,
     name: str | None = None,
     quota: int | None = None,
     status: str | None = None,
+    expected_version: int | None = None,
 ) -> Provider:
     """Change a provider's name, quota or status under the engine's lock order.
+
+    Only the fields given are written. With ``expected_version`` the change is refused
+    (EditConflict) if the provider was edited since that version.
 
     After a quota change the remaining quota is the new quota less the leads this cycle already
     used, never below 0: a plan upgraded mid-cycle gives the extra leads at once, and no
     sequence of changes restores used quota. Only the payment webhook does that.
     """
+    given = {"name": name, "quota": quota, "status": status}
+    changes = {key: value for key, value in given.items() if value is not None}
     with transaction.atomic():
-        service_ids = services_of([provider.pk])
-        lock_cursors(service_ids)
-        locked = Provider.objects.select_for_update().get(pk=provider.pk)
+        service_ids, locked = _lock_provider(provider.pk)
+        _check_version(f"Provider “{locked.name}”", locked, expected_version, changes)
         was_eligible, old_quota = locked.is_eligible, locked.quota
-        if name is not None:
-            locked.name = name
-        if status is not None:
-            locked.status = status
-        if quota is not None and quota != old_quota:
-            locked.quota = quota
+        written = [key for key, value in changes.items() if getattr(locked, key) != value]
+        for key in written:
+            setattr(locked, key, changes[key])
+        if "quota" in written:
             # What is left is the new quota less what this cycle already used, never less
             # than 0: lowering a quota and raising it back gives nothing back.
             locked.remaining_quota = max(quota - locked.leads_this_cycle, 0)
-        locked.save()
+            written.append("remaining_quota")
+        if not written:
+            return locked
+        locked.save(update_fields=written)
+        locked.refresh_from_db(fields=["version"])  # moved by the database's trigger
         _announce_change(locked)
         if locked.is_eligible and (not was_eligible or locked.quota > old_quota):
             _announce_capacity(service_ids)
@@ -112,9 +186,281 @@ def resume_provider(provider: Provider) -> Provider:
     return update_provider(provider, status=Provider.Status.ACTIVE)
 
 
-def memberships_changed(service: Service) -> None:
-    """Tell the engine a service's memberships changed; call inside the saving transaction."""
-    _announce_capacity([service.pk])
+def check_service_edit(
+    service: Service, *, seen_version: int, yours: Mapping[str, object]
+) -> Service:
+    """Lock the service (its cursor, then its row) and raise EditConflict if its version moved."""
+    with transaction.atomic():
+        locked = lock_service(service.pk)
+        _check_version(f"Service “{locked.name}”", locked, seen_version, yours)
+    return locked
+
+
+def update_service(
+    service: Service,
+    *,
+    expected_version: int | None = None,
+    **changes: Any,
+) -> Service:
+    """Change a service's slug, name or active flag; only the fields given are written.
+
+    The cursor is locked first, so no lead of the service is allocated between an old and a
+    new state. With ``expected_version`` the change is refused (EditConflict) if the service
+    was edited since.
+    """
+    unknown = set(changes) - set(SERVICE_FIELDS)
+    if unknown:
+        raise TypeError(f"update_service() cannot change {sorted(unknown)}")
+    with transaction.atomic():
+        locked = lock_service(service.pk)
+        _check_version(f"Service “{locked.name}”", locked, expected_version, changes)
+        written = [key for key, value in changes.items() if getattr(locked, key) != value]
+        for key in written:
+            setattr(locked, key, changes[key])
+        if written:
+            locked.full_clean(exclude=["version"], validate_constraints=False)
+            locked.save(update_fields=written)
+            locked.refresh_from_db(fields=["version"])
+    return locked
+
+
+@dataclass(frozen=True)
+class MembershipEdit:
+    """One row of a membership save: a new row (``pk`` None), a change to one, or its removal.
+
+    ``changes`` holds only what the editor changed, by column: ``provider_id``, ``role``,
+    ``position`` (a new row needs all three). ``seen_version`` is the row's version the editor
+    read; the save is refused if the row was edited since (None: no check).
+    """
+
+    pk: int | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    delete: bool = False
+    seen_version: int | None = None
+
+
+@dataclass
+class MembershipsSaved:
+    """What a membership save wrote: the new rows, the changed ones with their changed
+    columns, and the removed ones."""
+
+    created: list[Membership] = field(default_factory=list)
+    changed: list[tuple[Membership, list[str]]] = field(default_factory=list)
+    deleted: list[Membership] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.created or self.changed or self.deleted)
+
+
+def _keys(spec: MembershipSpec) -> list[tuple[object, ...]]:
+    """What a membership row holds uniquely within its service."""
+    return [("provider", spec.provider_id), ("position", spec.role, spec.position)]
+
+
+def _save_order_error(
+    current: dict[object, MembershipSpec],
+    steps: list[tuple[object, str, MembershipSpec | None]],
+) -> str | None:
+    """Why a valid end state cannot be reached one row at a time (a swap), or None.
+
+    The database checks uniqueness after every row, so two rows cannot trade a position or a
+    provider in one save: it would fail half-way with an IntegrityError.
+    """
+    state = dict(current)
+    held = {key: row for row, spec in state.items() for key in _keys(spec)}
+    for row, action, spec in steps:
+        old = state.pop(row, None)
+        if old is not None:
+            for key in _keys(old):
+                held.pop(key, None)
+        if action == "delete" or spec is None:
+            continue
+        for key in _keys(spec):
+            holder = held.get(key)
+            if holder is not None:
+                other = state[holder]
+                what = spec.label
+                if key[0] == "position":
+                    what = f"{spec.role} position {spec.position}"
+                return (
+                    f"{other.label} still holds {what} when the row of {spec.label} is saved: "
+                    "rows are saved one at a time, so a swap needs two saves. First move one of "
+                    "them to a free position (or remove it) and save, then finish the change."
+                )
+        state[row] = spec
+        held.update(dict.fromkeys(_keys(spec), row))
+    return None
+
+
+@dataclass
+class _Plan:
+    rows: dict[int, Membership]
+    providers: dict[int, Provider]
+    deletes: list[Membership]
+    updates: list[tuple[Membership, dict[str, Any]]]
+    inserts: list[dict[str, Any]]
+
+
+def _plan_memberships(service: Service, edits: Sequence[MembershipEdit]) -> _Plan:
+    """Lock, check versions and SPEC §1's rules; return what to write, or raise.
+
+    For a service not yet saved (an admin add form) nothing is locked: there is nothing yet.
+    """
+    saved = service.pk is not None
+    if saved:
+        lock_cursors([service.pk])
+    # Under the cursor lock the service's memberships hold still: every membership write takes
+    # it. Read them, then lock the providers involved (before and after the edit) in pk order,
+    # then the rows we edit: the order of providers.locks.
+    rows: dict[int, Membership] = {}
+    if saved:
+        members = Membership.objects.filter(service_id=service.pk).select_related("provider")
+        rows = {m.pk: m for m in members}
+    provider_ids = {rows[e.pk].provider_id for e in edits if e.pk in rows}
+    provider_ids |= {e.changes["provider_id"] for e in edits if "provider_id" in e.changes}
+    if saved:
+        providers = lock_providers(provider_ids)
+        rows |= lock_memberships(e.pk for e in edits if e.pk in rows)
+    else:
+        providers = {p.pk: p for p in Provider.objects.filter(pk__in=provider_ids)}
+
+    conflicts = []
+    for edit in edits:
+        if edit.pk is None:
+            continue
+        row = rows.get(edit.pk)
+        if row is None and edit.delete:
+            continue  # removed already: what the editor wanted
+        if row is None:
+            conflicts.append(
+                f"Membership #{edit.pk} was removed by someone else after you opened this "
+                "page; nothing was saved. Reload the page to see the current memberships."
+            )
+        else:
+            what = f"The membership of {row.provider.name} (#{row.pk})"
+            conflict = _conflict(what, row, edit.seen_version, edit.changes)
+            if conflict:
+                conflicts.append(conflict)
+    if conflicts:
+        raise EditConflict(conflicts)
+
+    unknown = sorted(provider_ids - set(providers))
+    if unknown:
+        raise ValidationError(f"Unknown provider id(s): {', '.join(map(str, unknown))}.")
+
+    def spec(values: Mapping[str, Any]) -> MembershipSpec:
+        pid = values["provider_id"]
+        return MembershipSpec(pid, values["role"], values["position"], providers[pid].name)
+
+    current = {pk: MembershipSpec.of(m) for pk, m in rows.items()}
+    plan = _Plan(rows, providers, [], [], [])
+    steps: list[tuple[object, str, MembershipSpec | None]] = []
+    for edit in edits:
+        if edit.pk in rows and edit.delete:
+            plan.deletes.append(rows[edit.pk])
+            steps.append((edit.pk, "delete", None))
+    for edit in edits:
+        if edit.pk is None or edit.delete:
+            continue
+        row = rows[edit.pk]
+        changes = {k: v for k, v in edit.changes.items() if getattr(row, k) != v}
+        if changes:
+            plan.updates.append((row, changes))
+            values = {k: getattr(row, k) for k in MEMBERSHIP_FIELDS} | changes
+            steps.append((edit.pk, "save", spec(values)))
+    for index, edit in enumerate(edits):
+        if edit.pk is None and not edit.delete:
+            missing = set(MEMBERSHIP_FIELDS) - set(edit.changes)
+            if missing:
+                raise ValidationError(f"A new membership needs {', '.join(sorted(missing))}.")
+            plan.inserts.append(dict(edit.changes))
+            steps.append((("new", index), "save", spec(edit.changes)))
+
+    final = dict(current)
+    for row_key, action, row_spec in steps:
+        if action == "delete":
+            final.pop(row_key, None)
+        else:
+            final[row_key] = row_spec
+    errors = membership_errors(final.values())
+    if errors:
+        raise ValidationError(errors)
+    order_error = _save_order_error(current, steps)
+    if order_error:
+        raise ValidationError(order_error)
+    return plan
+
+
+def check_memberships(service: Service, edits: Sequence[MembershipEdit]) -> None:
+    """Lock and check these edits as save_memberships would, without writing anything.
+
+    Raises EditConflict (a row edited meanwhile) or ValidationError (SPEC §1's rules). Inside
+    the caller's transaction the locks stay until it commits, so a save that follows in it
+    finds the same state.
+    """
+    with transaction.atomic():
+        _plan_memberships(service, edits)
+
+
+def save_memberships(service: Service, edits: Sequence[MembershipEdit]) -> MembershipsSaved:
+    """Apply a set of membership edits to one service at once, or nothing.
+
+    1. Lock the service's cursor: no lead of it is allocated half on the old memberships and
+       half on the new, and no other membership save of it runs meanwhile.
+    2. Lock every provider named before or after the edit, in pk order: the eligibility
+       trigger reads them FOR SHARE row by row, which must never be the first lock taken on
+       them (an allocation of another service may hold one and wait for the next).
+    3. Lock the edited rows, refuse edits over a newer version (EditConflict), check SPEC §1's
+       rules on the whole result and that it can be written a row at a time (ValidationError).
+    4. Write: removals, then changes in the order given, then new rows. The database moves the
+       versions. Record provider.updated for each provider involved and, after the commit,
+       send capacity_added so that waiting leads of the service are drained.
+    """
+    saved = MembershipsSaved()
+    with transaction.atomic():
+        plan = _plan_memberships(service, edits)
+        if plan.deletes:
+            Membership.objects.filter(pk__in=[m.pk for m in plan.deletes]).delete()
+            saved.deleted = plan.deletes
+        involved = {m.provider_id for m in plan.deletes}
+        involved |= {row.provider_id for row, _ in plan.updates}
+        for row, changes in plan.updates:
+            Membership.objects.filter(pk=row.pk).update(**changes)
+            row.refresh_from_db(fields=[*MEMBERSHIP_FIELDS, "version", "provider_eligible"])
+            saved.changed.append((row, list(changes)))
+        for values in plan.inserts:
+            saved.created.append(Membership.objects.create(service_id=service.pk, **values))
+        if saved:
+            # The providers' rows did not change, but what they serve did: the dashboard
+            # refreshes their rows and the services' chips on provider.updated.
+            involved |= {m.provider_id for m in saved.created}
+            involved |= {row.provider_id for row, _ in saved.changed}
+            for provider_id in sorted(involved & set(plan.providers)):
+                _announce_change(plan.providers[provider_id])
+            _announce_capacity([service.pk])
+    return saved
+
+
+def remove_memberships(membership_ids: Sequence[int]) -> list[Membership]:
+    """Remove these memberships, of any services, in one transaction; return those removed.
+
+    The cursors of their services, then their providers in pk order, as save_memberships
+    does for one service. Waiting leads of those services are drained after the commit (an
+    exhausted mandatory provider removed can let them through).
+    """
+    with transaction.atomic():
+        # A membership never moves to another service, so these service ids stay right.
+        service_ids = set(
+            Membership.objects.filter(pk__in=membership_ids).values_list("service_id", flat=True)
+        )
+        lock_cursors(service_ids)
+        rows = list(Membership.objects.filter(pk__in=membership_ids).order_by("pk"))
+        providers = lock_providers(m.provider_id for m in rows)
+        Membership.objects.filter(pk__in=[m.pk for m in rows]).delete()
+        for provider_id in sorted({m.provider_id for m in rows}):
+            _announce_change(providers[provider_id])
+        _announce_capacity(sorted({m.service_id for m in rows}))
+    return rows
 
 
 def create_service(*, slug: str, name: str, active: bool = True, pk: int | None = None) -> Service:

@@ -19,8 +19,8 @@ from allocation.models import Lead
 from allocation.services import allocate_waiting_leads, run_with_retries
 from events.services import record_event
 from events.types import QUOTA_RESET
+from providers.locks import lock_cursors, lock_providers, services_of
 from providers.models import Provider, Service
-from providers.services import lock_cursors, services_of
 from webhooks.models import ProcessedEvent
 from webhooks.tasks import finish_quota_reset
 
@@ -90,12 +90,11 @@ def _reset_providers(provider_ids: list[int] | None) -> int:
     """
     if provider_ids is None:
         lock_cursors(Service.objects.values_list("pk", flat=True))
-        providers = Provider.objects.all()
+        locked = list(lock_providers(None))
     else:
         in_range = [pk for pk in provider_ids if 0 < pk <= MAX_PK]
         lock_cursors(services_of(in_range))
-        providers = Provider.objects.filter(pk__in=in_range)
-    locked = list(providers.select_for_update().order_by("pk").values_list("pk", flat=True))
+        locked = list(lock_providers(in_range))
     if provider_ids is not None:
         missing = sorted(set(provider_ids) - set(locked))
         if missing:

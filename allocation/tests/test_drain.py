@@ -23,8 +23,9 @@ from allocation.tasks import (
     retry_stalled_jobs,
 )
 from leaddist.testing import wait_for_lock_waiters
+from providers.locks import lock_cursors
 from providers.models import Provider
-from providers.services import lock_cursors, resume_provider
+from providers.services import resume_provider
 
 
 def lead(service_id: int, n: int) -> LeadInput:

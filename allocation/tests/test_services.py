@@ -15,8 +15,9 @@ from allocation.services import (
     run_with_retries,
     submit_lead,
 )
+from providers.locks import lock_cursors
 from providers.models import Membership, Provider
-from providers.services import lock_cursors, resume_provider, update_provider
+from providers.services import resume_provider, update_provider
 
 
 def lead_for(service_id, n=0, phone=None):

@@ -2,11 +2,14 @@
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from allocation.models import Lead
 from allocation.services import LeadInput, submit_lead
 from providers.models import Membership, PoolCursor, Provider, Service
+from providers.services import MembershipEdit, remove_memberships, save_memberships, update_service
 from providers.tests.factories import ProviderFactory
 from providers.validation import MembershipSpec, membership_errors, validate_membership
 
@@ -44,6 +47,7 @@ def service_post(service, *, changes=None, delete=(), add=()):
         "slug": service.slug,
         "name": service.name,
         "active": "on" if service.active else "",
+        "seen_version": str(service.version),
         f"{PREFIX}-TOTAL_FORMS": str(len(rows) + len(add)),
         f"{PREFIX}-INITIAL_FORMS": str(len(rows)),
         f"{PREFIX}-MIN_NUM_FORMS": "0",
@@ -56,6 +60,7 @@ def service_post(service, *, changes=None, delete=(), add=()):
             {
                 f"{PREFIX}-{index}-id": str(row.pk),
                 f"{PREFIX}-{index}-service": str(service.pk),
+                f"{PREFIX}-{index}-seen_version": str(row.version),
                 **{f"{PREFIX}-{index}-{key}": str(value) for key, value in values.items()},
             }
         )
@@ -89,7 +94,12 @@ def errors_of(response):
 
 
 def provider_post(provider, **overrides):
-    data = {"name": provider.name, "quota": provider.quota, "status": provider.status}
+    data = {
+        "name": provider.name,
+        "quota": provider.quota,
+        "status": provider.status,
+        "seen_version": provider.version,
+    }
     data.update(overrides)
     return data
 
@@ -344,7 +354,7 @@ def test_provider_form_offers_no_way_to_change_the_remaining_quota(admin_client,
     response = admin_client.get(change_url("provider", 1))
 
     form = response.context["adminform"].form
-    assert set(form.fields) == {"name", "quota", "status"}
+    assert set(form.fields) == {"name", "quota", "status", "seen_version"}
     assert 'name="remaining_quota"' not in response.content.decode()
 
 
@@ -502,3 +512,165 @@ def test_the_blank_membership_row_shows_no_eligibility_only_saved_rows_do(admin_
     for row in blank:
         assert "icon-yes.svg" not in row
         assert "icon-no.svg" not in row
+
+
+# --- concurrent edits: no silent overwrite ------------------------------------------------------
+
+
+def opened_form(response):
+    """What the browser would post back from a change page: every field as rendered."""
+    form = response.context["adminform"].form
+    return {
+        name: form[name].value() if form[name].value() is not None else "" for name in form.fields
+    }
+
+
+def test_stale_provider_form_is_refused_with_what_changed_and_nothing_is_written(
+    admin_client, seeded
+):
+    opened = opened_form(admin_client.get(change_url("provider", 8)))
+    admin_client.post(
+        reverse("admin:providers_provider_changelist"),
+        {"action": "pause_selected", "_selected_action": ["8"]},
+    )
+    before = Provider.objects.filter(pk=8).values().get()
+
+    response = admin_client.post(change_url("provider", 8), opened | {"name": "Acme"})
+
+    errors = errors_of(response)
+    assert "Provider “Provider 8” was changed by someone else after you opened this page" in errors
+    assert "nothing was saved" in errors
+    assert "name: yours “Acme”, now “Provider 8”" in errors
+    assert "status: yours “active”, now “paused”" in errors
+    assert Provider.objects.filter(pk=8).values().get() == before
+
+
+def test_provider_form_on_the_current_version_writes_only_what_changed(admin_client, seeded):
+    opened = opened_form(admin_client.get(change_url("provider", 8)))
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.post(change_url("provider", 8), opened | {"name": "Acme"})
+
+    assert response.status_code == 302
+    assert Provider.objects.filter(pk=8).values_list("name", "status", "version").get() == (
+        "Acme",
+        "active",
+        2,
+    )
+    (update,) = [q["sql"] for q in queries if q["sql"].startswith('UPDATE "providers_provider"')]
+    assert '"name" =' in update
+    assert '"status" =' not in update
+    assert '"quota" =' not in update
+
+
+def test_provider_form_saved_unchanged_writes_nothing(admin_client, seeded):
+    opened = opened_form(admin_client.get(change_url("provider", 8)))
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.post(change_url("provider", 8), opened)
+
+    assert response.status_code == 302
+    assert not [q for q in queries if q["sql"].startswith('UPDATE "providers_provider"')]
+    assert Provider.objects.get(pk=8).version == 1
+
+
+def test_provider_form_opened_before_leads_took_quota_keeps_their_count(admin_client, seeded):
+    opened = opened_form(admin_client.get(change_url("provider", 5)))
+    submit_lead(lead_for(2))  # P5 has 9 left
+
+    response = admin_client.post(change_url("provider", 5), opened | {"quota": "12"})
+
+    assert response.status_code == 302
+    assert Provider.objects.filter(pk=5).values_list("quota", "remaining_quota").get() == (12, 11)
+
+
+def test_provider_form_without_its_version_is_refused(admin_client, seeded):
+    data = provider_post(seeded.provider(1), name="Acme")
+    del data["seen_version"]
+
+    response = admin_client.post(change_url("provider", 1), data)
+
+    assert "reload the page" in errors_of(response)
+    assert Provider.objects.get(pk=1).name == "Provider 1"
+
+
+def test_stale_service_form_is_refused(admin_client, seeded):
+    opened = service_post(seeded.service(1))
+    update_service(seeded.service(1), active=False)
+
+    response = admin_client.post(change_url("service", 1), opened | {"name": "Plumbing"})
+
+    assert "active: yours “yes”, now “no”" in errors_of(response)
+    assert Service.objects.filter(pk=1).values_list("name", "active").get() == ("Service 1", False)
+
+
+def test_stale_membership_row_is_refused_and_nothing_of_the_save_is_written(admin_client, seeded):
+    service = seeded.service(1)
+    opened = service_post(service, changes={3: {"position": 5}}, add=[(6, "pool", 6)])
+    p4 = Membership.objects.get(service_id=1, provider_id=4)
+    save_memberships(service, [MembershipEdit(p4.pk, {"position": 7})])
+    before = memberships_of(1)
+
+    response = admin_client.post(change_url("service", 1), opened)
+
+    errors = errors_of(response)
+    assert "The membership of Provider 4" in errors
+    assert "position: yours “3”, now “7”" in errors
+    assert memberships_of(1) == before
+
+
+def test_rows_edited_by_someone_else_but_untouched_here_are_left_alone(admin_client, seeded):
+    service = seeded.service(1)
+    p4 = Membership.objects.get(service_id=1, provider_id=4)
+    save_memberships(service, [MembershipEdit(p4.pk, {"position": 7})])
+    current = service_post(service, add=[(6, "pool", 6)])
+
+    response = admin_client.post(change_url("service", 1), current)
+
+    assert response.status_code == 302
+    assert ("pool", 7, 4) in memberships_of(1)
+    assert ("pool", 6, 6) in memberships_of(1)
+
+
+def test_stale_membership_admin_form_is_refused(admin_client, seeded):
+    p4 = Membership.objects.get(service_id=1, provider_id=4)
+    opened = opened_form(admin_client.get(change_url("membership", p4.pk)))
+    save_memberships(seeded.service(1), [MembershipEdit(p4.pk, {"position": 7})])
+
+    response = admin_client.post(change_url("membership", p4.pk), opened | {"role": "pool"})
+
+    assert "position: yours “3”, now “7”" in errors_of(response)
+    assert Membership.objects.get(pk=p4.pk).position == 7
+
+
+def test_membership_admin_change_goes_through_the_service(admin_client, seeded):
+    p4 = Membership.objects.get(service_id=1, provider_id=4)
+    opened = opened_form(admin_client.get(change_url("membership", p4.pk)))
+
+    response = admin_client.post(change_url("membership", p4.pk), opened | {"position": "8"})
+
+    assert response.status_code == 302
+    assert Membership.objects.filter(pk=p4.pk).values_list("position", "version").get() == (8, 2)
+
+
+def test_membership_removed_by_someone_else_is_named_in_the_refusal(admin_client, seeded):
+    opened = service_post(seeded.service(1), changes={2: {"position": 5}})
+    p3 = Membership.objects.get(service_id=1, provider_id=3)
+    remove_memberships([p3.pk])
+    before = memberships_of(1)
+
+    response = admin_client.post(change_url("service", 1), opened)
+
+    assert f"Membership #{p3.pk} was removed by someone else" in errors_of(response)
+    assert memberships_of(1) == before
+
+
+def test_removing_a_row_someone_else_changed_is_refused(admin_client, seeded):
+    opened = service_post(seeded.service(1), delete=[4])
+    p4 = Membership.objects.get(service_id=1, provider_id=4)
+    save_memberships(seeded.service(1), [MembershipEdit(p4.pk, {"position": 7})])
+
+    response = admin_client.post(change_url("service", 1), opened)
+
+    assert "The membership of Provider 4" in errors_of(response)
+    assert ("pool", 7, 4) in memberships_of(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -14,8 +15,16 @@ from django.test import Client
 
 from allocation.models import Lead
 from allocation.services import LeadInput, submit_lead
-from providers.models import Provider
+from providers.models import Membership, Provider, Service
+from providers.services import (
+    MembershipEdit,
+    pause_provider,
+    resume_provider,
+    save_memberships,
+    update_provider,
+)
 from webhooks.models import ProcessedEvent
+from webhooks.services import apply_quota_reset, canonical_body_sha256
 from webhooks.tests.helpers import assert_invariants, payload, post
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -146,3 +155,87 @@ def test_resets_during_a_storm_of_leads_keep_every_invariant(seeded_tx):
     assert set(Provider.objects.values_list("cycle", flat=True)) == {3}
     assert ProcessedEvent.objects.filter(leads_allocated__isnull=False).count() == 2
     assert_invariants()
+
+
+def test_storm_of_leads_resets_and_admin_edits_keeps_every_invariant(seeded_tx, jobs, caplog):
+    """Leads from six threads, quota resets through the webhook's service, and admin edits
+    through the catalogue's services (pause, resume and quota raises of providers; membership
+    saves that move one row and add or remove another), all at once."""
+    caplog.set_level(logging.INFO, logger="allocation.services")
+    events = ["evt_storm_a", "evt_storm_b", "evt_storm_c"]
+
+    def resets() -> None:
+        for event_id in [*events, events[0]]:  # the last one is a duplicate delivery
+            body = {"eventId": event_id}
+            apply_quota_reset(
+                event_id=event_id, body_sha256=canonical_body_sha256(body), provider_ids=None
+            )
+
+    def provider_edits() -> None:
+        for round_number in range(12):
+            for pk in (2, 6):
+                provider = Provider.objects.get(pk=pk)
+                if provider.status == Provider.Status.ACTIVE:
+                    pause_provider(provider)
+                else:
+                    resume_provider(provider)
+            # Raised only: lowering below what is used breaks "remaining == quota - used".
+            three = Provider.objects.get(pk=3)
+            update_provider(three, quota=three.quota + 1, expected_version=three.version)
+            if round_number % 4 == 0:
+                update_provider(Provider.objects.get(pk=7), name=f"Provider 7 ({round_number})")
+
+    def membership_edits() -> None:
+        service = Service.objects.get(pk=2)
+        for _ in range(12):
+            rows = {m.provider_id: m for m in Membership.objects.filter(service=service)}
+            moved, there = rows[8], 3 in rows
+            edits = [
+                MembershipEdit(
+                    moved.pk, {"position": 3 if there else 7}, seen_version=moved.version
+                )
+            ]
+            if there:
+                edits.append(MembershipEdit(rows[3].pk, delete=True, seen_version=rows[3].version))
+            else:
+                edits.append(
+                    MembershipEdit(None, {"provider_id": 3, "role": "pool", "position": 6})
+                )
+            save_memberships(service, edits)
+
+    def leads(worker: int) -> Callable[[], None]:
+        def job() -> None:
+            for i in range(20):
+                submit_lead(
+                    LeadInput(
+                        service_id=1 + (worker + i) % 3,
+                        name=f"Storm {worker}-{i}",
+                        phone=f"+1555{worker:02d}{i:05d}",
+                        city="Springfield",
+                    )
+                )
+
+        return job
+
+    results = run_together(
+        [leads(worker) for worker in range(6)] + [resets, provider_edits, membership_edits]
+    )
+
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert [r.getMessage() for r in caplog.records if "deadlock" in r.getMessage()] == []
+    # No lead lost, none half-allocated, no provider over quota, counters consistent.
+    assert Lead.objects.count() == 120
+    assert Lead.objects.allocated().count() + Lead.objects.waiting().count() == 120
+    assert_invariants()
+    for provider in Provider.objects.all():
+        assert provider.leads_this_cycle <= provider.quota, provider
+    # No double reset: three events, each applied once to every provider.
+    assert ProcessedEvent.objects.count() == 3
+    assert set(Provider.objects.values_list("cycle", flat=True)) == {4}
+    # The edits all landed: 12 toggles of each status, 12 raises, 12 membership saves.
+    assert Provider.objects.get(pk=3).quota == 22
+    assert set(Provider.objects.filter(pk__in=[2, 6]).values_list("status", flat=True)) == {
+        "active"
+    }
+    assert Membership.objects.get(service_id=2, provider_id=8).position == 3
+    assert not Membership.objects.filter(service_id=2, provider_id=3).exists()

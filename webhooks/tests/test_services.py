@@ -9,7 +9,7 @@ import pytest
 
 import webhooks.services
 from allocation.models import Lead
-from providers.models import PoolCursor, Provider
+from providers.models import Membership, PoolCursor, Provider
 from webhooks.models import ProcessedEvent
 from webhooks.services import (
     APPLIED,
@@ -164,3 +164,18 @@ def test_failed_drain_leaves_the_reset_applied_and_the_count_unrecorded(seeded, 
     assert ProcessedEvent.objects.get().leads_allocated is None
     assert set(Provider.objects.values_list("cycle", flat=True)) == {2}
     assert Lead.objects.waiting().count() == 1
+
+
+@pytest.mark.django_db
+def test_allocations_and_quota_resets_leave_catalogue_versions_alone(seeded):
+    """Versions count catalogue edits (providers/models.py): an admin form opened before
+    a lead or a reset is not stale because of them."""
+    Provider.objects.filter(pk=3).update(quota=1, remaining_quota=1)  # version 2
+    submit_leads(1, 1)
+    assert Provider.objects.get(pk=3).remaining_quota == 0  # its eligibility flipped
+
+    apply_quota_reset(event_id="evt", body_sha256="a" * 64, provider_ids=None)
+
+    versions = list(Provider.objects.order_by("pk").values_list("version", flat=True))
+    assert versions == [1, 1, 2, 1, 1, 1, 1, 1]
+    assert set(Membership.objects.values_list("version", flat=True)) == {1}
