@@ -22,6 +22,13 @@ from providers.models import Provider
 
 
 class EndpointForm(forms.ModelForm):
+    url = forms.URLField(
+        label="webhook URL",
+        required=False,
+        max_length=2000,
+        assume_scheme="https",
+        help_text="https only; every lead is POSTed to it, signed (docs/DELIVERY.md).",
+    )
     rotate_secret = forms.BooleanField(
         required=False,
         help_text="Replace the signing secret; the new one is shown once, after saving.",
