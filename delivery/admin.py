@@ -2,7 +2,7 @@
 on the provider's own page.
 
 The provider page belongs to the catalogue (providers/admin.py), which imports no other app;
-this module re-registers it with the endpoint inline, as Django's own UserAdmin is extended.
+this module re-registers it with the endpoint's fields, as Django's own UserAdmin is extended.
 """
 
 from __future__ import annotations
@@ -20,74 +20,73 @@ from delivery.services import resend_deliveries, set_endpoint, validate_webhook_
 from providers.admin import ProviderAdmin
 from providers.models import Provider
 
+DELIVERY_FIELDS = ["webhook_url", "delivery_email", "rotate_secret"]
 
-class EndpointForm(forms.ModelForm):
-    url = forms.URLField(
+
+class ProviderDeliveryForm(forms.ModelForm):
+    """The provider's form with its delivery endpoint. The fields are optional and start from
+    the stored endpoint, so a post that leaves them out (or unchanged) changes nothing."""
+
+    webhook_url = forms.URLField(
         label="webhook URL",
         required=False,
         max_length=2000,
         assume_scheme="https",
-        help_text="https only; every lead is POSTed to it, signed (docs/DELIVERY.md).",
+        help_text="https only; every lead is POSTed to it, signed (docs/DELIVERY.md). Empty: "
+        "no webhook.",
+    )
+    delivery_email = forms.EmailField(
+        label="delivery email", required=False, help_text="Every lead is emailed here too."
     )
     rotate_secret = forms.BooleanField(
         required=False,
-        help_text="Replace the signing secret; the new one is shown once, after saving.",
+        help_text="Replace the webhook signing secret; the new one is shown once, after saving.",
     )
 
-    class Meta:
-        model = Endpoint
-        fields = ["url", "email"]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        stored = Endpoint.objects.filter(provider_id=self.instance.pk).first()
+        if stored is not None:
+            self.fields["webhook_url"].initial = stored.url
+            self.fields["delivery_email"].initial = stored.email
 
-    def clean_url(self) -> str:
-        url = self.cleaned_data.get("url") or ""
-        if url:
+    def clean_webhook_url(self) -> str:
+        url = self.cleaned_data.get("webhook_url") or ""
+        if url and "webhook_url" in self.changed_data:
             try:
                 validate_webhook_url(url)
             except UnsafeTarget as exc:
                 raise forms.ValidationError(str(exc)) from exc
         return url
 
-
-class EndpointInline(admin.StackedInline):
-    model = Endpoint
-    form = EndpointForm
-    fields = ["url", "email", "rotate_secret", "has_secret"]
-    readonly_fields = ["has_secret"]
-    can_delete = False
-    extra = 1
-    max_num = 1
-    verbose_name = "delivery endpoint"
-
-    @admin.display(description="signing secret", boolean=True)
-    def has_secret(self, obj: Endpoint) -> bool:
-        return bool(obj.secret)
+    def delivery_changed(self) -> bool:
+        return any(name in self.changed_data for name in DELIVERY_FIELDS)
 
 
 class ProviderWithEndpointAdmin(ProviderAdmin):
-    inlines = [*ProviderAdmin.inlines, EndpointInline]
+    form = ProviderDeliveryForm
 
-    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
-        if formset.model is not Endpoint:
-            super().save_formset(request, form, formset, change)
+    def get_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
+        return [*super().get_fields(request, obj), *DELIVERY_FIELDS]
+
+    def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not form.delivery_changed():
             return
-        # Through the service: the secret is generated there and shown here once.
-        for endpoint_form in formset.forms:
-            if not endpoint_form.has_changed() or not hasattr(endpoint_form, "cleaned_data"):
-                continue
-            data = endpoint_form.cleaned_data
-            outcome = set_endpoint(
-                form.instance,
-                url=data.get("url") or "",
-                email=data.get("email") or "",
-                rotate_secret=bool(data.get("rotate_secret")),
+        # Through the service: the secret is generated there and shown here, once.
+        outcome = set_endpoint(
+            obj,
+            url=form.cleaned_data["webhook_url"],
+            email=form.cleaned_data["delivery_email"],
+            rotate_secret=form.cleaned_data["rotate_secret"],
+        )
+        if outcome.new_secret:
+            self.message_user(
+                request,
+                f"Webhook signing secret of {obj} (shown once; give it to the provider): "
+                f"{outcome.new_secret}",
+                messages.WARNING,
             )
-            if outcome.new_secret:
-                self.message_user(
-                    request,
-                    f"Webhook signing secret of {form.instance} (shown once, give it to the "
-                    f"provider): {outcome.new_secret}",
-                    messages.WARNING,
-                )
 
 
 admin.site.unregister(Provider)

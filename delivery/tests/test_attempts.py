@@ -7,7 +7,6 @@ import json
 import time
 from datetime import timedelta
 
-import pytest
 from asgiref.sync import async_to_sync
 from django.core import mail
 from django.utils import timezone

@@ -115,9 +115,13 @@ def test_an_allocation_rolled_back_by_its_caller_enqueues_nothing(seeded):
 
     plain_endpoint(1, url="https://p1.example/hook")
 
-    with pytest.raises(RuntimeError), transaction.atomic():
-        submit(1, 1)
-        raise RuntimeError
+    def allocate_then_fail() -> None:
+        with transaction.atomic():
+            submit(1, 1)
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        allocate_then_fail()
 
     assert Delivery.objects.count() == 0
     assert queued() == []
