@@ -344,7 +344,15 @@ def test_provider_form_offers_no_way_to_change_the_remaining_quota(admin_client,
     response = admin_client.get(change_url("provider", 1))
 
     form = response.context["adminform"].form
-    assert set(form.fields) == {"name", "quota", "status"}
+    # name, quota and status, and the delivery endpoint that delivery/admin.py adds
+    assert set(form.fields) == {
+        "name",
+        "quota",
+        "status",
+        "webhook_url",
+        "delivery_email",
+        "rotate_secret",
+    }
     assert 'name="remaining_quota"' not in response.content.decode()
 
 
