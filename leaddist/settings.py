@@ -227,6 +227,9 @@ DELIVERY_TIMEOUT_SECONDS = env.float("DELIVERY_TIMEOUT_SECONDS", default=10.0)
 DELIVERY_RETRY_BASE_SECONDS = env.float("DELIVERY_RETRY_BASE_SECONDS", default=30.0)
 DELIVERY_RETRY_MAX_SECONDS = env.float("DELIVERY_RETRY_MAX_SECONDS", default=3600.0)
 DELIVERY_RETRY_HOURS = env.float("DELIVERY_RETRY_HOURS", default=24.0)
+# Attempts one delivery worker runs at once (`make worker`, `make serve`): each waits on the
+# network, so a slow or hanging endpoint holds one of them for at most the timeout.
+DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=20)
 
 # Email: EMAIL_URL, e.g. smtp+tls://user:password@smtp.example.com:587; the console by default
 # (development: emails are printed by the worker).
