@@ -405,9 +405,10 @@ event AS (
 ),
 deliveries AS (
     INSERT INTO delivery_delivery (lead_id, provider_id, channel, role, rank, status, attempts,
-                                   generation, last_error, created_at, updated_at)
+                                   generation, last_error, next_attempt_at, created_at,
+                                   updated_at)
     SELECT lead.id, pick.provider_id, target.channel, pick.role, pick.rank, 'pending', 0, 0, '',
-           %(now)s, %(now)s
+           %(now)s, %(now)s, %(now)s
       FROM lead
      CROSS JOIN picks AS pick
       JOIN delivery_endpoint AS endpoint ON endpoint.provider_id = pick.provider_id

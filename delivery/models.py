@@ -83,6 +83,8 @@ class Delivery(models.Model):
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # When the next attempt is due (its job is scheduled then); None once delivered or failed.
+    # An open delivery long past it lost its job: resume_stuck_deliveries defers another.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # Start of the current run of retries (first attempt, or the last resend): the delivery
     # fails once a failed attempt ends DELIVERY_RETRY_HOURS after it.
@@ -112,6 +114,11 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["provider", "-id"], name="delivery_provider_recent"),
             models.Index(fields=["status", "-id"], name="delivery_status_recent"),
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status__in=["pending", "retrying"]),
+                name="delivery_open_due",
+            ),
         ]
 
     def __str__(self) -> str:

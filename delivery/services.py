@@ -285,6 +285,31 @@ async def attempt_delivery(delivery_id: int, *, generation: int, attempt: int | 
     return delivery.status
 
 
+# --- Safety net ---------------------------------------------------------------------------
+
+
+def resume_stuck(*, older_than: timedelta) -> int:
+    """Defer a job for each open delivery whose attempt is overdue by ``older_than``: its job
+    was lost (it failed on an error, or its queue was cleared). Return how many.
+
+    A job still queued behind a backlog may run too; the (generation, attempt) key lets only
+    the first of the two attempt, unless both start at the same moment.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        stuck = list(
+            Delivery.objects.open()
+            .filter(next_attempt_at__lt=now - older_than)
+            .select_for_update(skip_locked=True)
+            .order_by("next_attempt_at")[:1000]
+        )
+        for delivery in stuck:
+            delivery.next_attempt_at = now
+            delivery.save(update_fields=["next_attempt_at"])
+            _schedule(delivery, now, attempt=delivery.attempts)
+    return len(stuck)
+
+
 # --- Resend ---------------------------------------------------------------------------------
 
 

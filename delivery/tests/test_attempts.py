@@ -13,7 +13,7 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 
 from delivery.models import Attempt, Delivery
-from delivery.services import attempt_delivery, resend_deliveries
+from delivery.services import attempt_delivery, resend_deliveries, resume_stuck
 from delivery.tests.support import endpoint, submit
 from events.models import Event
 from events.types import DELIVERY_UPDATED
@@ -207,3 +207,22 @@ def test_a_job_run_again_after_its_attempt_was_recorded_sends_nothing(
     assert run(delivery.pk, generation=7, attempt=None) == "skipped"  # an old generation
 
     assert len(receiver.requests) == 1
+
+
+def test_an_open_delivery_whose_job_was_lost_gets_a_new_one(
+    jobs, seeded_tx, receiver, local_targets
+):
+    endpoint(1, url=receiver.url("/p1"))
+    delivery = Delivery.objects.get(lead=submit(1, 1))
+    jobs.clear()  # the job is gone (say it failed on a bug, or someone cleared the queue)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        next_attempt_at=timezone.now() - timedelta(minutes=20)
+    )
+
+    assert resume_stuck(older_than=timedelta(minutes=15)) == 1
+    assert resume_stuck(older_than=timedelta(minutes=15)) == 0  # not twice
+    jobs.run()
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    assert len(receiver.of("/p1")) == 1
