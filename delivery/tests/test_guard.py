@@ -147,8 +147,8 @@ def test_a_name_rebound_to_a_private_address_after_saving_is_refused_at_send_tim
     assert attempt.error == "refused: rebind.example resolves to 127.0.0.1, a loopback address."
 
 
-@pytest.mark.django_db
-def test_an_endpoint_written_past_the_guard_is_still_checked_before_sending(seeded, settings):
+@pytest.mark.django_db(transaction=True)
+def test_an_endpoint_written_past_the_guard_is_still_checked_before_sending(seeded_tx, settings):
     settings.ALLOW_PRIVATE_DELIVERY_TARGETS = False
     plain_endpoint(1, url="https://169.254.169.254/latest/meta-data")
     delivery = Delivery.objects.get(lead=submit(1, 1))

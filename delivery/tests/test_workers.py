@@ -130,9 +130,4 @@ def test_two_workers_deliver_a_storm_of_200_leads_exactly_once_each(
     assert len(ids) == len(set(ids))  # nothing sent twice
     p4 = Delivery.objects.filter(provider_id=4)
     assert len(receiver.of("/p4")) == p4.count() + 1
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(DISTINCT worker_id) FROM procrastinate_jobs WHERE task_name = 'deliver'"
-        )
-        (workers,) = cursor.fetchone()
-    print(f"\n{expected} deliveries by 2 workers in {elapsed:.1f} s ({workers} worker ids)")
+    print(f"\n{expected} deliveries by 2 worker processes in {elapsed:.1f} s")
