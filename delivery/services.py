@@ -84,7 +84,9 @@ def set_endpoint(
         if email is not None:
             endpoint.email = email
         new_secret = None
-        if endpoint.url and (rotate_secret or not endpoint.secret):
+        if not endpoint.url:
+            endpoint.secret = ""  # a URL set again later gets a new secret, shown again
+        elif rotate_secret or not endpoint.secret:
             new_secret = endpoint.secret = Endpoint.generate_secret()
         endpoint.full_clean()
         if not endpoint.url and not endpoint.email:

@@ -118,6 +118,10 @@ def test_set_delivery_prints_a_new_secret_last_and_rotates_it(seeded, settings):
         second,
     )
 
+    call_command("set_delivery", "2", "--url", "", stdout=StringIO())
+
+    assert (Endpoint.objects.get().url, Endpoint.objects.get().secret) == ("", "")
+
 
 def test_set_delivery_clears_and_refuses_unsafe_urls(seeded, settings):
     settings.ALLOW_PRIVATE_DELIVERY_TARGETS = False
