@@ -122,7 +122,8 @@ async def post_webhook(url: str, body: bytes, *, secret: str, webhook_id: str) -
         return Outcome(False, _elapsed_ms(started), error=f"refused: {exc}")
     except TimeoutError:
         return Outcome(False, _elapsed_ms(started), error=f"no answer within {timeout:g} s")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
+        # Connection refused, TLS failure, a malformed answer...: a failed attempt, retried.
         return Outcome(False, _elapsed_ms(started), error=f"{type(exc).__name__}: {exc}"[:500])
     latency = _elapsed_ms(started)
     if 200 <= response.status_code < 300:
