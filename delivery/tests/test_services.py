@@ -74,3 +74,21 @@ def test_an_attempt_is_recorded_with_its_event_and_next_job_or_not_at_all(
     assert (row.status, row.attempts, row.last_error) == ("pending", 0, "")
     assert not Attempt.objects.exists()
     assert not Event.objects.filter(type=DELIVERY_UPDATED).exists()
+
+
+def test_a_refused_connection_is_a_failed_attempt_retried(transactional_db, seeded_tx, settings):
+    import socket
+
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = True
+    settings.DELIVERY_RETRY_BASE_SECONDS = 60
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nobody listens there once closed
+    plain_endpoint(1, url=f"http://127.0.0.1:{port}/hook")
+    row = Delivery.objects.get(lead=submit(1, 1))
+
+    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+
+    row.refresh_from_db()
+    assert status == "retrying"
+    assert row.last_error.startswith("ConnectError")
