@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -116,6 +117,7 @@ class Send:
     """What one attempt sends, read before the network is touched."""
 
     delivery_id: int
+    provider_id: int
     channel: str
     body: bytes
     url: str = ""
@@ -173,6 +175,7 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
     if delivery.channel == Delivery.Channel.WEBHOOK:
         return Send(
             delivery.pk,
+            delivery.provider_id,
             delivery.channel,
             body,
             url=endpoint.url if endpoint else "",
@@ -180,6 +183,7 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
         )
     return Send(
         delivery.pk,
+        delivery.provider_id,
         delivery.channel,
         body,
         email=endpoint.email if endpoint else "",
@@ -276,13 +280,40 @@ def _in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     return sync_to_async(closing, thread_sensitive=False)
 
 
-async def attempt_delivery(delivery_id: int, *, generation: int, attempt: int | None) -> str:
-    """Run one attempt of the delivery; return its status afterwards ("skipped": nothing to do)."""
-    from delivery.sending import post_webhook, send_email
+# Attempts this worker process has in flight, per provider.
+in_flight: Counter[int] = Counter()
 
+
+def postpone(delivery_id: int, *, generation: int, attempt: int | None) -> None:
+    """The same job again in a few seconds, when one of the provider's attempts should be over
+    (no attempt is counted)."""
+    wait = settings.DELIVERY_TIMEOUT_SECONDS * random.uniform(0.5, 1.0)
+    delivery = Delivery(pk=delivery_id, generation=generation)
+    _schedule(delivery, timezone.now() + timedelta(seconds=wait), attempt=attempt)
+
+
+async def attempt_delivery(delivery_id: int, *, generation: int, attempt: int | None) -> str:
+    """Run one attempt of the delivery; return its status afterwards ("skipped": nothing to do;
+    "postponed": the provider already has DELIVERY_PER_PROVIDER_CONCURRENCY attempts in flight
+    in this worker, so a provider whose endpoint hangs holds that many slots, not all of them).
+    """
     send = await _in_thread(start_attempt)(delivery_id, generation=generation, attempt=attempt)
     if send is None:
         return "skipped"
+    if in_flight[send.provider_id] >= settings.DELIVERY_PER_PROVIDER_CONCURRENCY:
+        await _in_thread(postpone)(delivery_id, generation=generation, attempt=attempt)
+        return "postponed"
+    in_flight[send.provider_id] += 1
+    try:
+        return await _attempt(send, generation=generation)
+    finally:
+        in_flight[send.provider_id] -= 1
+
+
+async def _attempt(send: Send, *, generation: int) -> str:
+    from delivery.sending import post_webhook, send_email
+
+    delivery_id = send.delivery_id
     started_at = timezone.now()
     final = False
     if send.channel == Delivery.Channel.WEBHOOK and send.url:

@@ -230,6 +230,9 @@ DELIVERY_RETRY_HOURS = env.float("DELIVERY_RETRY_HOURS", default=24.0)
 # Attempts one delivery worker runs at once (`make worker`, `make serve`): each waits on the
 # network, so a slow or hanging endpoint holds one of them for at most the timeout.
 DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=20)
+# Of those, at most this many to one provider: a provider whose endpoint hangs, with many
+# leads, holds this many slots and its other deliveries wait their turn in the queue.
+DELIVERY_PER_PROVIDER_CONCURRENCY = env.int("DELIVERY_PER_PROVIDER_CONCURRENCY", default=4)
 
 # Email: EMAIL_URL, e.g. smtp+tls://user:password@smtp.example.com:587; the console by default
 # (development: emails are printed by the worker).

@@ -226,3 +226,26 @@ def test_an_open_delivery_whose_job_was_lost_gets_a_new_one(
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("delivered", 1)
     assert len(receiver.of("/p1")) == 1
+
+
+def test_a_hanging_provider_holds_at_most_its_share_of_a_workers_slots(
+    jobs, seeded_tx, receiver, local_targets
+):
+    """With DELIVERY_PER_PROVIDER_CONCURRENCY at 1, provider 1's second delivery waits its turn
+    in the queue instead of taking a second slot while the first one hangs."""
+    local_targets.DELIVERY_RETRY_BASE_SECONDS = 60
+    local_targets.DELIVERY_PER_PROVIDER_CONCURRENCY = 1
+    receiver.script["/p1"] = [("hang", 5)]
+    for pid in (1, 2, 3, 4):
+        endpoint(pid, url=receiver.url(f"/p{pid}"))
+    first, second = submit(1, 1), submit(1, 2)  # providers 1, 2, 3 then 1, 4, 2
+
+    run_worker(concurrency=4)
+
+    hanging, waiting = (Delivery.objects.get(lead=lead, provider_id=1) for lead in (first, second))
+    assert (hanging.status, hanging.attempts) == ("retrying", 1)
+    assert (waiting.status, waiting.attempts) == ("pending", 0)  # postponed, not attempted
+    assert len(receiver.of("/p1")) == 1
+    todo = [json.loads(args) for status, args in jobs.of("deliver") if status == "todo"]
+    assert {"delivery_id": waiting.pk, "generation": 0, "attempt": 0} in todo
+    assert Delivery.objects.exclude(provider_id=1).exclude(status="delivered").count() == 0
