@@ -7,6 +7,10 @@ PORT ?= 8000
 # A demo secret for the quota-reset webhook, for local use only (`make run` prints it).
 DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 
+DELIVERY_CONCURRENCY ?= 20
+DRAIN_WORKER := --queues drains,default --concurrency 1 --shutdown-graceful-timeout 25
+DELIVERY_WORKER := --queues deliveries --concurrency $(DELIVERY_CONCURRENCY) --shutdown-graceful-timeout 25
+
 .PHONY: run serve worker test lint format install install-dev clean-db
 
 # What serving needs, and what testing adds on top (requirements-dev.txt includes the first).
@@ -41,9 +45,10 @@ run: install
 	$(PY) manage.py seed
 	$(PY) manage.py collectstatic --no-input --verbosity 0
 	$(PY) manage.py demo_setup
-	@# The background worker runs beside daphne and stops with it (Ctrl-C stops both).
-	$(PY) manage.py procrastinate worker --concurrency 1 & worker=$$!; \
-	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT; \
+	@# The background workers (drains; deliveries) run beside daphne and stop with it (Ctrl-C).
+	$(PY) manage.py procrastinate worker $(DRAIN_WORKER) & drains=$$!; \
+	$(PY) manage.py procrastinate worker $(DELIVERY_WORKER) & deliveries=$$!; \
+	trap 'kill $$drains $$deliveries 2>/dev/null; wait $$drains $$deliveries' EXIT; \
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) leaddist.asgi:application
 
 # Production: DEBUG off, settings from the environment (README, Production). The settings
@@ -54,10 +59,14 @@ serve: install
 	$(PY) manage.py collectstatic --no-input --verbosity 0
 	$(PY) -m leaddist.serve
 
-# A background worker (procrastinate) on its own, for hosts that run no web server. `make serve`
-# and `make run` start one already.
+# Background workers (procrastinate) on their own, for hosts that run no web server. `make serve`
+# and `make run` start them already. Drains (and housekeeping) one at a time; lead deliveries in
+# a process of their own, DELIVERY_CONCURRENCY async attempts at once, so neither waits for the
+# other and an endpoint that hangs holds one delivery slot for at most its timeout.
 worker: install
-	$(PY) manage.py procrastinate worker --concurrency 1 --shutdown-graceful-timeout 25
+	$(PY) manage.py procrastinate worker $(DRAIN_WORKER) & drains=$$!; \
+	trap 'kill $$drains 2>/dev/null; wait $$drains' EXIT; \
+	$(PY) manage.py procrastinate worker $(DELIVERY_WORKER)
 
 clean-db:
 	rm -rf .pgdata

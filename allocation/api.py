@@ -34,6 +34,7 @@ from allocation.selectors import (
     service_list,
 )
 from allocation.services import Busy, DuplicateLead, ServiceUnavailable, intake_lead
+from delivery.selectors import lead_deliveries
 from leaddist.audit import log_event
 from leaddist.db import connection_lost, recover
 from leaddist.errors import Rejected, busy_response, error_response
@@ -282,8 +283,19 @@ class LeadItemOut(LeadOut):
     allocated_at: datetime | None
 
 
+class DeliveryOut(Schema):
+    id: int
+    provider_id: int
+    channel: Literal["webhook", "email"]
+    status: Literal["pending", "retrying", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    updated_at: datetime
+
+
 class LeadDetailOut(LeadItemOut):
     trace: list[TraceEntryOut]
+    deliveries: list[DeliveryOut]
 
 
 class LeadListOut(Schema):
@@ -380,7 +392,7 @@ def list_leads(
     "/leads/{int:lead_id}",
     response={200: LeadDetailOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
     operation_id="get_lead",
-    summary="A lead, its providers and its decision trace",
+    summary="A lead, its providers, its decision trace and its deliveries",
 )
 def get_lead(request: HttpRequest, lead_id: int) -> HttpResponse | dict[str, Any]:
     try:
@@ -390,7 +402,7 @@ def get_lead(request: HttpRequest, lead_id: int) -> HttpResponse | dict[str, Any
     lead: Lead | None = lead_detail(lead_id) if lead_id <= MAX_BIGINT else None
     if lead is None:
         return error_response(404, "not_found", f"No lead with id {lead_id}.")
-    return lead_summary(lead) | {"trace": lead_trace(lead)}
+    return lead_summary(lead) | {"trace": lead_trace(lead), "deliveries": lead_deliveries(lead.pk)}
 
 
 def _page(

@@ -53,6 +53,7 @@ from allocation.engine import (
     walk_order,
 )
 from allocation.models import ApiKey, Lead
+from allocation.signals import deliveries_created
 from events.services import announce_after_commit
 from leaddist.db import connection_lost, recover
 from leaddist.metrics import ALLOCATION_SECONDS
@@ -362,8 +363,16 @@ def _decide(
 
 
 # Step 4 in one round trip: the lead (new, or a waiting one now allocated), its allocations,
-# the quotas, the cursor and the lead.allocated event, as one statement. Data-modifying CTEs
-# all run, in full, on the statement's snapshot; the rows they touch are the ones locked above.
+# the quotas, the cursor, the lead.allocated event and the lead's deliveries, as one statement.
+# Data-modifying CTEs all run, in full, on the statement's snapshot; the rows they touch are
+# the ones locked above.
+#
+# Deliveries (issue 11): one row per picked provider and channel its delivery endpoint has
+# (delivery_endpoint, read with the providers still locked), none for providers without one.
+# The statement returns their ids, and _write hands them to allocation.signals in this same
+# transaction, where the delivery app defers their jobs. The engine names the delivery tables
+# here but imports nothing of the delivery app: it costs no statement when no picked provider
+# has an endpoint, and one (the jobs, deferred in a batch) when some do.
 ALLOCATION_WRITES_SQL = """
 WITH lead AS ({lead}),
 picks AS (
@@ -394,8 +403,22 @@ event AS (
                               'status', 'allocated'),
            %(now)s
       FROM lead
+),
+deliveries AS (
+    INSERT INTO delivery_delivery (lead_id, provider_id, channel, role, rank, status, attempts,
+                                   generation, last_error, next_attempt_at, created_at,
+                                   updated_at)
+    SELECT lead.id, pick.provider_id, target.channel, pick.role, pick.rank, 'pending', 0, 0, '',
+           %(now)s, %(now)s, %(now)s
+      FROM lead
+     CROSS JOIN picks AS pick
+      JOIN delivery_endpoint AS endpoint ON endpoint.provider_id = pick.provider_id
+     CROSS JOIN LATERAL (VALUES ('webhook', endpoint.url), ('email', endpoint.email))
+           AS target(channel, address)
+     WHERE target.address <> ''
+    RETURNING id
 )
-SELECT id FROM lead
+SELECT id, ARRAY(SELECT id FROM deliveries ORDER BY id) FROM lead
 """
 
 NEW_LEAD_COLUMNS = """
@@ -424,16 +447,19 @@ event AS (
            %(now)s
       FROM lead
 )
-SELECT id FROM lead
+SELECT id, ARRAY[]::bigint[] FROM lead
 """
 
 
 def _write(sql: str, params: dict[str, object]) -> int:
     with connection.cursor() as db:
         db.execute(sql, params)
-        (lead_id,) = db.fetchone()
+        lead_id, delivery_ids = db.fetchone()
     # The event rides in the same statement; wake the streams once it has committed.
     announce_after_commit()
+    if delivery_ids:
+        # Inside the transaction, not after it: the jobs commit or roll back with the lead.
+        deliveries_created.send(sender=Lead, delivery_ids=delivery_ids)
     return lead_id
 
 

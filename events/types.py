@@ -3,6 +3,8 @@
 Consumers derive quota changes themselves: each provider of a ``lead.allocated`` lost one unit,
 and the providers of a ``quota.reset`` (``null``: all of them) are back to their full quota.
 ``provider.updated`` is sent when the catalogue changes a provider (status, quota or name).
+``delivery.updated`` is sent when an attempt to deliver a lead to a provider ends, or a resend
+starts one: {delivery_id, lead_id, provider_id, channel, status, attempts}.
 """
 
 CHANNEL = "dashboard"
@@ -11,6 +13,7 @@ LEAD_ALLOCATED = "lead.allocated"
 LEAD_WAITING = "lead.waiting"
 QUOTA_RESET = "quota.reset"
 PROVIDER_UPDATED = "provider.updated"
-EVENT_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET, PROVIDER_UPDATED)
+DELIVERY_UPDATED = "delivery.updated"
+EVENT_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET, PROVIDER_UPDATED, DELIVERY_UPDATED)
 # The types the dashboard's live feed lists; provider.updated only refreshes a row.
 FEED_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET)

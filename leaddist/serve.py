@@ -10,8 +10,10 @@ the engine correct across processes and hosts.
 
 ``--background`` (default BACKGROUND_WORKERS, else 1) is how many background workers
 (procrastinate, `manage.py procrastinate worker`) run beside the web server: they finish the
-drains a request leaves over and run the periodic jobs. Any number of them, on any number of
-hosts, share one queue in PostgreSQL; 0 leaves them to another container or `make worker`.
+drains a request leaves over and run the periodic jobs. Each comes with a delivery worker (the
+``deliveries`` queue, DELIVERY_CONCURRENCY attempts at once), so drains and lead deliveries
+never wait for each other. Any number of them, on any number of hosts, share the queues in
+PostgreSQL; 0 leaves them to another container or `make worker`.
 The launcher stays their parent: it restarts a background worker that dies, and SIGTERM or
 Ctrl-C stops everything, each process finishing what it was doing.
 
@@ -127,9 +129,23 @@ def server_command(args: argparse.Namespace) -> list[str]:
 def background_command() -> list[str]:
     return [
         *(sys.executable, str(MANAGE), "procrastinate", "worker"),
-        # One job at a time: a drain is a loop of short transactions, and two drains of the
-        # same queue would only wait for each other's cursor locks.
+        # Drains and housekeeping. One job at a time: a drain is a loop of short transactions,
+        # and two drains of the same queue would only wait for each other's cursor locks.
+        *("--queues", "drains,default"),
         *("--concurrency", "1", "--shutdown-graceful-timeout", "25"),
+    ]
+
+
+def delivery_command() -> list[str]:
+    """Lead deliveries, in a process of their own so that drains and deliveries never wait for
+    each other. Attempts are async: DELIVERY_CONCURRENCY of them at once, so an endpoint that
+    hangs until the timeout holds one slot, not the worker."""
+    from django.conf import settings
+
+    return [
+        *(sys.executable, str(MANAGE), "procrastinate", "worker", "--queues", "deliveries"),
+        *("--concurrency", str(settings.DELIVERY_CONCURRENCY)),
+        *("--shutdown-graceful-timeout", "25"),
     ]
 
 
@@ -137,13 +153,14 @@ class BackgroundWorker:
     """One background worker process, started again after it dies (a backoff while it keeps
     dying at once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
         self.delay = RESTART_DELAY_SECONDS[0]
         self.restart_at: float | None = None
         self.start()
 
     def start(self) -> None:
-        self.process = subprocess.Popen(background_command())
+        self.process = subprocess.Popen(self.command)
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -178,7 +195,11 @@ def supervise(server: list[str], background: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
     web = subprocess.Popen(server)
-    workers = [BackgroundWorker() for _ in range(background)]
+    workers = [
+        BackgroundWorker(command)
+        for _ in range(background)
+        for command in (background_command(), delivery_command())
+    ]
     while not stopping and web.poll() is None:
         now = time.monotonic()
         for worker in workers:

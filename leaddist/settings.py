@@ -70,6 +70,8 @@ INSTALLED_APPS = [
     "providers",
     "allocation",
     "webhooks",
+    # After providers: its admin adds the delivery endpoint to the provider's page.
+    "delivery",
 ]
 
 # Under ASGI, leaddist.asgi loads async-native twins of Django's middleware in place of these
@@ -224,6 +226,30 @@ if METRICS_TOKEN and len(METRICS_TOKEN) < 24 and not DEBUG:
         "METRICS_TOKEN must be at least 24 characters long when DEBUG is off. Generate one "
         "with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
     )
+
+# --- Lead delivery (issue 11, docs/DELIVERY.md) --------------------------------------------
+# Provider endpoints may resolve to private, loopback, link-local or metadata addresses, and use
+# http, only with this on: for tests and local development, never in production.
+ALLOW_PRIVATE_DELIVERY_TARGETS = env.bool("ALLOW_PRIVATE_DELIVERY_TARGETS", default=False)
+# An attempt succeeds with a 2xx within this many seconds (DNS and connection included).
+DELIVERY_TIMEOUT_SECONDS = env.float("DELIVERY_TIMEOUT_SECONDS", default=10.0)
+# Failed attempts are retried after BASE, 2*BASE, 4*BASE... seconds, at most MAX, with jitter,
+# until the delivery has been retried this many hours; then it is failed.
+DELIVERY_RETRY_BASE_SECONDS = env.float("DELIVERY_RETRY_BASE_SECONDS", default=30.0)
+DELIVERY_RETRY_MAX_SECONDS = env.float("DELIVERY_RETRY_MAX_SECONDS", default=3600.0)
+DELIVERY_RETRY_HOURS = env.float("DELIVERY_RETRY_HOURS", default=24.0)
+# Attempts one delivery worker runs at once (`make worker`, `make serve`): each waits on the
+# network, so a slow or hanging endpoint holds one of them for at most the timeout.
+DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=20)
+# Of those, at most this many to one provider: a provider whose endpoint hangs, with many
+# leads, holds this many slots and its other deliveries wait their turn in the queue.
+DELIVERY_PER_PROVIDER_CONCURRENCY = env.int("DELIVERY_PER_PROVIDER_CONCURRENCY", default=4)
+
+# Email: EMAIL_URL, e.g. smtp+tls://user:password@smtp.example.com:587; the console by default
+# (development: emails are printed by the worker).
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="leaddist <leads@localhost>")
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

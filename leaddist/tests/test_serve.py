@@ -187,7 +187,7 @@ def test_the_launcher_serves_production_with_one_worker_per_core_and_a_backgroun
     assert health.json()["status"] == "ok"
     # uvicorn's supervisor runs the web workers; with one core uvicorn serves in-process.
     assert len(workers) == expected_workers
-    assert len(background) == 1
+    assert len(background) == 2  # one for drains, one for deliveries
     assert process.returncode == 0, log.read_text()
     assert left_running == []
     assert [lead.status_code for lead in leads] == [201] * 5, log.read_text()

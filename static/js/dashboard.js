@@ -25,7 +25,13 @@
     return;
   }
 
-  var EVENT_TYPES = ["lead.allocated", "lead.waiting", "quota.reset", "provider.updated"];
+  var EVENT_TYPES = [
+    "lead.allocated",
+    "lead.waiting",
+    "quota.reset",
+    "provider.updated",
+    "delivery.updated",
+  ];
   var FEED_MAX = 60;
   var BATCH_MS = 60;
   var RETRY_MS = 3000;
@@ -228,11 +234,30 @@
       pending.events[seq] = true;
     } else if (event.type === "provider.updated") {
       pending.providers[data.provider_id] = true;
+    } else if (event.type === "delivery.updated") {
+      showDelivery(data);
+      if (data.status === "delivered" || data.status === "failed") {
+        pending.providers[data.provider_id] = true; // its delivery rate
+        schedule();
+      }
+      return; // nothing else on the page depends on a delivery
     }
     // Any of these can move a service's cursor, its next provider, the chart or the totals.
     pending.services = true;
     pending.summary = true;
     schedule();
+  }
+
+  // A delivery's chip in its lead's feed item, updated in place from the event's data.
+  function showDelivery(data) {
+    var chip = root.querySelector('[data-delivery-id="' + Number(data.delivery_id) + '"]');
+    if (!chip) {
+      return; // not on the page, or not yet: its feed item is rendered with the current status
+    }
+    var status = String(data.status).replace(/[^a-z]/g, "");
+    chip.className = "delivery-chip delivery-" + status;
+    chip.querySelector("[data-delivery-status]").textContent =
+      status + (data.attempts > 1 ? " \u00d7" + Number(data.attempts) : "");
   }
 
   function schedule() {

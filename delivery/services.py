@@ -1,0 +1,383 @@
+"""Delivery's business actions: endpoints, the enqueue at allocation, attempts and resends.
+
+Each delivery runs as a chain of procrastinate jobs on the ``deliveries`` queue, one job per
+attempt. A job is keyed by (delivery, generation, attempt): it does its attempt only if the
+delivery is still open, still in that generation (a resend starts a new one) and, for a
+scheduled retry, has not been attempted since the job was deferred. So a job run twice (its
+worker died after recording, and retry_stalled_jobs ran it again) sends nothing twice, and a
+resend never leaves two retry schedules side by side. A job whose worker died before recording
+runs again and sends again under the same webhook-id, which receivers use to deduplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from delivery.guard import check_url
+from delivery.models import Attempt, Delivery, Endpoint
+from delivery.sending import Outcome
+from events.services import record_event
+from events.types import DELIVERY_UPDATED
+from providers.models import Provider
+
+LEAD_ASSIGNED = "lead.assigned"
+T = TypeVar("T")
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failures: exponential from
+    DELIVERY_RETRY_BASE_SECONDS, capped at DELIVERY_RETRY_MAX_SECONDS, with jitter (half the
+    delay is random) so endpoints coming back are not hit by every retry at once."""
+    delay = min(
+        settings.DELIVERY_RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0),
+        settings.DELIVERY_RETRY_MAX_SECONDS,
+    )
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+# --- Endpoints ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointChange:
+    endpoint: Endpoint | None
+    new_secret: str | None  # set when a secret was created or rotated: show it once
+
+
+def validate_webhook_url(url: str) -> None:
+    """Raise UnsafeTarget unless ``url`` may be delivered to now (syntax and resolution)."""
+    check_url(url)
+
+
+def set_endpoint(
+    provider: Provider,
+    *,
+    url: str | None = None,
+    email: str | None = None,
+    clear: bool = False,
+    rotate_secret: bool = False,
+) -> EndpointChange:
+    """Set (None: keep) the provider's webhook URL and email; a URL gets a secret if it has none.
+
+    ``clear`` removes both first. The URL is checked by the SSRF guard (UnsafeTarget); the new
+    secret, if any, is returned for showing once.
+    """
+    if url:
+        validate_webhook_url(url)
+    with transaction.atomic():
+        endpoint, _ = Endpoint.objects.select_for_update().get_or_create(provider=provider)
+        if clear:
+            endpoint.url = endpoint.email = endpoint.secret = ""
+        if url is not None:
+            endpoint.url = url
+        if email is not None:
+            endpoint.email = email
+        new_secret = None
+        if not endpoint.url:
+            endpoint.secret = ""  # a URL set again later gets a new secret, shown again
+        elif rotate_secret or not endpoint.secret:
+            new_secret = endpoint.secret = Endpoint.generate_secret()
+        endpoint.full_clean()
+        if not endpoint.url and not endpoint.email:
+            endpoint.delete()
+            return EndpointChange(None, None)
+        endpoint.save()
+    return EndpointChange(endpoint, new_secret)
+
+
+# --- Enqueue --------------------------------------------------------------------------------
+
+
+def enqueue_deliveries(delivery_ids: list[int]) -> None:
+    """Defer one job per new delivery, in one statement, in the caller's transaction."""
+    from delivery.tasks import deliver  # the task module imports this one
+
+    deliver.batch_defer(
+        *({"delivery_id": pk, "generation": 0, "attempt": 0} for pk in delivery_ids)
+    )
+
+
+# --- Attempts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """What one attempt sends, read before the network is touched."""
+
+    delivery_id: int
+    provider_id: int
+    channel: str
+    body: bytes
+    url: str = ""
+    secret: str = ""
+    email: str = ""
+    subject: str = ""
+
+
+def payload(delivery: Delivery) -> dict[str, Any]:
+    lead = delivery.lead
+    service = lead.service
+    return {
+        "type": LEAD_ASSIGNED,
+        "delivery_id": delivery.pk,
+        "provider_id": delivery.provider_id,
+        "role": delivery.role,
+        "rank": delivery.rank,
+        "lead": {
+            "id": lead.pk,
+            "name": lead.name,
+            "phone": lead.phone,
+            "city": lead.city,
+            "description": lead.description,
+            "service": {"id": service.pk, "slug": service.slug, "name": service.name},
+            "created_at": lead.created_at.isoformat(),
+        },
+    }
+
+
+def _email_text(data: dict[str, Any]) -> str:
+    lead = data["lead"]
+    return (
+        f"A new lead for {lead['service']['name']}:\n\n"
+        f"Name: {lead['name']}\nPhone: {lead['phone']}\nCity: {lead['city']}\n"
+        f"Description: {lead['description'] or '-'}\n\n"
+        f"Lead #{lead['id']}, received {lead['created_at']}; you are provider "
+        f"#{data['provider_id']} ({data['role']}, rank {data['rank']}).\n"
+        f"Delivery #{data['delivery_id']}.\n"
+    )
+
+
+def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> Send | None:
+    """What to send for this job, or None when the job has nothing to do any more."""
+    delivery = (
+        Delivery.objects.select_related("lead__service", "provider__endpoint")
+        .filter(pk=delivery_id, generation=generation)
+        .open()
+        .first()
+    )
+    if delivery is None or (attempt is not None and delivery.attempts != attempt):
+        return None
+    endpoint: Endpoint | None = getattr(delivery.provider, "endpoint", None)
+    data = payload(delivery)
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    if delivery.channel == Delivery.Channel.WEBHOOK:
+        return Send(
+            delivery.pk,
+            delivery.provider_id,
+            delivery.channel,
+            body,
+            url=endpoint.url if endpoint else "",
+            secret=endpoint.secret if endpoint else "",
+        )
+    return Send(
+        delivery.pk,
+        delivery.provider_id,
+        delivery.channel,
+        body,
+        email=endpoint.email if endpoint else "",
+        subject=f"New lead #{data['lead']['id']}: {data['lead']['service']['name']}",
+    )
+
+
+def announce(delivery: Delivery) -> None:
+    record_event(
+        DELIVERY_UPDATED,
+        {
+            "delivery_id": delivery.pk,
+            "lead_id": delivery.lead_id,
+            "provider_id": delivery.provider_id,
+            "channel": delivery.channel,
+            "status": delivery.status,
+            "attempts": delivery.attempts,
+        },
+    )
+
+
+def _schedule(delivery: Delivery, at: datetime, *, attempt: int | None) -> None:
+    from delivery.tasks import deliver
+
+    deliver.configure(schedule_at=at).defer(
+        delivery_id=delivery.pk, generation=delivery.generation, attempt=attempt
+    )
+
+
+def record_attempt(
+    delivery_id: int,
+    outcome: Outcome,
+    *,
+    generation: int,
+    started_at: datetime,
+    final: bool = False,
+) -> Delivery:
+    """Log the attempt and move the delivery on: delivered, retrying (next job deferred in this
+    transaction), or failed once it has been retried for DELIVERY_RETRY_HOURS. ``final``: the
+    failure cannot heal by retrying (no endpoint any more). One transaction, with the event."""
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = Delivery.objects.select_for_update().get(pk=delivery_id)
+        delivery.attempts += 1
+        Attempt.objects.create(
+            delivery=delivery,
+            number=delivery.attempts,
+            started_at=started_at,
+            succeeded=outcome.succeeded,
+            status_code=outcome.status_code,
+            latency_ms=outcome.latency_ms,
+            error=outcome.error,
+        )
+        delivery.last_status_code = outcome.status_code
+        delivery.last_latency_ms = outcome.latency_ms
+        delivery.last_error = outcome.error
+        delivery.updated_at = now
+        current = delivery.generation == generation and delivery.status in (
+            Delivery.Status.PENDING,
+            Delivery.Status.RETRYING,
+        )
+        if current:
+            delivery.retrying_since = delivery.retrying_since or started_at
+        if outcome.succeeded:
+            delivery.status = Delivery.Status.DELIVERED
+            delivery.delivered_at = now
+            delivery.next_attempt_at = None
+        elif current:
+            window = timedelta(hours=settings.DELIVERY_RETRY_HOURS)
+            if final or now - delivery.retrying_since >= window:
+                delivery.status = Delivery.Status.FAILED
+                delivery.next_attempt_at = None
+            else:
+                delivery.status = Delivery.Status.RETRYING
+                delivery.next_attempt_at = now + timedelta(seconds=retry_delay(delivery.attempts))
+                _schedule(delivery, delivery.next_attempt_at, attempt=delivery.attempts)
+        # else: a resend started a new generation meanwhile; its own job carries on.
+        delivery.save()
+        announce(delivery)
+    return delivery
+
+
+def _in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``func`` run in a thread of the pool, its connection handed back to the connection pool
+    afterwards. Not Django's one thread for all sync work: a worker's attempts then read and
+    record in parallel, which doubled its throughput."""
+
+    def closing(*args: Any, **kwargs: Any) -> T:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(closing, thread_sensitive=False)
+
+
+# Attempts this worker process has in flight, per provider.
+in_flight: Counter[int] = Counter()
+
+
+def postpone(delivery_id: int, *, generation: int, attempt: int | None) -> None:
+    """The same job again in a few seconds, when one of the provider's attempts should be over
+    (no attempt is counted)."""
+    wait = settings.DELIVERY_TIMEOUT_SECONDS * random.uniform(0.5, 1.0)
+    delivery = Delivery(pk=delivery_id, generation=generation)
+    _schedule(delivery, timezone.now() + timedelta(seconds=wait), attempt=attempt)
+
+
+async def attempt_delivery(delivery_id: int, *, generation: int, attempt: int | None) -> str:
+    """Run one attempt of the delivery; return its status afterwards ("skipped": nothing to do;
+    "postponed": the provider already has DELIVERY_PER_PROVIDER_CONCURRENCY attempts in flight
+    in this worker, so a provider whose endpoint hangs holds that many slots, not all of them).
+    """
+    send = await _in_thread(start_attempt)(delivery_id, generation=generation, attempt=attempt)
+    if send is None:
+        return "skipped"
+    if in_flight[send.provider_id] >= settings.DELIVERY_PER_PROVIDER_CONCURRENCY:
+        await _in_thread(postpone)(delivery_id, generation=generation, attempt=attempt)
+        return "postponed"
+    in_flight[send.provider_id] += 1
+    try:
+        return await _attempt(send, generation=generation)
+    finally:
+        in_flight[send.provider_id] -= 1
+
+
+async def _attempt(send: Send, *, generation: int) -> str:
+    from delivery.sending import post_webhook, send_email
+
+    delivery_id = send.delivery_id
+    started_at = timezone.now()
+    final = False
+    if send.channel == Delivery.Channel.WEBHOOK and send.url:
+        outcome = await post_webhook(
+            send.url, send.body, secret=send.secret, webhook_id=str(delivery_id)
+        )
+    elif send.channel == Delivery.Channel.EMAIL and send.email:
+        data = json.loads(send.body)
+        outcome = await send_email(
+            send.email, subject=send.subject, text=_email_text(data), delivery_id=delivery_id
+        )
+    else:
+        outcome = Outcome(False, 0, error=f"the provider has no {send.channel} endpoint any more")
+        final = True
+    delivery = await _in_thread(record_attempt)(
+        delivery_id, outcome, generation=generation, started_at=started_at, final=final
+    )
+    return delivery.status
+
+
+# --- Safety net ---------------------------------------------------------------------------
+
+
+def resume_stuck(*, older_than: timedelta) -> int:
+    """Defer a job for each open delivery whose attempt is overdue by ``older_than``: its job
+    was lost (it failed on an error, or its queue was cleared). Return how many.
+
+    A job still queued behind a backlog may run too; the (generation, attempt) key lets only
+    the first of the two attempt, unless both start at the same moment.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        stuck = list(
+            Delivery.objects.open()
+            .filter(next_attempt_at__lt=now - older_than)
+            .select_for_update(skip_locked=True)
+            .order_by("next_attempt_at")[:1000]
+        )
+        for delivery in stuck:
+            delivery.next_attempt_at = now
+            delivery.save(update_fields=["next_attempt_at"])
+            _schedule(delivery, now, attempt=delivery.attempts)
+    return len(stuck)
+
+
+# --- Resend ---------------------------------------------------------------------------------
+
+
+def resend_deliveries(deliveries: QuerySet[Delivery]) -> int:
+    """Start a new attempt of each delivery now, under its same id; return how many.
+
+    A new generation: any retry still scheduled for an earlier one does nothing, and the new
+    attempt gets a fresh DELIVERY_RETRY_HOURS of retries.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(deliveries.select_for_update(of=("self",)).order_by("pk"))
+        for delivery in rows:
+            delivery.generation += 1
+            delivery.status = Delivery.Status.PENDING
+            delivery.retrying_since = None
+            delivery.next_attempt_at = now
+            delivery.updated_at = now
+            delivery.save()
+            _schedule(delivery, now, attempt=None)
+            announce(delivery)
+    return len(rows)

@@ -1,0 +1,39 @@
+"""Delivery jobs (procrastinate), on their own queue so that drains and deliveries never wait
+for each other. The task is async: one worker runs many attempts at once (its --concurrency),
+so an endpoint that hangs until the timeout holds one slot, not the whole worker.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.dispatch import receiver
+from procrastinate.contrib.django import app
+
+from allocation.signals import deliveries_created
+from delivery.services import attempt_delivery, enqueue_deliveries, resume_stuck
+
+DELIVERIES = "deliveries"
+# An open delivery this long past its due time has lost its job (a due job normally starts
+# within seconds, and a stalled one is retried within a couple of minutes).
+STUCK_AFTER = timedelta(minutes=15)
+
+
+@app.task(name="deliver", queue=DELIVERIES)
+async def deliver(delivery_id: int, generation: int = 0, attempt: int | None = None) -> str:
+    """One attempt of a delivery, if it is still due (delivery.services explains the keys)."""
+    return await attempt_delivery(delivery_id, generation=generation, attempt=attempt)
+
+
+@app.periodic(cron="*/5 * * * *", periodic_id="resume_stuck_deliveries")
+@app.task(name="resume_stuck_deliveries", queue=DELIVERIES, queueing_lock="resume_stuck_deliveries")
+def resume_stuck_deliveries(timestamp: int) -> int:
+    """Every 5 minutes: give a new job to open deliveries whose job was lost."""
+    return resume_stuck(older_than=STUCK_AFTER)
+
+
+@receiver(deliveries_created)
+def enqueue_after_allocation(sender: object, delivery_ids: list[int], **kwargs: object) -> None:
+    """Sent by the engine inside the allocation's transaction: the jobs commit or roll back with
+    the lead."""
+    enqueue_deliveries(delivery_ids)

@@ -1,0 +1,93 @@
+"""A real HTTP receiver on 127.0.0.1 for delivery tests, and the settings that let it in."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """Answers POSTs by script: each path has a list of answers, used in turn, the last one
+    repeated. An answer is a status code, or ("hang", seconds) to say nothing for that long."""
+
+    port: int = 0
+    script: dict[str, list[object]] = field(default_factory=dict)
+    requests: list[Received] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def of(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+    def answer_for(self, path: str) -> object:
+        answers = self.script.get(path, [200])
+        seen = len(self.of(path))
+        return answers[min(seen - 1, len(answers) - 1)]
+
+
+@pytest.fixture
+def receiver():
+    state = Receiver()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                state.requests.append(
+                    Received(
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        body,
+                        time.monotonic(),
+                    )
+                )
+                answer = state.answer_for(self.path)
+            if isinstance(answer, tuple):
+                time.sleep(answer[1])
+                answer = 200
+            payload = b"x" * 100_000 if answer == 500 else b"ok"
+            try:
+                self.send_response(int(answer))
+                self.send_header("Content-Length", str(len(payload)))
+                if 300 <= int(answer) < 400:
+                    self.send_header("Location", "http://169.254.169.254/latest/meta-data")
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def local_targets(settings):
+    """The receiver on 127.0.0.1 allowed (tests only), and retries due at once."""
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = True
+    settings.DELIVERY_RETRY_BASE_SECONDS = 0
+    settings.DELIVERY_TIMEOUT_SECONDS = 2
+    return settings

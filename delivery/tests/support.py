@@ -1,0 +1,46 @@
+"""Helpers shared by the delivery tests."""
+
+from __future__ import annotations
+
+import json
+
+from django.db import connection
+
+from allocation.services import LeadInput, submit_lead
+from delivery.models import Endpoint
+from delivery.services import set_endpoint
+from providers.models import Provider
+
+
+def lead_input(service_id: int, n: int) -> LeadInput:
+    return LeadInput(service_id=service_id, name="Ada", phone=f"+1555{n:07d}", city="Paris")
+
+
+def submit(service_id: int, n: int):
+    return submit_lead(lead_input(service_id, n))
+
+
+def endpoint(provider_id: int, *, url: str = "", email: str = "") -> str:
+    """Give the provider an endpoint (settings must allow the URL); return its secret."""
+    change = set_endpoint(Provider.objects.get(pk=provider_id), url=url, email=email)
+    return change.endpoint.secret if change.endpoint else ""
+
+
+def plain_endpoint(provider_id: int, **fields: str) -> Endpoint:
+    """An endpoint row written directly, past the SSRF guard (for tests that send nothing)."""
+    if fields.get("url"):
+        fields.setdefault("secret", Endpoint.generate_secret())
+    return Endpoint.objects.create(provider_id=provider_id, **fields)
+
+
+def queued(task_name: str = "deliver") -> list[tuple[str, dict]]:
+    """(status, args) of the task's jobs, oldest first, as this connection sees them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT status, args FROM procrastinate_jobs WHERE task_name = %s ORDER BY id",
+            [task_name],
+        )
+        return [
+            (status, json.loads(args) if isinstance(args, str) else args)
+            for status, args in cursor.fetchall()
+        ]

@@ -1,0 +1,94 @@
+"""Recording attempts: the schedule, what a failure records, and all of it in one transaction."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.mail.backends.base import BaseEmailBackend
+
+import delivery.services
+from delivery.models import Attempt, Delivery, Endpoint
+from delivery.services import attempt_delivery, retry_delay
+from delivery.tests.support import plain_endpoint, submit
+from events.models import Event
+from events.types import DELIVERY_UPDATED
+
+
+def test_retries_double_from_the_base_up_to_the_cap_with_half_of_each_wait_random(settings):
+    settings.DELIVERY_RETRY_BASE_SECONDS = 30
+    settings.DELIVERY_RETRY_MAX_SECONDS = 3600
+
+    waits = {n: [retry_delay(n) for _ in range(200)] for n in (1, 2, 3, 7, 8, 30)}
+
+    for n, nominal in {1: 30, 2: 60, 3: 120, 7: 1920, 8: 3600, 30: 3600}.items():
+        assert nominal / 2 <= min(waits[n])
+        assert max(waits[n]) <= nominal
+        assert max(waits[n]) - min(waits[n]) > nominal / 10  # jittered, not fixed
+
+
+class RefusingBackend(BaseEmailBackend):
+    def send_messages(self, messages):
+        raise ConnectionRefusedError("SMTP server refused the connection")
+
+
+def test_an_email_the_backend_refuses_is_retried(transactional_db, seeded_tx, settings):
+    settings.EMAIL_BACKEND = f"{__name__}.RefusingBackend"
+    settings.DELIVERY_RETRY_BASE_SECONDS = 60
+    plain_endpoint(2, email="two@example.com")
+    row = Delivery.objects.get(lead=submit(1, 1))
+
+    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+
+    row.refresh_from_db()
+    assert status == "retrying"
+    assert (row.attempts, row.last_status_code) == (1, None)
+    assert row.last_error == "ConnectionRefusedError: SMTP server refused the connection"
+
+
+def test_a_delivery_whose_endpoint_was_removed_fails_at_once(transactional_db, seeded_tx):
+    plain_endpoint(1, url="https://p1.example/hook")
+    row = Delivery.objects.get(lead=submit(1, 1))
+    Endpoint.objects.all().delete()
+
+    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+
+    assert status == "failed"
+    assert Attempt.objects.get().error == "the provider has no webhook endpoint any more"
+
+
+def test_an_attempt_is_recorded_with_its_event_and_next_job_or_not_at_all(
+    transactional_db, seeded_tx, settings, monkeypatch
+):
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = False
+    plain_endpoint(1, url="https://10.0.0.1/hook")  # refused at send time: a failed attempt
+    row = Delivery.objects.get(lead=submit(1, 1))
+
+    def broken_schedule(*args, **kwargs):
+        raise RuntimeError("the job table is gone")
+
+    monkeypatch.setattr(delivery.services, "_schedule", broken_schedule)
+    with pytest.raises(RuntimeError):
+        async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+
+    row.refresh_from_db()
+    assert (row.status, row.attempts, row.last_error) == ("pending", 0, "")
+    assert not Attempt.objects.exists()
+    assert not Event.objects.filter(type=DELIVERY_UPDATED).exists()
+
+
+def test_a_refused_connection_is_a_failed_attempt_retried(transactional_db, seeded_tx, settings):
+    import socket
+
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = True
+    settings.DELIVERY_RETRY_BASE_SECONDS = 60
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nobody listens there once closed
+    plain_endpoint(1, url=f"http://127.0.0.1:{port}/hook")
+    row = Delivery.objects.get(lead=submit(1, 1))
+
+    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+
+    row.refresh_from_db()
+    assert status == "retrying"
+    assert row.last_error.startswith("ConnectError")
