@@ -17,7 +17,13 @@ pytestmark = pytest.mark.django_db
 
 
 def provider_post(provider, **delivery):
-    return {"name": provider.name, "quota": provider.quota, "status": provider.status} | delivery
+    """The change form as posted, opened at the provider's current version."""
+    return {
+        "name": provider.name,
+        "quota": provider.quota,
+        "status": provider.status,
+        "seen_version": provider.version,
+    } | delivery
 
 
 def change_url(pk):

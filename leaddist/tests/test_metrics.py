@@ -411,7 +411,8 @@ def test_the_launchers_processes_are_added_up(seeded_tx, tmp_path, redis_url, jo
     for samples in scrapes:
         assert value(samples, "leaddist_leads_total", outcome="allocated") == posted
         assert value(samples, "leaddist_allocation_seconds_count") == posted
-        assert value(samples, "leaddist_background_workers") == 1
+        # --background 1: one worker for drains, one for deliveries
+        assert value(samples, "leaddist_background_workers") == 2
     assert process.returncode == 0, log.read_text()
 
 
