@@ -21,8 +21,12 @@ def lock_waiters() -> int:
         return cursor.fetchone()[0]
 
 
-def wait_for_lock_waiters(count: int = 1, *, timeout: float = 10) -> None:
-    """Return once ``count`` other sessions wait on a lock; fail after ``timeout`` seconds."""
+def wait_for_lock_waiters(count: int = 1, *, timeout: float = 30) -> None:
+    """Return once ``count`` other sessions wait on a lock; fail after ``timeout`` seconds.
+
+    The timeout is generous so that a busy machine, which may take seconds to schedule the
+    waiting thread, cannot break a test: a passing test never waits for it.
+    """
     deadline = time.monotonic() + timeout
     while lock_waiters() < count:
         if time.monotonic() > deadline:

@@ -28,7 +28,7 @@ from leaddist.serve import server_command
 
 BASE_DIR = Path(settings.BASE_DIR)
 ARTIFACTS = BASE_DIR / "test-artifacts"
-STARTUP_SECONDS = 30
+STARTUP_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def database_url_for_tests(application_name: str) -> str:
 def _wait_for_disconnect(application_name: str) -> None:
     """Until the server's sessions are gone: the test database cannot be flushed or dropped
     while PostgreSQL still finishes them."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with connection.cursor() as cursor:
             cursor.execute(

@@ -11,6 +11,8 @@ from allocation.models import Allocation, Lead
 from allocation.services import LeadInput, allocate_waiting_leads, submit_lead
 from providers.models import Membership, PoolCursor, Provider, Service
 
+pytestmark = pytest.mark.concurrency
+
 THREADS = 8
 
 

@@ -48,6 +48,7 @@ def test_leads_of_services_sharing_providers_are_served_in_global_order_of_arriv
     assert statuses == ["allocated", "allocated", "allocated", "waiting", "waiting"]
 
 
+@pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_the_oldest_waiting_lead_is_read_under_the_cursor_lock(seeded_tx):
     """A waiting lead that commits while a drain waits for the cursor is not passed over."""
@@ -62,13 +63,13 @@ def test_the_oldest_waiting_lead_is_read_under_the_cursor_lock(seeded_tx):
                     service_id=1, name="Ada", phone="+15550509999", city="Paris", status="waiting"
                 )
                 holding.set()
-                assert release.wait(10)
+                assert release.wait(30)
         finally:
             connection.close()
 
     holder = threading.Thread(target=store_a_waiting_lead_while_holding_the_cursor)
     holder.start()
-    assert holding.wait(10)
+    assert holding.wait(30)
     result = {}
 
     def drain() -> None:
@@ -81,8 +82,8 @@ def test_the_oldest_waiting_lead_is_read_under_the_cursor_lock(seeded_tx):
     drainer.start()
     wait_for_lock_waiters(1)  # the drain waits for the cursor
     release.set()
-    holder.join(10)
-    drainer.join(10)
+    holder.join(30)
+    drainer.join(30)
 
     assert result["outcome"] == (True, None)
     assert Lead.objects.get(pk=stored["lead"].pk).status == "allocated"

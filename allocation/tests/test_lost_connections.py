@@ -19,7 +19,7 @@ from allocation.services import Busy, LeadInput, intake_lead
 from allocation.tests.asgi_server import database_url_for_tests
 from allocation.tests.intake_support import post_lead
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
 
 def terminate(pid: int) -> None:

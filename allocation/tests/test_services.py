@@ -1,7 +1,6 @@
 """The allocation service on PostgreSQL: what it stores, and what it leaves alone."""
 
 import threading
-import time
 
 import pytest
 from django.db import connection, transaction
@@ -187,6 +186,7 @@ def test_duplicate_phone_for_the_same_service_is_refused_with_the_existing_lead(
     assert Lead.objects.count() == 2
 
 
+@pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_persistent_lock_conflict_is_busy_and_stores_nothing(seeded_tx, settings):
     settings.ALLOCATION_MAX_ATTEMPTS = 2
@@ -197,12 +197,12 @@ def test_persistent_lock_conflict_is_busy_and_stores_nothing(seeded_tx, settings
         with transaction.atomic():
             lock_cursors([1])
             holding.set()
-            release.wait(10)
+            assert release.wait(30)
         connection.close()
 
     holder = threading.Thread(target=hold_cursor)
     holder.start()
-    holding.wait(10)
+    assert holding.wait(30)
     with connection.cursor() as cursor:
         cursor.execute("SET lock_timeout = '50ms'")
     try:
@@ -220,39 +220,40 @@ def test_persistent_lock_conflict_is_busy_and_stores_nothing(seeded_tx, settings
     assert seeded_tx.provider(1).remaining_quota == 10
 
 
+@pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_a_real_deadlock_is_retried_inside_the_server(seeded_tx):
-    """Two transactions lock providers 1 and 2 in opposite orders. PostgreSQL aborts the one
-    that waited first (ours); run_with_retries runs it again and it commits."""
-    ours_waiting = threading.Event()
-    theirs_locked = threading.Event()
-    attempts = []
+    """Two transactions each lock one provider, meet at a barrier, then ask for the other's:
+    a deadlock every time, whatever the machine's load. PostgreSQL aborts one of them (which
+    one depends on whose deadlock check runs first); run_with_retries runs it again and both
+    commit."""
+    both_locked = threading.Barrier(2, timeout=30)
+    attempts = {"1 then 2": 0, "2 then 1": 0}
+    results = {}
 
-    def theirs():
-        try:
+    def lock_both(name, first, second):
+        def attempt(slack):
+            attempts[name] += 1
             with transaction.atomic():
-                Provider.objects.select_for_update().get(pk=1)
-                theirs_locked.set()
-                ours_waiting.wait(10)
-                time.sleep(0.2)  # let our wait start first, so PostgreSQL picks us
-                Provider.objects.select_for_update().get(pk=2)
+                Provider.objects.select_for_update().get(pk=first)
+                if attempts[name] == 1:
+                    both_locked.wait()
+                Provider.objects.select_for_update().get(pk=second)
+            return "committed"
+
+        try:
+            results[name] = run_with_retries(attempt)
         finally:
             connection.close()
 
-    def ours(slack):
-        attempts.append(slack)
-        with transaction.atomic():
-            Provider.objects.select_for_update().get(pk=2)
-            if len(attempts) == 1:
-                theirs_locked.wait(10)
-                ours_waiting.set()
-            Provider.objects.select_for_update().get(pk=1)
-        return "committed"
+    threads = [
+        threading.Thread(target=lock_both, args=("1 then 2", 1, 2)),
+        threading.Thread(target=lock_both, args=("2 then 1", 2, 1)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
 
-    other = threading.Thread(target=theirs)
-    other.start()
-    result = run_with_retries(ours)
-    other.join()
-
-    assert result == "committed"
-    assert len(attempts) == 2
+    assert results == {"1 then 2": "committed", "2 then 1": "committed"}
+    assert sorted(attempts.values()) == [1, 2]

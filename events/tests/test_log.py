@@ -21,6 +21,7 @@ def record_committed(n: int) -> None:
         record_event(LEAD_WAITING, {"lead_id": n, "service_id": 1})
 
 
+@pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_positions_follow_commit_order_not_insert_order():
     inserted = threading.Event()
@@ -31,16 +32,16 @@ def test_positions_follow_commit_order_not_insert_order():
             with transaction.atomic():
                 record_event(LEAD_WAITING, {"lead_id": 1, "service_id": 1})
                 inserted.set()
-                release.wait(10)
+                assert release.wait(30)
         finally:
             connection.close()
 
     slow = threading.Thread(target=slow_writer)
     slow.start()
-    assert inserted.wait(10)
+    assert inserted.wait(30)
     record_committed(2)  # inserted after lead 1's event, committed before it
     release.set()
-    slow.join(10)
+    slow.join(30)
 
     by_position = [event.data["lead_id"] for event in Event.objects.published()]
     by_insertion = [event.data["lead_id"] for event in Event.objects.order_by("id")]
@@ -65,6 +66,7 @@ def test_a_rolled_back_event_leaves_no_row_and_later_positions_still_grow():
     assert published[0][0] < published[1][0]
 
 
+@pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_writers_get_distinct_positions_in_commit_order():
     def writer(n: int) -> None:
@@ -78,7 +80,7 @@ def test_concurrent_writers_get_distinct_positions_in_commit_order():
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(30)
+        thread.join(60)
 
     seqs = list(Event.objects.published().values_list("seq", flat=True))
     assert len(seqs) == len(set(seqs)) == 60

@@ -29,6 +29,7 @@ def staff_user(transactional_db):
     return get_user_model().objects.create_user(username="watcher", password="x", is_staff=True)
 
 
+@pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_on_one_port_take_a_storm_of_leads_and_keep_the_invariants(
     seeded_tx, asgi_server_factory, redis_url
@@ -54,6 +55,7 @@ def test_two_workers_on_one_port_take_a_storm_of_leads_and_keep_the_invariants(
     assert_invariants()
 
 
+@pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_an_event_from_one_process_reaches_a_dashboard_on_another(
     seeded_tx, asgi_server_factory, staff_user, redis_url
@@ -63,7 +65,7 @@ def test_an_event_from_one_process_reaches_a_dashboard_on_another(
     _, key = create_api_key(name="fan-out")
     stream = _open_stream(watched.url, _session_cookie(staff_user))
     try:
-        assert b"event: stream-open" in _read_until(stream, b"event: stream-open", seconds=8)
+        assert b"event: stream-open" in _read_until(stream, b"event: stream-open", seconds=30)
 
         answer = httpx.post(
             other.url + "/api/leads",
@@ -72,7 +74,8 @@ def test_an_event_from_one_process_reaches_a_dashboard_on_another(
             timeout=10,
         )
         lead_id = answer.json()["id"]
-        received = _read_until(stream, f'"lead_id": {lead_id}'.encode(), seconds=2)
+        # Generous, for a loaded machine: SPEC §6's second is the browser test's to hold.
+        received = _read_until(stream, f'"lead_id": {lead_id}'.encode(), seconds=10)
     finally:
         stream.close()
 
@@ -125,6 +128,7 @@ def test_the_launcher_runs_debug_off_even_when_the_environment_says_on():
     assert "must be set when DEBUG is off" in result.stderr
 
 
+@pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def test_the_launcher_serves_production_with_one_worker_per_core_and_a_background_worker(
     seeded_tx, tmp_path, redis_url, jobs
@@ -152,7 +156,7 @@ def test_the_launcher_serves_production_with_one_worker_per_core_and_a_backgroun
         )
         try:
             health = None
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60  # generous: a loaded machine starts slowly
             while health is None and time.monotonic() < deadline:
                 try:
                     health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -170,7 +174,7 @@ def test_the_launcher_serves_production_with_one_worker_per_core_and_a_backgroun
                     f"http://127.0.0.1:{port}/api/leads",
                     json={"name": "Ada", "phone": f"+1555010{n:04d}", "city": "X", "service": 3},
                     headers={"Authorization": f"Bearer {key}"},
-                    timeout=10,
+                    timeout=30,
                 )
                 for n in range(5)  # past the prepare threshold: the statements run prepared
             ]

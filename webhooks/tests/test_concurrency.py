@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from webhooks.models import ProcessedEvent
 from webhooks.services import apply_quota_reset, canonical_body_sha256
 from webhooks.tests.helpers import assert_invariants, payload, post
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
 
 def run_together(jobs: list[Callable[[], Any]]) -> list[Any]:
@@ -119,31 +118,39 @@ def test_overlapping_partial_resets_at_once_neither_deadlock_nor_lose_a_cycle(se
 
 
 def test_resets_during_a_storm_of_leads_keep_every_invariant(seeded_tx):
+    stored = [0]
+    progress = threading.Condition()
+
     def leads(worker: int) -> Callable[[], list[str]]:
         def job() -> list[str]:
-            return [
-                submit_lead(
-                    LeadInput(
-                        service_id=1 + (worker + i) % 3,
-                        name=f"Storm {worker}-{i}",
-                        phone=f"+1555{worker:02d}{i:05d}",
-                        city="Springfield",
-                    )
-                ).status
-                for i in range(10)
-            ]
+            statuses = []
+            for i in range(10):
+                lead = LeadInput(
+                    service_id=1 + (worker + i) % 3,
+                    name=f"Storm {worker}-{i}",
+                    phone=f"+1555{worker:02d}{i:05d}",
+                    city="Springfield",
+                )
+                statuses.append(submit_lead(lead).status)
+                with progress:
+                    stored[0] += 1
+                    progress.notify_all()
+            return statuses
 
         return job
 
-    def reset(event_id: str, delay: float) -> Callable[[], tuple[int, dict]]:
+    def reset(event_id: str, after: int) -> Callable[[], tuple[int, dict]]:
         def job() -> tuple[int, dict]:
-            time.sleep(delay)  # land in the middle of the storm
+            # In the middle of the storm: once `after` of its 80 leads are stored, by count, not
+            # by the clock, so a slow machine moves the reset along with the storm.
+            with progress:
+                assert progress.wait_for(lambda: stored[0] >= after, timeout=60)
             return deliver(f'{{"eventId": "{event_id}"}}'.encode())()
 
         return job
 
     jobs = [leads(worker) for worker in range(8)]
-    jobs += [reset("evt_storm_1", 0.02), reset("evt_storm_2", 0.08)]
+    jobs += [reset("evt_storm_1", 10), reset("evt_storm_2", 40)]
 
     results = run_together(jobs)
 
