@@ -10,6 +10,9 @@ import pytest
 from providers.models import PoolCursor, Provider, Service
 from providers.services import seed_catalogue
 
+# Users, clients and the real ASGI server, for the tests of every app.
+pytest_plugins = ["leaddist.tests.fixtures"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
@@ -28,8 +31,8 @@ def fresh_counters(settings):
     """Each test counts rate limits afresh, in-process: windows never carry over, and a
     REDIS_URL in the environment is never written to (tests that want Redis set it). Nor do
     cached services and API keys outlive the test's data."""
-    from allocation.auth import verified_keys
-    from leaddist import ratelimit, redis_client
+    from credentials.auth import verified_keys
+    from leaddist.http import ratelimit, redis_client
     from providers.selectors import active_services
 
     settings.REDIS_URL = ""

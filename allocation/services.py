@@ -42,7 +42,6 @@ from django.db import (
 from django.db.models import Min, QuerySet
 from django.utils import timezone
 
-from allocation.auth import verified_keys
 from allocation.engine import (
     SLOTS,
     TRACE_LIMIT,
@@ -52,11 +51,11 @@ from allocation.engine import (
     walk_key,
     walk_order,
 )
-from allocation.models import ApiKey, Lead
+from allocation.models import Lead
 from allocation.signals import deliveries_created
 from events.services import announce_after_commit
-from leaddist.db import connection_lost, recover
-from leaddist.metrics import ALLOCATION_SECONDS
+from leaddist.http.db import MAX_BIGINT, connection_lost, recover
+from leaddist.http.metrics import ALLOCATION_SECONDS
 from providers.locks import lock_cursors
 from providers.models import PoolCursor, Provider, Service
 
@@ -67,7 +66,6 @@ T = TypeVar("T")
 # deadlock_detected, serialization_failure, lock_not_available (lock_timeout)
 TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 DUPLICATE_CONSTRAINT = "allocation_lead_unique_phone_per_service"
-MAX_BIGINT = 2**63 - 1
 # Eligible pool candidates read beyond the slots still open, on the first attempt. Each retry
 # caused by a stolen candidate doubles it.
 INITIAL_SLACK = 3
@@ -121,7 +119,7 @@ def _is_transient(exc: OperationalError) -> bool:
 def run_with_retries(attempt: Callable[[int], T]) -> T:
     """Run ``attempt(slack)`` until it commits; retry transient conflicts, then raise Busy.
 
-    A lost connection is retried once, on a fresh connection (leaddist.db.recover); a second
+    A lost connection is retried once, on a fresh connection (leaddist.http.db.recover); a second
     loss is Busy too. Nothing of a failed attempt is stored.
     """
     slack = INITIAL_SLACK
@@ -695,28 +693,3 @@ def allocate_waiting_leads(*, deadline: float | None = None) -> int:
                 heapq.heappush(heads, (behind, service_id))
         if not progressed:
             return allocated
-
-
-def create_api_key(*, name: str, rate_limit: str = "") -> tuple[ApiKey, str]:
-    """Create a key for a lead source; return it with the raw key, which is never stored.
-
-    ``rate_limit`` ("1000/s", "600/m", "0" for none) overrides RATE_LIMIT_PER_KEY for this key.
-    """
-    raw = ApiKey.generate()
-    key = ApiKey(
-        name=name,
-        key_hash=ApiKey.hash_key(raw),
-        key_prefix=raw[: len(ApiKey.PREFIX) + 6],
-        rate_limit=rate_limit,
-    )
-    key.full_clean(exclude=["key_hash", "key_prefix"])
-    key.save()
-    return key, raw
-
-
-def revoke_api_keys(keys: QuerySet[ApiKey]) -> int:
-    """Revoke the keys not yet revoked; return how many. This process refuses them at once,
-    the others within API_KEY_CACHE_SECONDS (allocation.auth.verified_keys)."""
-    revoked = keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-    verified_keys.clear()
-    return revoked

@@ -40,8 +40,8 @@ from django_eventstream.utils import make_id, sse_encode_event
 
 from events.models import Event, Horizon
 from events.types import CHANNEL
-from leaddist import redis_client
-from leaddist.metrics import EVENT_HUB_FAILURES, count_publish_failure
+from leaddist.http import redis_client
+from leaddist.http.metrics import EVENT_HUB_FAILURES, count_publish_failure
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 
-from allocation.api import router as intake_router
-from allocation.auth import ApiKeyOrStaffSession, Unauthorized, api_credential_required
-from leaddist.db import connection_lost
-from leaddist.errors import busy_response, error_response
+from credentials.auth import ApiKeyOrStaffSession, Unauthorized, api_credential_required
+from intake.api import router as intake_router
+from leaddist.http.db import connection_lost
+from leaddist.http.errors import busy_response, error_response
 from webhooks.api import router as webhook_router
 
 logger = logging.getLogger(__name__)

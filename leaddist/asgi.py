@@ -1,7 +1,7 @@
 """ASGI entry point: Django, with three changes that keep a request's cost down.
 
-1. AsgiBodySizeLimit refuses an oversized body while it streams in (leaddist.middleware).
-2. Handler loads the async-native twins of Django's middleware (leaddist.middleware), so a
+1. AsgiBodySizeLimit refuses an oversized body while it streams in (leaddist.http.middleware).
+2. Handler loads the async-native twins of Django's middleware (leaddist.http.middleware), so a
    request crosses no thread boundary until its view needs one.
 3. RequestThreads gives each request a worker thread from a fixed set. Django's ASGI handler
    otherwise starts a new thread for every request (its sync code, and every database access,
@@ -34,7 +34,7 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.db import close_old_connections, reset_queries  # noqa: E402
 
 from events.hub import start_hub  # noqa: E402
-from leaddist.middleware import ASYNC_TWINS, AsgiBodySizeLimit  # noqa: E402
+from leaddist.http.middleware import ASYNC_TWINS, AsgiBodySizeLimit  # noqa: E402
 
 Scope = dict[str, Any]
 App = Callable[[Scope, Any, Any], Awaitable[None]]

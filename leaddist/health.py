@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import connection
 
-from leaddist import redis_client
+from leaddist.http import redis_client
 
 
 def database_ok() -> bool:
@@ -18,5 +18,5 @@ def database_ok() -> bool:
 
 
 def redis_health() -> str:
-    """ "ok", "degraded" or "disabled" (no REDIS_URL): see leaddist.redis_client.health."""
+    """ "ok", "degraded" or "disabled" (no REDIS_URL): see leaddist.http.redis_client.health."""
     return redis_client.health()

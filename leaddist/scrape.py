@@ -2,7 +2,7 @@
 
 Two kinds of metric come out:
 
-- what the processes counted as they worked (leaddist.metrics): added up over every web and
+- what the processes counted as they worked (leaddist.http.metrics): added up over every web and
   background worker under leaddist.serve (multiprocess mode), this process's alone otherwise;
 - what is read now, at scrape time, by :class:`ScrapeTimeCollector`: database and Redis health
   (the checks /healthz makes), the waiting queue of every service, and the background queue.
@@ -27,10 +27,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from allocation.selectors import waiting_queues
-from leaddist.errors import error_response
+from dashboard.selectors import waiting_queues
 from leaddist.health import database_ok, redis_health
-from leaddist.metrics import MULTIPROCESS
+from leaddist.http.errors import error_response
+from leaddist.http.metrics import MULTIPROCESS
 
 logger = logging.getLogger(__name__)
 

@@ -69,17 +69,20 @@ INSTALLED_APPS = [
     "ninja",
     "providers",
     "allocation",
+    "credentials",
+    "intake",
     "webhooks",
     # After providers: its admin adds the delivery endpoint to the provider's page.
     "delivery",
+    "dashboard",
 ]
 
 # Under ASGI, leaddist.asgi loads async-native twins of Django's middleware in place of these
-# (leaddist.middleware.ASYNC_TWINS); everything else, system checks included, sees this list.
+# (leaddist.http.middleware.ASYNC_TWINS); everything else, system checks included, sees this list.
 MIDDLEWARE = [
-    "leaddist.middleware.BodySizeLimitMiddleware",
+    "leaddist.http.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "leaddist.middleware.ContentSecurityPolicyMiddleware",
+    "leaddist.http.middleware.ContentSecurityPolicyMiddleware",
     # Serves /static/ from the app itself, so daphne needs no web server in front.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -88,7 +91,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "leaddist.middleware.ApiErrorShapeMiddleware",
+    "leaddist.http.middleware.ApiErrorShapeMiddleware",
 ]
 
 ROOT_URLCONF = "leaddist.urls"
@@ -277,7 +280,7 @@ STORAGES = {
 # --- Redis ---------------------------------------------------------------------------------
 # Optional: shared rate-limit counters and live-event wake-ups between processes. Every call
 # fails within REDIS_TIMEOUT_SECONDS, and after a failure Redis is skipped for
-# REDIS_BREAKER_SECONDS (leaddist/redis_client.py), so an outage costs requests nothing.
+# REDIS_BREAKER_SECONDS (leaddist/http/redis_client.py), so an outage costs requests nothing.
 REDIS_URL = env.str("REDIS_URL", default="")
 REDIS_TIMEOUT_SECONDS = env.float("REDIS_TIMEOUT_SECONDS", default=0.25)
 REDIS_BREAKER_SECONDS = env.float("REDIS_BREAKER_SECONDS", default=5.0)
@@ -289,7 +292,7 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 # and django-eventstream's storage API reads that log.
 EVENTSTREAM_STORAGE_CLASS = "events.storage.EventLogStorage"
 # One channel, "dashboard", readable by staff sessions only.
-EVENTSTREAM_CHANNELMANAGER_CLASS = "allocation.sse.StaffChannelManager"
+EVENTSTREAM_CHANNELMANAGER_CLASS = "dashboard.sse.StaffChannelManager"
 # Each process reads the log when a commit wakes it (locally, or through Redis), and at least
 # this often, so an event is never later than this even without Redis.
 EVENT_POLL_SECONDS = env.float("EVENT_POLL_SECONDS", default=0.5)

@@ -28,5 +28,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics, name="metrics"),
     path("api/", api.urls),
-    path("", include("allocation.urls")),
+    path("", include("intake.urls")),
+    path("", include("dashboard.urls")),
 ]

@@ -26,6 +26,7 @@ from django.http import HttpRequest
 
 from providers.locks import lock_cursors
 from providers.models import Membership, PoolCursor, Provider, Service
+from providers.selectors import next_pool_provider
 from providers.services import (
     PROVIDER_FIELDS,
     SERVICE_FIELDS,
@@ -423,14 +424,16 @@ class PoolCursorAdmin(admin.ModelAdmin):
     @admin.display(description="next pool provider")
     def next_pool_provider(self, obj: PoolCursor) -> str:
         """The first eligible pool provider after the cursor, walking cyclically."""
-        eligible = (
-            Membership.objects.pool()
-            .filter(service_id=obj.service_id, provider_eligible=True)
-            .select_related("provider")
-            .order_by("position")
+        return obj.next_pool_provider_name or "—"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PoolCursor]:
+        # The next pool provider of every row, in the changelist's own query.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                next_pool_provider_name=next_pool_provider(
+                    "service_id", "position", field="provider__name"
+                )
+            )
         )
-        following = None
-        if obj.position is not None:
-            following = eligible.filter(position__gt=obj.position).first()
-        following = following or eligible.first()
-        return following.provider.name if following is not None else "—"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from django.conf import settings
+from django.db.models import IntegerField, OuterRef, Prefetch, Subquery, Value
+from django.db.models.functions import Coalesce
 
-from providers.models import Service
-
-MAX_ID = 2**63 - 1  # PostgreSQL bigint: a larger id cannot exist
+from leaddist.http.db import MAX_BIGINT
+from providers.models import Membership, Provider, Service
 
 
 class _ActiveServices:
@@ -32,7 +34,7 @@ class _ActiveServices:
         hit = self._found.get(key)
         if hit is not None and now - hit[0] < settings.SERVICE_CACHE_SECONDS:
             return hit[1]
-        if pk is not None and not 0 < pk <= MAX_ID:
+        if pk is not None and not 0 < pk <= MAX_BIGINT:
             return None
         lookup = {"pk": pk} if pk is not None else {"slug": slug}
         service = Service.objects.active().filter(**lookup).first()
@@ -51,3 +53,67 @@ class _ActiveServices:
 
 
 active_services = _ActiveServices()
+
+
+# --- The next pool provider ------------------------------------------------------------------
+
+
+def next_pool_provider(
+    service: str, cursor_position: str, *, field: str = "provider_id"
+) -> Coalesce:
+    """For ``annotate()``: the first eligible pool provider after the cursor, wrapping around,
+    which is where the next walk starts; None when no pool provider is eligible.
+
+    ``service`` and ``cursor_position`` name the outer query's service id and cursor position;
+    ``field`` is what to read of the membership (``provider_id``, ``provider__name``...). Two
+    indexed reads per row (the partial index of eligible memberships), in the outer query.
+    """
+    eligible = (
+        Membership.objects.pool()
+        .filter(service_id=OuterRef(service), provider_eligible=True)
+        .order_by("position")
+        .values(field)
+    )
+    cursor = Coalesce(OuterRef(cursor_position), Value(-1), output_field=IntegerField())
+    return Coalesce(Subquery(eligible.filter(position__gt=cursor)[:1]), Subquery(eligible[:1]))
+
+
+def provider_list(*, limit: int, offset: int) -> tuple[list[Provider], int]:
+    """A page of providers, newest first, and how many there are: two queries."""
+    return (
+        list(Provider.objects.order_by("-pk")[offset : offset + limit]),
+        Provider.objects.count(),
+    )
+
+
+def service_list(*, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """A page of services, newest first, with their line-up and next pool provider: three
+    queries."""
+    services = (
+        Service.objects.prefetch_related(
+            Prefetch(
+                "memberships",
+                queryset=Membership.objects.select_related("provider").order_by("role", "position"),
+            )
+        )
+        .annotate(next_pool_provider_id=next_pool_provider("pk", "cursor__position"))
+        .order_by("-pk")[offset : offset + limit]
+    )
+    items = []
+    for service in services:
+        members = list(service.memberships.all())
+        pool = [m for m in members if m.role == Membership.Role.POOL]
+        items.append(
+            {
+                "id": service.pk,
+                "slug": service.slug,
+                "name": service.name,
+                "active": service.active,
+                "mandatory": [
+                    m.provider_id for m in members if m.role == Membership.Role.MANDATORY
+                ],
+                "pool": [m.provider_id for m in pool],
+                "next_pool_provider": service.next_pool_provider_id,
+            }
+        )
+    return items, Service.objects.count()

@@ -1,7 +1,7 @@
 """POST /api/webhook/reset-quota: the payment gateway's quota-reset webhook (SPEC §5).
 
 The view reads the raw body itself so that the checks run in SPEC order, on the exact bytes
-that were signed: size (leaddist.middleware) -> signature (401) -> media type (415) ->
+that were signed: size (leaddist.http.middleware) -> signature (401) -> media type (415) ->
 JSON (400) -> fields (422) -> idempotency (200 duplicate / 422 conflict).
 """
 
@@ -18,10 +18,10 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Field, Router, Schema, Status
 
 from allocation.services import Busy
-from leaddist.audit import log_event
-from leaddist.errors import Rejected, error_response
-from leaddist.json_body import parse_json_body
-from leaddist.metrics import count_webhook
+from leaddist.http.audit import log_event
+from leaddist.http.errors import Rejected, error_response
+from leaddist.http.json_body import parse_json_body
+from leaddist.http.metrics import count_webhook
 from webhooks.models import EVENT_ID_MAX_LENGTH
 from webhooks.services import (
     IdempotencyConflict,

@@ -19,6 +19,7 @@ from allocation.models import Lead
 from allocation.services import allocate_waiting_leads, run_with_retries
 from events.services import record_event
 from events.types import QUOTA_RESET
+from leaddist.http.db import MAX_BIGINT
 from providers.locks import lock_cursors, lock_providers, services_of
 from providers.models import Provider, Service
 from webhooks.models import ProcessedEvent
@@ -30,7 +31,6 @@ APPLIED = "applied"
 DUPLICATE = "duplicate"
 UNIQUE_EVENT_ID = "webhooks_processedevent_unique_event_id"
 # Provider ids are bigint: anything outside cannot exist, and must not reach the query.
-MAX_PK = 2**63 - 1
 # The background job that finishes a reset runs this long after it, by when the webhook's own
 # bounded drain has normally announced it.
 FINISH_AFTER_SECONDS = 5
@@ -92,7 +92,7 @@ def _reset_providers(provider_ids: list[int] | None) -> int:
         lock_cursors(Service.objects.values_list("pk", flat=True))
         locked = list(lock_providers(None))
     else:
-        in_range = [pk for pk in provider_ids if 0 < pk <= MAX_PK]
+        in_range = [pk for pk in provider_ids if 0 < pk <= MAX_BIGINT]
         lock_cursors(services_of(in_range))
         locked = list(lock_providers(in_range))
     if provider_ids is not None:

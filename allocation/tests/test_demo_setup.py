@@ -12,8 +12,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from allocation.models import ApiKey, Lead
-from allocation.services import revoke_api_keys
+from allocation.models import Lead
+from credentials.models import ApiKey
+from credentials.services import revoke_api_keys
 
 
 def run(command: str, *args: str) -> str:

@@ -16,8 +16,8 @@ from django.db import connection
 
 from allocation.models import Lead
 from allocation.services import Busy, LeadInput, intake_lead
-from allocation.tests.asgi_server import database_url_for_tests
-from allocation.tests.intake_support import post_lead
+from intake.tests.support import post_lead
+from leaddist.tests.asgi_server import database_url_for_tests
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
@@ -116,6 +116,6 @@ def test_the_form_answers_busy_when_the_database_stays_away(client, seeded_tx):
 
 @pytest.fixture
 def api_key(transactional_db):
-    from allocation.services import create_api_key
+    from credentials.services import create_api_key
 
     return create_api_key(name="source")[1]

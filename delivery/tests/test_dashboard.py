@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from allocation.tests.dashboard_support import settle_events
+from dashboard.tests.support import settle_events
 from delivery.models import Delivery
 from delivery.tests.support import plain_endpoint, submit
 

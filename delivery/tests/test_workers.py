@@ -17,9 +17,9 @@ from django.db import connection
 from procrastinate.contrib.django import app
 from standardwebhooks import Webhook
 
-from allocation.tests.asgi_server import database_url_for_tests
 from delivery.models import Delivery
 from delivery.tests.support import endpoint, submit
+from leaddist.tests.asgi_server import database_url_for_tests
 from providers.models import Provider
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,3 +1,3 @@
 """Fixtures of the project-wide tests: a real ASGI server (daphne through leaddist.serve)."""
 
-from allocation.tests.asgi_server import asgi_server_factory  # noqa: F401 (a fixture)
+from leaddist.tests.asgi_server import asgi_server_factory  # noqa: F401 (a fixture)

@@ -13,8 +13,9 @@ from django.http import HttpRequest, JsonResponse
 from django.middleware.security import SecurityMiddleware as DjangoSecurityMiddleware
 from django.urls import path
 
-from leaddist import asgi, middleware
+from leaddist import asgi
 from leaddist.asgi import Handler, RequestThreads
+from leaddist.http import middleware
 
 
 def chain(handler: Handler) -> list[object]:

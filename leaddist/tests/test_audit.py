@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from allocation.services import create_api_key
-from allocation.tests.intake_support import LEAD, post_lead
-from leaddist.audit import keyed_hash
+from credentials.services import create_api_key
+from intake.tests.support import LEAD, post_lead
+from leaddist.http.audit import keyed_hash
 from webhooks.tests.helpers import SECRET, signed
 
 DIGITS = "5550100000"  # LEAD's phone without its country code and punctuation

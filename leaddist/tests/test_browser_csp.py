@@ -1,7 +1,7 @@
 """The Content-Security-Policy in a real browser: /api/docs and the admin run without violations.
 
 A violation (an inline script or style, an asset from elsewhere) is a console error in
-Chromium. The dashboard's pages are covered the same way by allocation/tests/test_browser.py.
+Chromium. The dashboard's pages are covered the same way by dashboard/tests/test_browser.py.
 Headless Chromium from Debian's ``chromium`` package, driven by Playwright; without them the
 test skips, unless REQUIRE_BROWSER=1 (CI), which turns the skip into a failure.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
-from allocation.tests.test_browser import CHROMIUM_ARGS
+from dashboard.tests.test_browser import CHROMIUM_ARGS
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 PASSWORD = "csp-browser-test-pw"

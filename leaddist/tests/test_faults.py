@@ -28,10 +28,10 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from allocation.models import Lead
-from allocation.services import create_api_key
-from allocation.tests.asgi_server import database_url_for_tests, free_port, run_server
 from allocation.tests.test_concurrency import assert_invariants
-from allocation.tests.test_sse import _open_stream, _read_until, _session_cookie
+from credentials.services import create_api_key
+from dashboard.tests.test_sse import _open_stream, _read_until, _session_cookie
+from leaddist.tests.asgi_server import database_url_for_tests, free_port, run_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
@@ -271,7 +271,7 @@ def test_pooled_redis_connections_work_at_once_after_a_redis_restart(own_redis, 
     (one immediate retry on a fresh connection), for the sync and the asyncio client."""
     import asyncio
 
-    from leaddist import redis_client
+    from leaddist.http import redis_client
 
     settings.REDIS_URL = own_redis.url
     sync = redis_client.sync_client()

@@ -18,7 +18,7 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from allocation.models import ApiKey
+from credentials.models import ApiKey
 from leaddist.api import api
 from providers.services import seed_catalogue
 

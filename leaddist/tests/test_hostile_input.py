@@ -1,6 +1,6 @@
 """Hostile input on intake and the webhook: the documented status, never a 500, no partial row.
 
-allocation/tests/test_api_intake.py and webhooks/tests/ already cover most single cases
+intake/tests/test_api_intake.py and webhooks/tests/ already cover most single cases
 (media types, malformed and non-UTF-8 JSON, 64 KiB, nesting, surrogates, NUL in the text
 fields); this file covers every field systematically and what must come back intact.
 """
@@ -13,9 +13,9 @@ import pytest
 from django.urls import Resolver404, resolve
 
 from allocation.models import Lead
-from allocation.services import create_api_key
-from allocation.tests.intake_support import LEAD, post_lead, stored_state
+from credentials.services import create_api_key
 from events.tests.support import settle_events
+from intake.tests.support import LEAD, post_lead, stored_state
 from providers.models import Service
 from webhooks.models import ProcessedEvent
 from webhooks.tests.helpers import SECRET, snapshot

@@ -20,12 +20,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from allocation.models import Lead
-from allocation.services import LeadInput, create_api_key, submit_lead
+from allocation.services import LeadInput, submit_lead
 from allocation.tasks import drain_waiting_leads
-from allocation.tests.asgi_server import database_url_for_tests, free_port
-from allocation.tests.intake_support import LEAD, post_lead
+from credentials.services import create_api_key
 from events import hub
-from leaddist import redis_client, serve
+from intake.tests.support import LEAD, post_lead
+from leaddist import serve
+from leaddist.http import redis_client
+from leaddist.tests.asgi_server import database_url_for_tests, free_port
 from leaddist.tests.test_serve import PRODUCTION, launch, web_workers
 from providers.models import Provider
 from webhooks.tests.helpers import SECRET, signed
@@ -177,7 +179,7 @@ def test_the_public_form_counts_its_leads_too(client, seeded, scrape):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_busy_engine_is_counted(client, seeded_tx, settings, scrape):
-    from allocation.tests.intake_support import cursor_locked
+    from intake.tests.support import cursor_locked
 
     _, raw = create_api_key(name="busy")
     settings.ALLOCATION_MAX_ATTEMPTS = 1

@@ -1,4 +1,4 @@
-"""The 64 KiB body limit (leaddist.middleware) as the intake routes see it."""
+"""The 64 KiB body limit (leaddist.http.middleware) as the intake routes see it."""
 
 import asyncio
 import json
@@ -7,9 +7,9 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from allocation.models import Lead
-from allocation.services import create_api_key
-from allocation.tests.intake_support import LEAD, post_lead, stored_state
-from leaddist.middleware import AsgiBodySizeLimit
+from credentials.services import create_api_key
+from intake.tests.support import LEAD, post_lead, stored_state
+from leaddist.http.middleware import AsgiBodySizeLimit
 
 LIMIT = 64 * 1024
 

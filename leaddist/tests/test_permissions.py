@@ -15,8 +15,10 @@ from django.test import AsyncClient, Client
 from django.urls import Resolver404, resolve
 from django.utils import timezone
 
-from allocation.models import ApiKey, Lead
-from allocation.services import LeadInput, create_api_key, submit_lead
+from allocation.models import Lead
+from allocation.services import LeadInput, submit_lead
+from credentials.models import ApiKey
+from credentials.services import create_api_key
 from webhooks.tests.helpers import SECRET, signed
 
 PRINCIPALS = ["anonymous", "wrong_key", "revoked_key", "valid_key", "non_staff", "staff"]

@@ -9,11 +9,12 @@ import time
 import pytest
 from django.test import Client, RequestFactory
 
-from allocation.models import ApiKey, Lead
-from allocation.services import create_api_key
-from allocation.tests.intake_support import LEAD, post_lead, stored_state
-from leaddist import ratelimit, redis_client
-from leaddist.ratelimit import Rate, RateLimited, client_ip, hit, parse_rate
+from allocation.models import Lead
+from credentials.models import ApiKey
+from credentials.services import create_api_key
+from intake.tests.support import LEAD, post_lead, stored_state
+from leaddist.http import ratelimit, redis_client
+from leaddist.http.ratelimit import Rate, RateLimited, client_ip, hit, parse_rate
 
 
 @pytest.fixture

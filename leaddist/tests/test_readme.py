@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from allocation.tests.asgi_server import database_url_for_tests
+from leaddist.tests.asgi_server import database_url_for_tests
 from webhooks.signing import DEMO_WEBHOOK_SECRET
 
 README = Path(settings.BASE_DIR) / "README.md"

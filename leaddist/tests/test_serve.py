@@ -16,11 +16,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from allocation.models import Lead
-from allocation.services import LeadInput, create_api_key, submit_lead
+from allocation.services import LeadInput, submit_lead
 from allocation.tasks import drain_waiting_leads
-from allocation.tests.asgi_server import database_url_for_tests, free_port
 from allocation.tests.test_concurrency import assert_invariants
-from allocation.tests.test_sse import _open_stream, _read_until, _session_cookie
+from credentials.services import create_api_key
+from dashboard.tests.test_sse import _open_stream, _read_until, _session_cookie
+from leaddist.tests.asgi_server import database_url_for_tests, free_port
 from providers.models import Provider
 
 

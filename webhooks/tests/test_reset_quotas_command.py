@@ -11,7 +11,7 @@ from django.conf import settings as settings_module
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from allocation.tests.asgi_server import free_port, run_server
+from leaddist.tests.asgi_server import free_port, run_server
 from providers.models import Provider
 from webhooks.management.commands.reset_quotas import signing_secret
 from webhooks.models import ProcessedEvent

@@ -1,0 +1,1 @@
+"""The staff pages: live dashboard, its SSE stream and the test tools."""

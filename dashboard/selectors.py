@@ -1,0 +1,495 @@
+"""The live dashboard's reads (SPEC §6).
+
+Each read costs a fixed number of queries, whatever the number of providers, services or leads:
+lists are paginated or cut, and per-row details come from one query per kind (a LATERAL join
+where "the latest few per row" is needed)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.core.paginator import Page, Paginator
+from django.db import connection
+from django.db.models import Count, Prefetch, Q, Sum
+from django.db.models.functions import Coalesce
+
+from allocation.engine import SLOTS
+from allocation.models import Allocation, Lead
+from events.models import Event
+from events.types import FEED_TYPES
+from providers.models import Membership, PoolCursor, Provider, Service
+from providers.selectors import next_pool_provider
+
+PROVIDERS_PER_PAGE = 50
+LATEST_LEADS_PER_PROVIDER = 3
+SERVICES_SHOWN = 20
+POOL_WINDOW = 16
+FEED_SIZE = 30
+DELIVERY_RATE_WINDOW = 100
+
+
+@dataclass(frozen=True)
+class LatestLead:
+    lead_id: int
+    service_name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ProviderRow:
+    provider: Provider
+    latest: list[LatestLead]
+    # Of the provider's last DELIVERY_RATE_WINDOW finished deliveries (delivered or failed),
+    # how many were delivered.
+    delivered: int = 0
+    finished: int = 0
+
+    @property
+    def success_percent(self) -> int:
+        return round(100 * self.delivered / self.finished) if self.finished else 0
+
+    @property
+    def remaining_percent(self) -> int:
+        quota = self.provider.quota
+        return round(100 * self.provider.remaining_quota / quota) if quota else 0
+
+    @property
+    def level(self) -> str:
+        """ "empty", "low" or "ok": how full the remaining-quota bar is, for its colour."""
+        if self.provider.remaining_quota == 0:
+            return "empty"
+        return "low" if self.remaining_percent <= 30 else "ok"
+
+
+@dataclass(frozen=True)
+class Summary:
+    waiting: int
+    allocated: int
+    providers: int
+    active: int
+    paused: int
+    exhausted: int
+    quota: int
+    remaining_quota: int
+    leads_this_cycle: int
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One provider as a service card shows it."""
+
+    provider_id: int
+    name: str
+    status: str
+    quota: int
+    remaining_quota: int
+    leads_this_cycle: int
+    position: int
+    is_cursor: bool = False
+    is_next: bool = False
+    # Pool chips only: the leads this service's pool gave the provider in its current cycle.
+    pool_leads: int = 0
+
+    @property
+    def eligible(self) -> bool:
+        return self.status == Provider.Status.ACTIVE and self.remaining_quota > 0
+
+
+@dataclass(frozen=True)
+class ServiceCard:
+    service: Service
+    cursor: int | None
+    mandatory: list[Chip]
+    pool: list[Chip]  # the whole pool in position order, or a window in walk order
+    pool_size: int
+    windowed: bool
+    last_picked: Chip | None
+    next_provider: Chip | None
+    waiting: int
+
+    @property
+    def hidden(self) -> int:
+        return self.pool_size - len(self.pool)
+
+    @property
+    def low(self) -> int:
+        """The fewest leads this pool gave one of the providers shown, this cycle."""
+        return min((chip.pool_leads for chip in self.pool), default=0)
+
+    @property
+    def high(self) -> int:
+        return max((chip.pool_leads for chip in self.pool), default=0)
+
+    @property
+    def chart_max(self) -> int:
+        return max(self.high, 1)
+
+
+@dataclass(frozen=True)
+class TraceLine:
+    provider_id: int
+    name: str
+    role: str
+    outcome: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    eid: int
+    type: str
+    created: datetime
+    data: dict[str, Any]
+    lead: Lead | None = None
+    trace: list[TraceLine] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.type.replace(".", "-")
+
+
+def dashboard_summary() -> Summary:
+    """Totals over every provider and the waiting-queue size: two queries."""
+    active = Q(status=Provider.Status.ACTIVE)
+    totals = Provider.objects.aggregate(
+        providers=Count("pk"),
+        active=Count("pk", filter=active),
+        exhausted=Count("pk", filter=Q(remaining_quota=0)),
+        quota=Coalesce(Sum("quota"), 0),
+        remaining_quota=Coalesce(Sum("remaining_quota"), 0),
+        leads_this_cycle=Coalesce(Sum("leads_this_cycle"), 0),
+        allocations=Coalesce(Sum("leads_total"), 0),
+    )
+    allocations = totals.pop("allocations")
+    return Summary(
+        # Through the partial index lead_waiting_queue, however many leads are stored.
+        waiting=Lead.objects.waiting().count(),
+        # Every allocated lead has exactly SLOTS allocations (a DB invariant).
+        allocated=allocations // SLOTS,
+        paused=totals["providers"] - totals["active"],
+        **totals,
+    )
+
+
+def latest_leads(provider_ids: list[int], *, per_provider: int) -> dict[int, list[LatestLead]]:
+    """The newest allocations of each provider, through the (provider, -id) index."""
+    if not provider_ids:
+        return {}
+    sql = f"""
+        SELECT p.id, a.lead_id, s.name, a.created_at
+        FROM unnest(%s::bigint[]) AS p(id)
+        CROSS JOIN LATERAL (
+            SELECT lead_id, created_at FROM {Allocation._meta.db_table}
+            WHERE provider_id = p.id ORDER BY id DESC LIMIT %s
+        ) AS a
+        JOIN {Lead._meta.db_table} AS l ON l.id = a.lead_id
+        JOIN {Service._meta.db_table} AS s ON s.id = l.service_id
+        ORDER BY p.id, a.lead_id DESC
+    """
+    latest: dict[int, list[LatestLead]] = {pk: [] for pk in provider_ids}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [provider_ids, per_provider])
+        for provider_id, lead_id, service_name, created_at in cursor.fetchall():
+            latest[provider_id].append(LatestLead(lead_id, service_name, created_at))
+    return latest
+
+
+def delivery_rates(provider_ids: list[int], *, window: int) -> dict[int, tuple[int, int]]:
+    """(delivered, finished) of each provider's last ``window`` finished deliveries, through
+    the (provider, -id) index: the work does not grow with a provider's history. The table is
+    the delivery app's (docs/DELIVERY.md), read by name like the engine writes it."""
+    if not provider_ids:
+        return {}
+    sql = """
+        SELECT p.id, count(*) FILTER (WHERE d.status = 'delivered'), count(*)
+        FROM unnest(%s::bigint[]) AS p(id)
+        CROSS JOIN LATERAL (
+            SELECT status FROM delivery_delivery
+            WHERE provider_id = p.id AND status IN ('delivered', 'failed')
+            ORDER BY id DESC LIMIT %s
+        ) AS d
+        GROUP BY p.id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [provider_ids, window])
+        return {pid: (delivered, finished) for pid, delivered, finished in cursor.fetchall()}
+
+
+def _provider_rows(providers: list[Provider]) -> list[ProviderRow]:
+    ids = [p.pk for p in providers]
+    latest = latest_leads(ids, per_provider=LATEST_LEADS_PER_PROVIDER)
+    rates = delivery_rates(ids, window=DELIVERY_RATE_WINDOW)
+    return [ProviderRow(p, latest.get(p.pk, []), *rates.get(p.pk, (0, 0))) for p in providers]
+
+
+def provider_page(page_number: object, *, per_page: int = PROVIDERS_PER_PAGE) -> Page:
+    """One page of providers by id, each row with its latest leads and its delivery rate: four
+    queries."""
+    paginator = Paginator(Provider.objects.order_by("pk"), per_page)
+    page = paginator.get_page(page_number)
+    page.object_list = _provider_rows(list(page.object_list))
+    return page
+
+
+def provider_rows(provider_ids: list[int]) -> list[ProviderRow]:
+    """These providers' rows (unknown ids are left out): three queries."""
+    return _provider_rows(list(Provider.objects.filter(pk__in=provider_ids).order_by("pk")))
+
+
+def _chip(row: tuple, cursor: int | None, next_id: int | None) -> Chip:
+    provider_id, position, name, status, quota, remaining, this_cycle, pool_leads = row
+    return Chip(
+        provider_id,
+        name,
+        status,
+        quota,
+        remaining,
+        this_cycle,
+        position,
+        is_cursor=cursor is not None and position == cursor,
+        is_next=provider_id == next_id,
+        pool_leads=pool_leads,
+    )
+
+
+def _pool_rows(
+    service_ids: list[int], next_ids: list[int | None], window: int
+) -> dict[int, dict[str, list[tuple]]]:
+    """Per service: the pool rows after the cursor, from the start up to it, the cursor's own
+    row, and the next pool provider's (as providers.selectors.next_pool_provider picks it,
+    annotated on the services). A handful of indexed reads per service, in one query:
+    nothing scans the whole pool.
+
+    Each row counts the leads this service's pool gave the provider in its current cycle: a
+    provider's leads_this_cycle adds up every service and its mandatory places, which says
+    nothing about how fairly one pool turns."""
+    membership, provider = Membership._meta.db_table, Provider._meta.db_table
+    allocation, lead = Allocation._meta.db_table, Lead._meta.db_table
+    # Through the partial index alloc_pool_cycle: at most a cycle's leads per provider shown.
+    pool_leads = f"""(
+        SELECT count(*) FROM {allocation} AS a JOIN {lead} AS l ON l.id = a.lead_id
+        WHERE a.provider_id = m.provider_id AND a.cycle = p.cycle AND a.role = 'pool'
+          AND l.service_id = m.service_id)"""
+    # In the order _chip() unpacks them.
+    columns = (
+        "m.provider_id, m.position, p.name, p.status, p.quota, p.remaining_quota, "
+        f"p.leads_this_cycle, {pool_leads} AS pool_leads"
+    )
+
+    def part(kind: str, condition: str, limit: str) -> str:
+        return f"""(
+            SELECT '{kind}' AS kind, {columns} FROM {membership} AS m
+            JOIN {provider} AS p ON p.id = m.provider_id
+            WHERE m.service_id = svc.id AND m.role = 'pool' AND {condition}
+            ORDER BY m.position LIMIT {limit})"""
+
+    sql = f"""
+        SELECT svc.id, w.* FROM (
+            SELECT s.id, s.next_id, COALESCE(c.position, 0) AS cur
+            FROM unnest(%(ids)s::bigint[], %(next)s::bigint[]) AS s(id, next_id)
+            LEFT JOIN {PoolCursor._meta.db_table} AS c ON c.service_id = s.id
+        ) AS svc
+        CROSS JOIN LATERAL (
+            {part("after", "m.position > svc.cur", "%(window)s")}
+            UNION ALL {part("wrap", "m.position <= svc.cur", "%(window)s")}
+            UNION ALL {part("cursor", "m.position = svc.cur", "1")}
+            UNION ALL {part("next", "m.provider_id = svc.next_id", "1")}
+        ) AS w
+    """
+    rows: dict[int, dict[str, list[tuple]]] = {pk: defaultdict(list) for pk in service_ids}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"ids": service_ids, "next": next_ids, "window": window})
+        for service_id, kind, *row in cursor.fetchall():
+            rows[service_id][kind].append(tuple(row))
+    return rows
+
+
+def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> list[ServiceCard]:
+    """Each service with its mandatory providers, its pool around the cursor with what the pool
+    gave each of them this cycle, the next provider in line and its waiting leads: six
+    queries."""
+    services = list(
+        Service.objects.select_related("cursor")
+        .annotate(next_pool_provider_id=next_pool_provider("pk", "cursor__position"))
+        .order_by("pk")[:limit]
+    )
+    ids = [s.pk for s in services]
+    if not ids:
+        return []
+    mandatory: dict[int, list[Chip]] = defaultdict(list)
+    for m in (
+        Membership.objects.mandatory()
+        .filter(service_id__in=ids)
+        .select_related("provider")
+        .order_by("service_id", "position")
+    ):
+        p = m.provider
+        mandatory[m.service_id].append(
+            Chip(p.pk, p.name, p.status, p.quota, p.remaining_quota, p.leads_this_cycle, m.position)
+        )
+    pool_sizes = dict(
+        Membership.objects.pool()
+        .filter(service_id__in=ids)
+        .values("service_id")
+        .annotate(size=Count("pk"))
+        .values_list("service_id", "size")
+    )
+    waiting = dict(
+        Lead.objects.waiting()
+        .filter(service_id__in=ids)
+        .values("service_id")
+        .annotate(n=Count("pk"))
+        .values_list("service_id", "n")
+    )
+    pool_rows = _pool_rows(ids, [s.next_pool_provider_id for s in services], window)
+
+    cards = []
+    for service in services:
+        cursor_row = getattr(service, "cursor", None)
+        cursor = cursor_row.position if cursor_row is not None else None
+        rows = pool_rows[service.pk]
+        next_row = (rows["next"] or [None])[0]
+        next_id = next_row[0] if next_row else None
+        size = pool_sizes.get(service.pk, 0)
+        windowed = size > window
+        if windowed:
+            walk = rows["cursor"] + [r for r in rows["after"] + rows["wrap"] if r[1] != cursor]
+            pool = [_chip(r, cursor, next_id) for r in walk[:window]]
+        else:
+            pool = [
+                _chip(r, cursor, next_id)
+                for r in sorted(rows["after"] + rows["wrap"], key=lambda r: r[1])
+            ]
+        cards.append(
+            ServiceCard(
+                service=service,
+                cursor=cursor,
+                mandatory=mandatory[service.pk],
+                pool=pool,
+                pool_size=size,
+                windowed=windowed,
+                last_picked=next((_chip(r, cursor, next_id) for r in rows["cursor"]), None),
+                next_provider=_chip(next_row, cursor, next_id) if next_row else None,
+                waiting=waiting.get(service.pk, 0),
+            )
+        )
+    return cards
+
+
+def service_count() -> int:
+    return Service.objects.count()
+
+
+def _trace_lines(lead: Lead | None, names: dict[int, str]) -> list[TraceLine]:
+    entries = [
+        entry
+        for entry in (lead.trace if lead is not None else None) or []
+        if isinstance(entry, dict)
+    ]
+    return [
+        TraceLine(
+            entry.get("provider_id"),
+            names.get(entry.get("provider_id"), f"#{entry.get('provider_id')}"),
+            entry.get("role", ""),
+            entry.get("outcome", ""),
+            entry.get("reason", ""),
+        )
+        for entry in entries
+    ]
+
+
+def _feed_items(events: list[Event]) -> list[FeedItem]:
+    """Feed items for logged events, with their leads, allocations, deliveries and the names
+    in their traces: four more queries at most, for any number of events."""
+    parsed = [(event, event.data if isinstance(event.data, dict) else {}) for event in events]
+    lead_ids = {data["lead_id"] for _, data in parsed if "lead_id" in data}
+    leads: dict[int, Lead] = {}
+    if lead_ids:
+        leads = {
+            lead.pk: lead
+            for lead in Lead.objects.filter(pk__in=lead_ids)
+            .select_related("service")
+            .prefetch_related(
+                Prefetch(
+                    "allocations",
+                    queryset=Allocation.objects.select_related("provider").order_by("rank"),
+                ),
+                "deliveries",  # the delivery app's rows, by their relation to the lead
+            )
+        }
+    traced = {
+        entry.get("provider_id")
+        for lead in leads.values()
+        for entry in lead.trace or []
+        if isinstance(entry, dict)
+    }
+    names = dict(Provider.objects.filter(pk__in=traced).values_list("pk", "name")) if traced else {}
+    items = []
+    for event, data in parsed:
+        lead = leads.get(data.get("lead_id"))
+        items.append(
+            FeedItem(event.seq, event.type, event.created_at, data, lead, _trace_lines(lead, names))
+        )
+    return items
+
+
+@dataclass(frozen=True)
+class LastEvent:
+    """The newest event a page has applied: its stream position and when it happened."""
+
+    seq: int
+    created: datetime | None
+
+
+def last_event(seq: int | None = None) -> LastEvent:
+    """The event at this stream position, or the newest one; seq 0 when there is none: one
+    query."""
+    events = Event.objects.published()
+    events = events.filter(seq=seq) if seq is not None else events.order_by("-seq")
+    row = events.values_list("seq", "created_at").first()
+    return LastEvent(*row) if row else LastEvent(0, None)
+
+
+def recent_feed(*, limit: int = FEED_SIZE) -> list[FeedItem]:
+    """The latest allocations, waiting leads and resets, newest first, from the event log."""
+    feed = Event.objects.published().filter(type__in=FEED_TYPES)
+    return _feed_items(list(feed.order_by("-seq")[:limit]))
+
+
+def feed_items(eids: list[int]) -> list[FeedItem]:
+    """The feed items at these stream positions (others are left out), oldest first."""
+    return _feed_items(list(Event.objects.published().filter(type__in=FEED_TYPES, seq__in=eids)))
+
+
+@dataclass(frozen=True)
+class WaitingQueue:
+    slug: str
+    waiting: int
+    oldest_age_seconds: float  # 0 when nothing waits
+
+
+# Per service, through the partial index of waiting leads (lead_waiting_queue): its size and
+# the age of its head, by the database's clock. Cost grows with the services and the waiting
+# leads, never with the leads allocated. clock_timestamp(): now() is the start of the
+# transaction, and the lead's clock is the app's (greatest: the two may differ a little).
+WAITING_QUEUES_SQL = """
+SELECT s.slug, q.waiting,
+       greatest(extract(epoch FROM clock_timestamp() - (SELECT created_at FROM allocation_lead
+                                                        WHERE id = q.head)), 0)::float8
+  FROM providers_service s
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS waiting, min(l.id) AS head FROM allocation_lead l
+        WHERE l.service_id = s.id AND l.status = 'waiting'
+ ) AS q
+ ORDER BY s.slug
+"""
+
+
+def waiting_queues() -> list[WaitingQueue]:
+    """Every service's waiting queue, empty ones included, in one query (for /metrics)."""
+    with connection.cursor() as cursor:
+        cursor.execute(WAITING_QUEUES_SQL)
+        return [WaitingQueue(slug, waiting, age) for slug, waiting, age in cursor.fetchall()]

@@ -1,0 +1,1 @@
+"""How leads come in and are read back: the intake API and form, the read API."""
