@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.db import transaction
+
 from providers.models import Membership, PoolCursor, Provider, Service
 
 
@@ -93,8 +95,34 @@ def services_of(provider_ids: Iterable[int]) -> list[int]:
     )
 
 
-def lock_providers_with_services(provider_ids: Iterable[int]) -> dict[int, Provider]:
-    """Lock the cursors of every service these providers serve, then the providers."""
+class _ServicesMoved(Exception):
+    """A membership committed between reading a provider's services and locking it."""
+
+
+def lock_providers_with_services(
+    provider_ids: Iterable[int],
+) -> tuple[list[int], dict[int, Provider]]:
+    """Lock the cursors of every service these providers serve, then the providers; return the
+    service ids and the providers.
+
+    The services must be read before their cursors are locked, and a membership committed in
+    between would leave its service's cursor unlocked (and its drain unannounced). So once the
+    providers are locked, their services are read again: no membership of theirs can commit
+    now (its trigger reads the provider FOR SHARE and waits for us). If the set grew, the pass
+    is rolled back to its savepoint, which releases its locks, and taken again with the union,
+    in order.
+    """
     ids = sorted(set(provider_ids))
-    lock_cursors(services_of(ids))
-    return lock_providers(ids)
+    service_ids = services_of(ids)
+    while True:
+        try:
+            with transaction.atomic():
+                lock_cursors(service_ids)
+                providers = lock_providers(ids)
+                now = services_of(ids)
+                if not set(now) <= set(service_ids):
+                    service_ids = sorted(set(service_ids) | set(now))
+                    raise _ServicesMoved
+        except _ServicesMoved:
+            continue
+        return service_ids, providers

@@ -28,8 +28,8 @@ from providers.locks import (
     lock_cursors,
     lock_memberships,
     lock_providers,
+    lock_providers_with_services,
     lock_service,
-    services_of,
 )
 from providers.models import Membership, PoolCursor, Provider, Service
 from providers.signals import capacity_added
@@ -115,9 +115,8 @@ def _announce_capacity(service_ids: list[int]) -> None:
 
 def _lock_provider(provider_id: int) -> tuple[list[int], Provider]:
     """The cursors of the provider's services, then the provider; return both."""
-    service_ids = services_of([provider_id])
-    lock_cursors(service_ids)
-    return service_ids, lock_providers([provider_id])[provider_id]
+    service_ids, providers = lock_providers_with_services([provider_id])
+    return service_ids, providers[provider_id]
 
 
 def check_provider_edit(

@@ -20,7 +20,7 @@ from allocation.services import allocate_waiting_leads, run_with_retries
 from events.services import record_event
 from events.types import QUOTA_RESET
 from leaddist.http.db import MAX_BIGINT
-from providers.locks import lock_cursors, lock_providers, services_of
+from providers.locks import lock_cursors, lock_providers, lock_providers_with_services
 from providers.models import Provider, Service
 from webhooks.models import ProcessedEvent
 from webhooks.tasks import finish_quota_reset
@@ -93,8 +93,7 @@ def _reset_providers(provider_ids: list[int] | None) -> int:
         locked = list(lock_providers(None))
     else:
         in_range = [pk for pk in provider_ids if 0 < pk <= MAX_BIGINT]
-        lock_cursors(services_of(in_range))
-        locked = list(lock_providers(in_range))
+        locked = list(lock_providers_with_services(in_range)[1])
     if provider_ids is not None:
         missing = sorted(set(provider_ids) - set(locked))
         if missing:

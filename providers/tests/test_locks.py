@@ -203,3 +203,51 @@ def test_membership_saves_racing_allocations_neither_deadlock_nor_break_invarian
     assert Membership.objects.filter(service_id=2, provider_id=3).exists()
     assert eligible(1, 7) is True
     assert eligible(2, 3) is True
+
+
+def test_a_membership_committed_before_the_cursor_locks_still_gets_its_cursor_locked(
+    seeded_tx, monkeypatch
+):
+    """Provider 8 serves services 2 and 3. Its resume reads those services, and before it locks
+    their cursors another transaction commits Provider 8 into service 1. The resume must still
+    hold service 1's cursor, and announce service 1 for a drain, not only 2 and 3."""
+    from django.db.models import Max
+
+    from providers import locks
+    from providers.services import pause_provider, resume_provider
+    from providers.signals import capacity_added
+
+    pause_provider(Provider.objects.get(pk=8))
+    real_lock_cursors = locks.lock_cursors
+    locked_sets: list[list[int]] = []
+
+    def add_membership() -> None:
+        last = Membership.objects.filter(service_id=1, role="pool").aggregate(Max("position"))
+        Membership.objects.create(
+            service_id=1, provider_id=8, role="pool", position=last["position__max"] + 1
+        )
+
+    def lock_cursors_after_a_commit(service_ids):
+        ids = sorted(set(service_ids))
+        if not locked_sets:  # the first pass: the other transaction commits in between
+            thread, errors = in_thread(add_membership)
+            thread.join(timeout=30)
+            assert not errors, errors
+        locked_sets.append(ids)
+        return real_lock_cursors(ids)
+
+    announced: list[list[int]] = []
+
+    def on_capacity(sender, service_ids, **kwargs):
+        announced.append(sorted(service_ids))
+
+    monkeypatch.setattr(locks, "lock_cursors", lock_cursors_after_a_commit)
+    capacity_added.connect(on_capacity)
+    try:
+        resume_provider(Provider.objects.get(pk=8))
+    finally:
+        capacity_added.disconnect(on_capacity)
+
+    assert locked_sets == [[2, 3], [1, 2, 3]]  # the second pass holds service 1's cursor too
+    assert announced == [[1, 2, 3]]
+    assert Provider.objects.get(pk=8).status == "active"
