@@ -17,7 +17,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Query, Router, Schema
 
@@ -29,7 +28,7 @@ from credentials.models import ApiKey
 from delivery.selectors import lead_deliveries
 from intake.forms import LeadData, LeadForm
 from leaddist.http.audit import log_event
-from leaddist.http.db import MAX_BIGINT, connection_lost, recover
+from leaddist.http.db import MAX_BIGINT, once_more_if_lost
 from leaddist.http.errors import Rejected, busy_response, error_response
 from leaddist.http.json_body import parse_json_body
 from leaddist.http.metrics import count_lead
@@ -183,21 +182,14 @@ DESCRIPTION = (
 def submit(request: HttpRequest) -> HttpResponse:
     started = time.monotonic()
     trail: dict[str, Any] = {}
-    try:
-        response = _submit(request, trail)
-    except DatabaseError as exc:
-        # Lost before anything committed (a committed lead is answered from the engine's
-        # decision): once more, on a fresh connection; a second loss is answered 503 busy.
-        if not connection_lost(exc):
-            raise
-        recover()
-        try:
-            response = _submit(request, trail)
-        except DatabaseError as again:
-            if not connection_lost(again):
-                raise
-            trail["outcome"] = "busy"
-            response = busy_response("The database is unreachable; retry later.")
+
+    def busy() -> HttpResponse:
+        trail["outcome"] = "busy"
+        return busy_response("The database is unreachable; retry later.")
+
+    # Lost before anything committed (a committed lead is answered from the engine's decision):
+    # once more, on a fresh connection; a second loss is answered 503 busy.
+    response = once_more_if_lost(lambda: _submit(request, trail), lost_again=busy)
     count_lead(trail.get("outcome"))
     log_event(
         "lead",

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
@@ -16,7 +15,7 @@ from allocation.services import Busy, DuplicateLead, ServiceUnavailable, intake_
 from credentials.auth import check_intake_rate
 from intake.forms import LeadForm
 from leaddist.http.audit import log_event
-from leaddist.http.db import connection_lost, recover
+from leaddist.http.db import once_more_if_lost
 from leaddist.http.metrics import count_lead
 from leaddist.http.ratelimit import RateLimited, client_ip
 
@@ -35,21 +34,15 @@ def request_service(request: HttpRequest) -> HttpResponse:
         return _page(request, {"form": LeadForm()})
     started = time.monotonic()
     trail: dict[str, Any] = {}
-    try:
-        response = _submit_form(request, trail)
-    except DatabaseError as exc:
-        # As the API does: once more on a fresh connection, then "busy" (nothing was stored).
-        if not connection_lost(exc):
-            raise
-        recover()
-        try:
-            response = _submit_form(request, trail)
-        except DatabaseError as again:
-            if not connection_lost(again):
-                raise
-            trail["outcome"] = "busy"
-            response = _page(request, {"form": LeadForm(request.POST), "busy": True}, status=503)
-            response["Retry-After"] = str(settings.BUSY_RETRY_AFTER_SECONDS)
+
+    def busy() -> HttpResponse:
+        trail["outcome"] = "busy"
+        response = _page(request, {"form": LeadForm(request.POST), "busy": True}, status=503)
+        response["Retry-After"] = str(settings.BUSY_RETRY_AFTER_SECONDS)
+        return response
+
+    # As the API does: once more on a fresh connection, then "busy" (nothing was stored).
+    response = once_more_if_lost(lambda: _submit_form(request, trail), lost_again=busy)
     count_lead(trail.get("outcome"))
     log_event(
         "lead",

@@ -11,6 +11,8 @@ once costs one retry, not one failure per connection.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 from django.db import DatabaseError, InterfaceError, connection
@@ -19,6 +21,8 @@ from django.db import DatabaseError, InterfaceError, connection
 MAX_BIGINT = 2**63 - 1
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # admin_shutdown, crash_shutdown, cannot_connect_now, idle_session_timeout; and class 08,
 # connection exceptions.
@@ -52,3 +56,24 @@ def recover() -> None:
             pool.check()
         except Exception:  # the server may still be away: the retry will say so
             logger.warning("could not check the connection pool", exc_info=True)
+
+
+def once_more_if_lost(attempt: Callable[[], T], *, lost_again: Callable[[], T]) -> T:
+    """Run ``attempt``; if its connection was lost, :func:`recover` and run it once more; if that
+    one loses its connection too, return ``lost_again()`` (a "busy" answer: nothing committed).
+
+    Only for an attempt that commits nothing before its last statement succeeds, or answers a
+    committed result from what it decided: then running it twice can never store twice.
+    """
+    try:
+        return attempt()
+    except DatabaseError as exc:
+        if not connection_lost(exc):
+            raise
+    recover()
+    try:
+        return attempt()
+    except DatabaseError as exc:
+        if not connection_lost(exc):
+            raise
+    return lost_again()

@@ -378,7 +378,7 @@ def test_the_launchers_processes_are_added_up(seeded_tx, tmp_path, redis_url, jo
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while len(web_workers(process.pid)) < 2 or not _answers(url):
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
@@ -395,14 +395,20 @@ def test_the_launchers_processes_are_added_up(seeded_tx, tmp_path, redis_url, jo
                     answers = list(pool.map(post, range(posted, posted + 40)))
                     assert {a.status_code for a in answers} == {201}, log.read_text()
                     posted += 40
-            scrapes = [
-                parse(
+
+            def scrape() -> Samples:
+                return parse(
                     httpx.get(
                         url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
                     ).text
                 )
-                for _ in range(4)
-            ]
+
+            # Both background workers (drains, deliveries) have sent their first heartbeat.
+            deadline = time.monotonic() + 60
+            while value(scrape(), "leaddist_background_workers") != 2:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            scrapes = [scrape() for _ in range(4)]
         finally:
             process.terminate()
             process.wait(timeout=40)
