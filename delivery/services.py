@@ -262,6 +262,21 @@ def _schedule(delivery: Delivery, at: datetime, *, attempt: int | None) -> None:
     )
 
 
+# While a delivery keeps failing, its delivery.updated events: every status change, the first
+# few attempts, then every Nth attempt only (up to ~50 attempts over DELIVERY_RETRY_HOURS).
+ANNOUNCE_FIRST_ATTEMPTS = 3
+ANNOUNCE_EVERY_ATTEMPTS = 10
+
+
+def should_announce(previous_status: str, delivery: Delivery) -> bool:
+    """Whether this attempt's outcome is worth an event: a changed status always is."""
+    return (
+        delivery.status != previous_status
+        or delivery.attempts <= ANNOUNCE_FIRST_ATTEMPTS
+        or delivery.attempts % ANNOUNCE_EVERY_ATTEMPTS == 0
+    )
+
+
 def record_attempt(
     delivery_id: int,
     outcome: Outcome,
@@ -272,10 +287,12 @@ def record_attempt(
 ) -> Delivery:
     """Log the attempt and move the delivery on: delivered, retrying (next job deferred in this
     transaction), or failed once it has been retried for DELIVERY_RETRY_HOURS. ``final``: the
-    failure cannot heal by retrying (no endpoint any more). One transaction, with the event."""
+    failure cannot heal by retrying (no endpoint any more). One transaction, with the event,
+    which is left out for a repeated failure past the first few (should_announce)."""
     now = timezone.now()
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().get(pk=delivery_id)
+        previous_status = delivery.status
         delivery.attempts += 1
         Attempt.objects.create(
             delivery=delivery,
@@ -311,7 +328,8 @@ def record_attempt(
                 _schedule(delivery, delivery.next_attempt_at, attempt=delivery.attempts)
         # else: a resend started a new generation meanwhile; its own job carries on.
         delivery.save()
-        announce(delivery)
+        if should_announce(previous_status, delivery):
+            announce(delivery)
     return delivery
 
 
