@@ -80,6 +80,7 @@ class ProviderWithEndpointAdmin(ProviderAdmin):
             url=form.cleaned_data["webhook_url"],
             email=form.cleaned_data["delivery_email"],
             rotate_secret=form.cleaned_data["rotate_secret"],
+            who=f"staff:{request.user.get_username()}",
         )
         if outcome.new_secret:
             self.message_user(

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -30,6 +32,7 @@ from delivery.models import Attempt, Delivery, Endpoint
 from delivery.sending import Outcome
 from events.services import record_event
 from events.types import DELIVERY_UPDATED
+from leaddist.http.audit import log_event
 from providers.models import Provider
 
 LEAD_ASSIGNED = "lead.assigned"
@@ -68,16 +71,20 @@ def set_endpoint(
     email: str | None = None,
     clear: bool = False,
     rotate_secret: bool = False,
+    who: str = "unknown",
 ) -> EndpointChange:
     """Set (None: keep) the provider's webhook URL and email; a URL gets a secret if it has none.
 
     ``clear`` removes both first. The URL is checked by the SSRF guard (UnsafeTarget); the new
-    secret, if any, is returned for showing once.
+    secret, if any, is returned for showing once. A change is logged on ``leaddist.audit`` once
+    committed, as done by ``who`` (``staff:<username>`` or ``command``) (endpoint_changes).
     """
+    started = time.monotonic()
     if url:
         validate_webhook_url(url)
     with transaction.atomic():
         endpoint, _ = Endpoint.objects.select_for_update().get_or_create(provider=provider)
+        before = (endpoint.url, endpoint.email, endpoint.secret)
         if clear:
             endpoint.url = endpoint.email = endpoint.secret = ""
         if url is not None:
@@ -90,11 +97,53 @@ def set_endpoint(
         elif rotate_secret or not endpoint.secret:
             new_secret = endpoint.secret = Endpoint.generate_secret()
         endpoint.full_clean()
+        after = (endpoint.url, endpoint.email, endpoint.secret)
+        changes = endpoint_changes(before, after)
+        if changes:
+            transaction.on_commit(
+                lambda: log_event(
+                    "delivery_endpoint",
+                    started=started,
+                    who=who,
+                    provider_id=provider.pk,
+                    **changes,
+                )
+            )
         if not endpoint.url and not endpoint.email:
             endpoint.delete()
             return EndpointChange(None, None)
         endpoint.save()
     return EndpointChange(endpoint, new_secret)
+
+
+def _change(before: str, after: str) -> str | None:
+    if before == after:
+        return None
+    return "set" if not before else "cleared" if not after else "changed"
+
+
+def _host(url: str) -> str | None:
+    return urlsplit(url).hostname if url else None
+
+
+def endpoint_changes(before: tuple[str, str, str], after: tuple[str, str, str]) -> dict[str, Any]:
+    """What an endpoint change did, for the audit line, from (url, email, secret) before and
+    after: ``url``/``email`` "set", "changed" or "cleared"; the URL's host before and after
+    (never its path or query, which may carry a token); ``secret`` "created", "rotated" or
+    "removed". Never the secret or the email address. Empty when nothing changed."""
+    (old_url, old_email, old_secret), (new_url, new_email, new_secret) = before, after
+    secret = None
+    if old_secret != new_secret:
+        secret = "created" if not old_secret else "removed" if not new_secret else "rotated"
+    url = _change(old_url, new_url)
+    fields = {
+        "url": url,
+        "url_host": _host(new_url) if url in ("set", "changed") else None,
+        "previous_url_host": _host(old_url) if url in ("changed", "cleared") else None,
+        "email": _change(old_email, new_email),
+        "secret": secret,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 # --- Enqueue --------------------------------------------------------------------------------
@@ -213,6 +262,21 @@ def _schedule(delivery: Delivery, at: datetime, *, attempt: int | None) -> None:
     )
 
 
+# While a delivery keeps failing, its delivery.updated events: every status change, the first
+# few attempts, then every Nth attempt only (up to ~50 attempts over DELIVERY_RETRY_HOURS).
+ANNOUNCE_FIRST_ATTEMPTS = 3
+ANNOUNCE_EVERY_ATTEMPTS = 10
+
+
+def should_announce(previous_status: str, delivery: Delivery) -> bool:
+    """Whether this attempt's outcome is worth an event: a changed status always is."""
+    return (
+        delivery.status != previous_status
+        or delivery.attempts <= ANNOUNCE_FIRST_ATTEMPTS
+        or delivery.attempts % ANNOUNCE_EVERY_ATTEMPTS == 0
+    )
+
+
 def record_attempt(
     delivery_id: int,
     outcome: Outcome,
@@ -223,10 +287,12 @@ def record_attempt(
 ) -> Delivery:
     """Log the attempt and move the delivery on: delivered, retrying (next job deferred in this
     transaction), or failed once it has been retried for DELIVERY_RETRY_HOURS. ``final``: the
-    failure cannot heal by retrying (no endpoint any more). One transaction, with the event."""
+    failure cannot heal by retrying (no endpoint any more). One transaction, with the event,
+    which is left out for a repeated failure past the first few (should_announce)."""
     now = timezone.now()
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().get(pk=delivery_id)
+        previous_status = delivery.status
         delivery.attempts += 1
         Attempt.objects.create(
             delivery=delivery,
@@ -262,7 +328,8 @@ def record_attempt(
                 _schedule(delivery, delivery.next_attempt_at, attempt=delivery.attempts)
         # else: a resend started a new generation meanwhile; its own job carries on.
         delivery.save()
-        announce(delivery)
+        if should_announce(previous_status, delivery):
+            announce(delivery)
     return delivery
 
 

@@ -3,8 +3,9 @@
 Consumers derive quota changes themselves: each provider of a ``lead.allocated`` lost one unit,
 and the providers of a ``quota.reset`` (``null``: all of them) are back to their full quota.
 ``provider.updated`` is sent when the catalogue changes a provider (status, quota or name).
-``delivery.updated`` is sent when an attempt to deliver a lead to a provider ends, or a resend
-starts one: {delivery_id, lead_id, provider_id, channel, status, attempts}.
+``delivery.updated`` is sent when an attempt to deliver a lead to a provider ends (past the
+first few, a repeated failure only every Nth: docs/DELIVERY.md), or a resend starts one:
+{delivery_id, lead_id, provider_id, channel, status, attempts}.
 """
 
 CHANNEL = "dashboard"

@@ -9,6 +9,7 @@ which turns the skip into a failure. Screenshots go to test-artifacts/ (git-igno
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,9 @@ from django.db import connection
 from allocation.services import submit_lead
 from credentials.services import create_api_key
 from dashboard.tests.support import STAFF_PASSWORD, lead_input
+from delivery.models import Delivery
+from delivery.services import attempt_delivery
+from delivery.tests.support import endpoint
 from leaddist.tests.asgi_server import ARTIFACTS, free_port
 from webhooks.tests.helpers import SECRET
 
@@ -391,3 +395,70 @@ def test_the_blank_membership_row_of_the_service_admin_shows_no_eligible_tick(
     assert blank.first.is_visible()
     assert blank.first.locator("td.field-eligible img").count() == 0
     page.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_chip_turns_delivered_live_when_its_attempt_succeeds(
+    seeded_tx, asgi_server_factory, launch_chromium, receiver, settings
+):
+    """Issue 11: the chips of a lead's deliveries follow delivery.updated without a reload.
+    The attempt runs through the real code path (attempt_delivery: the worker's job body)
+    against a local receiver; no event is faked."""
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = True  # the receiver is on 127.0.0.1
+    settings.DELIVERY_TIMEOUT_SECONDS = 5
+    get_user_model().objects.create_user(
+        username="operator", password=STAFF_PASSWORD, is_staff=True
+    )
+    endpoint(1, url=receiver.url("/p1"))
+    endpoint(2, url=receiver.url("/p2"))
+    server = asgi_server_factory()
+    browser = launch_chromium()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    dashboard = _open_live_dashboard(context, server.url)
+    errors = _console_errors(dashboard)
+
+    # No inline script may run: the page's policy forbids it, and the page has none.
+    policy = dashboard.evaluate(
+        """async () => (await fetch("/dashboard")).headers.get("content-security-policy")"""
+    )
+    assert "script-src" in policy
+    assert "'unsafe-inline'" not in policy.split("script-src", 1)[1].split(";", 1)[0]
+    inline = dashboard.eval_on_selector_all(
+        "script", "scripts => scripts.filter(s => !s.src && s.textContent.trim()).length"
+    )
+    assert inline == 0
+
+    lead = _in_thread(lambda: submit_lead(lead_input(1, phone="+15550100400")))
+    deliveries = {
+        d.provider_id: d.pk for d in _in_thread(lambda: list(Delivery.objects.filter(lead=lead)))
+    }
+    assert {1, 2} <= set(deliveries), deliveries
+    chip = f'[data-delivery-id="{deliveries[1]}"]'
+    dashboard.wait_for_selector(chip, timeout=5000)
+    assert dashboard.get_attribute(chip, "class") == "delivery-chip delivery-pending"
+    assert dashboard.inner_text(f"{chip} [data-delivery-status]") == "pending"
+
+    # The delivery worker's job body, run here: it posts to the receiver and records the
+    # attempt and its delivery.updated event in one transaction.
+    def deliver() -> str:
+        return asyncio.run(attempt_delivery(deliveries[1], generation=0, attempt=0))
+
+    assert _in_thread(deliver) == "delivered"
+    assert len(receiver.of("/p1")) == 1
+    dashboard.wait_for_function(
+        """(selector) => {
+            const chip = document.querySelector(selector);
+            return chip.classList.contains("delivery-delivered")
+                && chip.querySelector("[data-delivery-status]").textContent === "delivered";
+        }""",
+        arg=chip,
+        timeout=3000,
+        polling=100,
+    )
+    # The other provider's chip has not moved.
+    other = f'[data-delivery-id="{deliveries[2]}"]'
+    assert dashboard.get_attribute(other, "class") == "delivery-chip delivery-pending"
+    assert dashboard.evaluate("() => window.loadedOnce") is True, "the page was reloaded"
+    _header_shot(dashboard, "dashboard-delivery-chip.png")
+    assert errors == []
+    context.close()

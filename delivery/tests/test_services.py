@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.mail.backends.base import BaseEmailBackend
+from django.utils import timezone
 
 import delivery.services
 from delivery.models import Attempt, Delivery, Endpoint
-from delivery.services import attempt_delivery, retry_delay
+from delivery.sending import Outcome
+from delivery.services import attempt_delivery, record_attempt, retry_delay
 from delivery.tests.support import plain_endpoint, submit
 from events.models import Event
 from events.types import DELIVERY_UPDATED
@@ -92,3 +94,29 @@ def test_a_refused_connection_is_a_failed_attempt_retried(transactional_db, seed
     row.refresh_from_db()
     assert status == "retrying"
     assert row.last_error.startswith("ConnectError")
+
+
+def test_a_delivery_that_keeps_failing_is_announced_on_each_change_and_every_tenth_attempt(
+    transactional_db, seeded_tx, settings
+):
+    settings.DELIVERY_RETRY_BASE_SECONDS = 60
+    plain_endpoint(1, url="https://p1.example/hook")
+    row = Delivery.objects.get(lead=submit(1, 1))
+
+    def attempt(outcome: Outcome) -> None:
+        record_attempt(row.pk, outcome, generation=0, started_at=timezone.now())
+
+    for _ in range(21):
+        attempt(Outcome(False, 5, status_code=503))
+    attempt(Outcome(True, 5, status_code=200))
+
+    events = [e.data for e in Event.objects.filter(type=DELIVERY_UPDATED).order_by("pk")]
+    assert [(e["status"], e["attempts"]) for e in events] == [
+        ("retrying", 1),
+        ("retrying", 2),
+        ("retrying", 3),
+        ("retrying", 10),
+        ("retrying", 20),
+        ("delivered", 22),
+    ]
+    assert Attempt.objects.filter(delivery=row).count() == 22

@@ -42,6 +42,7 @@ class Command(BaseCommand):
                 email=options["email"],
                 clear=options["clear"],
                 rotate_secret=options["rotate_secret"],
+                who="command",
             )
         except UnsafeTarget as exc:
             raise CommandError(f"Refused URL: {exc}") from exc

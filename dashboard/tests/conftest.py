@@ -1,0 +1,1 @@
+from delivery.tests.conftest import receiver  # noqa: F401 (a fixture: the live delivery test)
