@@ -351,10 +351,15 @@ def _in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
 in_flight: Counter[int] = Counter()
 
 
+# A postponed job waits this share of the attempt timeout (at random within it) before it
+# tries again: by then one of the provider's attempts in flight should be over.
+POSTPONE_WAIT = (0.5, 1.0)
+
+
 def postpone(delivery_id: int, *, generation: int, attempt: int | None) -> None:
     """The same job again in a few seconds, when one of the provider's attempts should be over
     (no attempt is counted)."""
-    wait = settings.DELIVERY_TIMEOUT_SECONDS * random.uniform(0.5, 1.0)
+    wait = settings.DELIVERY_TIMEOUT_SECONDS * random.uniform(*POSTPONE_WAIT)
     delivery = Delivery(pk=delivery_id, generation=generation)
     _schedule(delivery, timezone.now() + timedelta(seconds=wait), attempt=attempt)
 

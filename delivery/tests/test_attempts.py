@@ -12,6 +12,7 @@ from django.core import mail
 from django.utils import timezone
 from standardwebhooks import Webhook
 
+from delivery import services as delivery_services
 from delivery.models import Attempt, Delivery
 from delivery.services import attempt_delivery, resend_deliveries, resume_stuck
 from delivery.tests.support import endpoint, submit
@@ -229,12 +230,15 @@ def test_an_open_delivery_whose_job_was_lost_gets_a_new_one(
 
 
 def test_a_hanging_provider_holds_at_most_its_share_of_a_workers_slots(
-    jobs, seeded_tx, receiver, local_targets
+    jobs, seeded_tx, receiver, local_targets, monkeypatch
 ):
     """With DELIVERY_PER_PROVIDER_CONCURRENCY at 1, provider 1's second delivery waits its turn
     in the queue instead of taking a second slot while the first one hangs."""
     local_targets.DELIVERY_RETRY_BASE_SECONDS = 60
     local_targets.DELIVERY_PER_PROVIDER_CONCURRENCY = 1
+    # The postponed job must not fall due again before this worker run ends, however slow the
+    # machine: the run would then attempt it once the hanging attempt is over.
+    monkeypatch.setattr(delivery_services, "POSTPONE_WAIT", (30.0, 30.0))
     receiver.script["/p1"] = [("hang", 5)]
     for pid in (1, 2, 3, 4):
         endpoint(pid, url=receiver.url(f"/p{pid}"))
