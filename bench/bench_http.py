@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python bench/bench_http.py [--server serve] [--server granian ...]
          [--workers 1 2] [--concurrency 1 8 32 64] [--seconds 10] [--warmup 2] [--no-ceiling]
+         [--delivery off on hang]
 
 Servers are the named entries of SERVERS in bench/common.py (serve, run, granian, uvicorn);
 change a command there. It makes a throw-away database (<DATABASE_URL's name>_http, default
@@ -18,8 +19,12 @@ descendants), read from /proc before and after the run, after the leads still in
 wrk stopped are stored; wrk's own CPU per request; and the ratio of leads/s to the pgbench
 ceiling (bench/bench_ceiling.py, `multi` script, same concurrency), run first in the same
 command unless --no-ceiling. Invariants are checked after each server; exit 1 if one fails.
-Compare rows of one run: the 2-core machines are noisy, and wrk, the server and PostgreSQL
-share the cores.
+With --delivery, each concurrency runs once per mode against the same server (off: no
+endpoints; on: every provider a webhook to a receiver on 127.0.0.1 answering 200; hang: the
+receiver answers only after the delivery timeout), with a second table: the ratios to `off`,
+the delivery workers' share of the server CPU, deliveries done per second, jobs left at the end
+and (on) how long until they were done. Compare rows of one run: the 2-core machines are noisy,
+and wrk, the server and PostgreSQL share the cores.
 """
 
 from __future__ import annotations
