@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python bench/bench_http.py [--server serve] [--server granian ...]
          [--workers 1 2] [--concurrency 1 8 32 64] [--seconds 10] [--warmup 2] [--no-ceiling]
+         [--delivery off on hang]
 
 Servers are the named entries of SERVERS in bench/common.py (serve, run, granian, uvicorn);
 change a command there. It makes a throw-away database (<DATABASE_URL's name>_http, default
@@ -18,17 +19,25 @@ descendants), read from /proc before and after the run, after the leads still in
 wrk stopped are stored; wrk's own CPU per request; and the ratio of leads/s to the pgbench
 ceiling (bench/bench_ceiling.py, `multi` script, same concurrency), run first in the same
 command unless --no-ceiling. Invariants are checked after each server; exit 1 if one fails.
-Compare rows of one run: the 2-core machines are noisy, and wrk, the server and PostgreSQL
-share the cores.
+With --delivery, each concurrency runs once per mode against the same server (off: no
+endpoints; on: every provider a webhook to a receiver on 127.0.0.1 answering 200; hang: the
+receiver answers only after the delivery timeout), with a second table: the ratios to `off`,
+the delivery workers' share of the server CPU, deliveries done per second, jobs left at the end
+and (on) how long until they were done. Compare rows of one run: the 2-core machines are noisy,
+and wrk, the server and PostgreSQL share the cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import common
@@ -54,15 +63,140 @@ def run_wrk(url: str, key: str, *, clients: int, seconds: float, run: int) -> di
     raise WrkFailed(f"wrk failed ({result.returncode}): {result.stdout} {result.stderr}".strip())
 
 
+# --- Delivery modes (--delivery) ----------------------------------------------------------
+DELIVERY_MODES = ("off", "on", "hang")
+HANG_SECONDS = 15.0  # longer than DELIVERY_TIMEOUT_SECONDS (10 s): the attempt times out
+
+
+class Receiver:
+    """Local webhook receivers on 127.0.0.1: ``fast`` answers 200 at once, ``hang`` holds each
+    request HANG_SECONDS before answering (the delivery's timeout fires first)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.lock = threading.Lock()
+        self.servers = {"fast": self._start(0.0), "hang": self._start(HANG_SECONDS)}
+
+    def _start(self, delay: float) -> ThreadingHTTPServer:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if delay:
+                    time.sleep(delay)
+                with receiver.lock:
+                    receiver.received += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def url(self, kind: str) -> str:
+        return f"http://127.0.0.1:{self.servers[kind].server_address[1]}/hook"
+
+
+def set_endpoints(db_url: str, url: str | None) -> None:
+    """Every provider gets a webhook endpoint at ``url`` (None: no endpoints at all). The first
+    is made by `manage.py set_delivery` (its signing secret); the others copy it in SQL."""
+    with common.connect(db_url) as conn:
+        if url is None:
+            conn.execute("DELETE FROM delivery_endpoint")
+            return
+        if not conn.execute("SELECT 1 FROM delivery_endpoint LIMIT 1").fetchone():
+            first = conn.execute("SELECT min(id) FROM providers_provider").fetchone()[0]
+            common.manage(db_url, "set_delivery", str(first), "--url", url)
+        conn.execute(
+            """
+            INSERT INTO delivery_endpoint (provider_id, url, email, secret, updated_at)
+            SELECT p.id, %(url)s, '', e.secret, now()
+            FROM providers_provider p, (SELECT secret FROM delivery_endpoint LIMIT 1) e
+            ON CONFLICT (provider_id) DO UPDATE SET url = EXCLUDED.url, updated_at = now()
+            """,
+            {"url": url},
+        )
+
+
+def delivery_counts(db_url: str) -> tuple[int, int]:
+    """(deliveries delivered, delivery jobs running or due now; retries later are left out)."""
+    with common.connect(db_url) as conn:
+        delivered = conn.execute(
+            "SELECT count(*) FROM delivery_delivery WHERE status = 'delivered'"
+        ).fetchone()[0]
+        queued = conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE queue_name = 'deliveries'"
+            " AND (status = 'doing' OR status = 'todo'"
+            " AND (scheduled_at IS NULL OR scheduled_at <= now()))"
+        ).fetchone()[0]
+    return delivered, queued
+
+
+def wait_for_queue(db_url: str, limit: float = 120.0) -> float:
+    """Wait (up to ``limit`` s) until no delivery job is left to run; return how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if delivery_counts(db_url)[1] == 0:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def delivery_ticks(server_pid: int) -> int:
+    """CPU ticks of the launcher's delivery workers (`procrastinate worker --queues
+    deliveries`) and their descendants."""
+    procs = common._processes()
+    roots = []
+    for pid in procs:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"deliveries" in argv and b"procrastinate" in argv:
+            roots.append(pid)
+    tree = {pid for pid in procs if _descends(procs, pid, server_pid)}
+    return common._tree_ticks(procs, [r for r in roots if r in tree])
+
+
+def _descends(procs: dict, pid: int, ancestor: int) -> bool:
+    while pid in procs:
+        if pid == ancestor:
+            return True
+        pid = procs[pid].ppid
+    return False
+
+
 def measure(
-    server: common.Server, db_url: str, key: str, *, clients: int, seconds: float, run: int
+    server: common.Server,
+    db_url: str,
+    key: str,
+    *,
+    clients: int,
+    seconds: float,
+    run: int,
+    mode: str = "-",
 ) -> dict[str, object]:
     leads_before = common.count_leads(db_url)
+    delivered_before, _ = delivery_counts(db_url)
+    delivery_before = delivery_ticks(server.process.pid)
     with common.CpuMeter(server.process.pid, common.database_name(db_url)) as used:
         stats = run_wrk(server.url, key, clients=clients, seconds=seconds, run=run)
         stored = common.settle(db_url) - leads_before
+    delivery_cpu = (delivery_ticks(server.process.pid) - delivery_before) / common.CLOCK_TICKS
+    delivered, queued = delivery_counts(db_url)
     duration = stats["duration_us"] / 1e6
     return {
+        "mode": mode,
+        "delivered_s": (delivered - delivered_before) / duration if duration else 0.0,
+        "queued": queued,
+        "delivery_ms": delivery_cpu * 1000 / stored if stored else None,
         "server": server.name,
         "workers": server.workers,
         "clients": clients,
@@ -128,6 +262,57 @@ def http_table(rows: list[dict[str, object]], ceiling: dict[tuple[str, int], dic
     return common.markdown_table(headers, out)
 
 
+def delivery_table(rows: list[dict[str, object]]) -> str:
+    """Per delivery mode: intake figures and their ratio to `off` of the same server, workers
+    and concurrency; delivery worker CPU; deliveries completed per second during the run, jobs
+    left when it ended and (on) the seconds until the last was done."""
+    headers = [
+        "server",
+        "workers",
+        "c",
+        "delivery",
+        "leads/s",
+        "vs off",
+        "p99 ms",
+        "vs off",
+        "server CPU ms/lead",
+        "of which delivery workers",
+        "PG CPU ms/lead",
+        "delivered/s",
+        "jobs left at end",
+        "drained after (s)",
+    ]
+    base = {
+        (r["server"], r["workers"], r["clients"]): r
+        for r in rows
+        if r.get("mode") == "off" and "error" not in r
+    }
+    out = []
+    for r in rows:
+        if "error" in r or r.get("mode", "-") == "-":
+            continue
+        off = base.get((r["server"], r["workers"], r["clients"]))
+        out.append(
+            [
+                r["server"],
+                r["workers"],
+                r["clients"],
+                r["mode"],
+                common.fmt(r["leads_s"], 0),
+                f"{r['leads_s'] / off['leads_s']:.2f}" if off and off["leads_s"] else "-",
+                common.fmt(r["p99"], 1),
+                f"{r['p99'] / off['p99']:.2f}" if off and off["p99"] else "-",
+                common.fmt(r["server_ms"], 2),
+                common.fmt(r["delivery_ms"], 2),
+                common.fmt(r["pg_ms"], 2),
+                common.fmt(r["delivered_s"], 0),
+                r["queued"],
+                common.fmt(r.get("lag"), 1),
+            ]
+        )
+    return common.markdown_table(headers, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -151,6 +336,14 @@ def main() -> None:
         default="prepared",
         help="pgbench -M for the ceiling: prepared, as the app runs its statements",
     )
+    parser.add_argument(
+        "--delivery",
+        nargs="+",
+        choices=DELIVERY_MODES,
+        help="run each concurrency once per mode, against the same server: off (no endpoints), "
+        "on (every provider a webhook to a local receiver answering 200), hang (the receiver "
+        "never answers within the delivery timeout); needs --server serve (delivery workers)",
+    )
     parser.add_argument("--redis-url", default=common.DEFAULT_REDIS_URL)
     parser.add_argument("--log-dir", type=Path, help="server logs (default: a temp dir)")
     args = parser.parse_args()
@@ -162,6 +355,9 @@ def main() -> None:
         ceiling, invariants = run_ceiling(args.concurrency, args.seconds, protocol=args.protocol)
 
     db_url = common.database_url(common.database_name(common.base_database_url()) + "_http")
+    if args.delivery:
+        os.environ["ALLOW_PRIVATE_DELIVERY_TARGETS"] = "true"  # the receiver is on 127.0.0.1
+        receiver = Receiver()
     key = common.prepare_app_database(db_url)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="leaddist-bench-http-"))
     rows: list[dict[str, object]] = []
@@ -180,13 +376,29 @@ def main() -> None:
                     run += 1
                     run_wrk(server.url, key, clients=4, seconds=args.warmup, run=run)
                     for clients in args.concurrency:
-                        run += 1
-                        common.log(f"{name} workers {workers}: wrk -c {clients} -d {args.seconds}s")
-                        row = measure(
-                            server, db_url, key, clients=clients, seconds=args.seconds, run=run
-                        )
-                        common.log(f"    {row['leads_s']:.0f} leads/s")
-                        rows.append(row)
+                        for mode in args.delivery or ["-"]:
+                            if mode != "-":
+                                waited = wait_for_queue(db_url)
+                                common.log(f"delivery {mode} (queue drained in {waited:.1f}s)")
+                                kind = {"off": None, "on": "fast", "hang": "hang"}[mode]
+                                set_endpoints(db_url, kind and receiver.url(kind))
+                            run += 1
+                            common.log(
+                                f"{name} workers {workers}: wrk -c {clients} -d {args.seconds}s"
+                            )
+                            row = measure(
+                                server,
+                                db_url,
+                                key,
+                                clients=clients,
+                                seconds=args.seconds,
+                                run=run,
+                                mode=mode,
+                            )
+                            if mode == "on":
+                                row["lag"] = wait_for_queue(db_url)
+                            common.log(f"    {row['leads_s']:.0f} leads/s")
+                            rows.append(row)
             except common.ServerFailed as exc:
                 common.log(str(exc))
                 rows.append({"server": name, "workers": workers, "error": "failed to start"})
@@ -202,6 +414,9 @@ def main() -> None:
         print(ceiling_table(ceiling))
         print()
     print(http_table(rows, ceiling))
+    if args.delivery:
+        print()
+        print(delivery_table(rows))
     print(f"\nServer logs: {log_dir}")
     ok = common.report_invariants(invariants)
     if not ok or any("error" in r for r in rows):

@@ -12,7 +12,8 @@ the engine correct across processes and hosts.
 (procrastinate, `manage.py procrastinate worker`) run beside the web server: they finish the
 drains a request leaves over and run the periodic jobs. Each comes with a delivery worker (the
 ``deliveries`` queue, DELIVERY_CONCURRENCY attempts at once), so drains and lead deliveries
-never wait for each other. Any number of them, on any number of hosts, share the queues in
+never wait for each other; the delivery worker runs at a lower priority (nice 10), so on a
+busy host intake gets the CPU first. Any number of them, on any number of hosts, share the queues in
 PostgreSQL; 0 leaves them to another container or `make worker`.
 The launcher stays their parent: it restarts a background worker that dies, and SIGTERM or
 Ctrl-C stops everything, each process finishing what it was doing.
@@ -51,6 +52,10 @@ MANAGE = Path(__file__).resolve().parent.parent / "manage.py"
 # A background worker that dies is started again after this long, doubling up to the maximum
 # while it keeps dying at once.
 RESTART_DELAY_SECONDS = (1.0, 30.0)
+# The delivery worker runs this much nicer than the web server: on a busy host intake gets the
+# CPU first, and deliveries take what is left (they wait in their queue, intake does not).
+# Measured in docs/PERFORMANCE.md, "Lead delivery".
+DELIVERY_NICENESS = 10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,14 +158,18 @@ class BackgroundWorker:
     """One background worker process, started again after it dies (a backoff while it keeps
     dying at once)."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], niceness: int = 0) -> None:
         self.command = command
+        self.niceness = niceness
         self.delay = RESTART_DELAY_SECONDS[0]
         self.restart_at: float | None = None
         self.start()
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command)
+        niceness = self.niceness
+        self.process = subprocess.Popen(
+            self.command, preexec_fn=(lambda: os.nice(niceness)) if niceness else None
+        )
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -196,9 +205,12 @@ def supervise(server: list[str], background: int) -> int:
         signal.signal(signum, stop)
     web = subprocess.Popen(server)
     workers = [
-        BackgroundWorker(command)
+        worker
         for _ in range(background)
-        for command in (background_command(), delivery_command())
+        for worker in (
+            BackgroundWorker(background_command()),
+            BackgroundWorker(delivery_command(), niceness=DELIVERY_NICENESS),
+        )
     ]
     while not stopping and web.poll() is None:
         now = time.monotonic()
