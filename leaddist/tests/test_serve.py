@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -32,6 +33,12 @@ def staff_user(transactional_db):
 
 @pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
+def nice_of(pid: int) -> int:
+    """A process's nice value, field 19 of /proc/PID/stat (after the command in parentheses)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
 def test_two_workers_on_one_port_take_a_storm_of_leads_and_keep_the_invariants(
     seeded_tx, asgi_server_factory, redis_url
 ):
@@ -170,6 +177,10 @@ def test_the_launcher_serves_production_with_one_worker_per_core_and_a_backgroun
                 time.sleep(0.2)  # the first worker may answer before the others are up
                 workers = web_workers(process.pid)
             background = children(process.pid, b"procrastinate")
+            niceness = sorted(
+                (b"deliveries" in Path(f"/proc/{pid}/cmdline").read_bytes(), nice_of(pid))
+                for pid in background
+            )
             leads = [
                 httpx.post(
                     f"http://127.0.0.1:{port}/api/leads",
@@ -193,6 +204,8 @@ def test_the_launcher_serves_production_with_one_worker_per_core_and_a_backgroun
     # uvicorn's supervisor runs the web workers; with one core uvicorn serves in-process.
     assert len(workers) == expected_workers
     assert len(background) == 2  # one for drains, one for deliveries
+    # The delivery worker yields the CPU to intake on a busy host (docs/PERFORMANCE.md).
+    assert niceness == [(False, 0), (True, 10)]
     assert process.returncode == 0, log.read_text()
     assert left_running == []
     assert [lead.status_code for lead in leads] == [201] * 5, log.read_text()
