@@ -13,13 +13,12 @@ from contextlib import contextmanager
 import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import connection
 from procrastinate.contrib.django import app
 from standardwebhooks import Webhook
 
 from delivery.models import Delivery
 from delivery.tests.support import endpoint, submit
-from leaddist.tests.asgi_server import database_url_for_tests
+from leaddist.tests.asgi_server import database_url_for_tests, wait_for_disconnect
 from providers.models import Provider
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,20 +49,7 @@ def delivery_workers(count: int, *, concurrency: int = 4, timeout: float = 30):
                 process.terminate()
         for process in processes:
             process.wait(timeout=40)
-        wait_for_sessions_to_end(name)
-
-
-def wait_for_sessions_to_end(application_name: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                [application_name],
-            )
-            if cursor.fetchone()[0] == 0:
-                return
-        time.sleep(0.05)
+        wait_for_disconnect(name)
 
 
 def wait_until(condition, *, seconds: float, what: str) -> None:

@@ -66,7 +66,7 @@ def database_url_for_tests(application_name: str) -> str:
     return f"postgres://{auth}{address}/{name}?application_name={application_name}"
 
 
-def _wait_for_disconnect(application_name: str) -> None:
+def wait_for_disconnect(application_name: str) -> None:
     """Until the server's sessions are gone: the test database cannot be flushed or dropped
     while PostgreSQL still finishes them."""
     deadline = time.monotonic() + 30
@@ -127,7 +127,7 @@ def run_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-            _wait_for_disconnect(application_name)
+            wait_for_disconnect(application_name)
 
 
 def _wait_until_up(server: AsgiServer, process: subprocess.Popen) -> None:
