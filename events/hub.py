@@ -210,6 +210,12 @@ class Hub:
     async def _read(self) -> None:
         if self.position is None:
             self.position = self.floor = await in_thread(current_position)
+            # Streams that opened before this first read, and read the log themselves, may be
+            # waiting on events committed meanwhile, now below the floor: wake them, so each
+            # reads what it lacks (buffered_after says None below the floor) instead of
+            # sleeping until the next keep-alive.
+            self._pulse.set()
+            self._pulse.clear()
             return
         new: list[Frame] = []
         while True:
