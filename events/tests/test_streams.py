@@ -11,6 +11,7 @@ import pytest
 from django.db import connection, transaction
 
 from events import hub as hub_module
+from events import streams as stream_module
 from events.hub import running_hub, stream_id
 from events.services import record_event
 from events.streams import follow
@@ -217,3 +218,42 @@ def test_a_quiet_stream_rechecks_its_session_without_waiting_for_a_keep_alive(se
     assert "event: stream-error" in chunks[-1]
     assert len(checks) == 2
     assert time.monotonic() - started < 2
+
+
+def test_a_commit_between_a_new_streams_read_and_the_hubs_first_read_is_sent_at_once(
+    settings, monkeypatch
+):
+    """A new stream reads the log itself while the hub has not read yet; an event committed
+    just then is below the hub's first position. The hub's first read must wake the stream,
+    which then reads it: not leave it to the next keep-alive."""
+    settings.EVENT_KEEP_ALIVE_SECONDS = 120.0
+    settings.EVENT_SESSION_RECHECK_SECONDS = 120.0
+    start = stream_position()
+    stream_has_read = threading.Event()
+    real_frames_after, real_current_position = hub_module.frames_after, hub_module.current_position
+
+    def frames_after(position, **kwargs):
+        frames = real_frames_after(position, **kwargs)
+        stream_has_read.set()
+        return frames
+
+    def current_position() -> int:
+        # The hub's first read: only once the stream has read, and after another process
+        # committed an event.
+        assert stream_has_read.wait(30), "the stream never read the log"
+        commit_events(9, notify=False)
+        return real_current_position()
+
+    monkeypatch.setattr(stream_module, "frames_after", frames_after)
+    monkeypatch.setattr(hub_module, "current_position", current_position)
+
+    async def scenario() -> str:
+        stream = follow(start, still_allowed=allowed)
+        try:
+            await read_until(stream, "stream-open")
+            return await read_until(stream, '"lead_id": 9', seconds=20)
+        finally:
+            await stream.aclose()
+            await close_hub()
+
+    assert lead_ids(asyncio.run(scenario())) == [9]
