@@ -113,12 +113,37 @@ class Jobs:
             )
             return cursor.fetchall()
 
-    def run(self) -> None:
-        """Run every job that is due, on the worker's own connections, then return."""
+    def due(self) -> int:
+        """Jobs waiting to run now (not those scheduled later)."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'"
+                " AND (scheduled_at IS NULL OR scheduled_at <= now())"
+            )
+            return cursor.fetchone()[0]
+
+    def run(self, *, concurrency: int = 1, queues: list[str] | None = None) -> None:
+        """Run every job that is due, on the worker's own connections, then return.
+
+        A worker with wait=False stops fetching once the queue is empty, even while a running
+        job is about to defer more (a lead's job fans out one job per delivery): so run again
+        until nothing is due, as a waiting worker would have.
+        """
         from procrastinate.contrib.django import app
 
-        with app.replace_connector(app.connector.get_worker_connector()):
-            app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False)
+        for _ in range(10):
+            with app.replace_connector(app.connector.get_worker_connector()):
+                app.run_worker(
+                    queues=queues,
+                    concurrency=concurrency,
+                    wait=False,
+                    install_signal_handlers=False,
+                    listen_notify=False,
+                )
+            if not self.due():
+                return
 
 
 @pytest.fixture

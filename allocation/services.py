@@ -52,7 +52,6 @@ from allocation.engine import (
     walk_order,
 )
 from allocation.models import Lead
-from allocation.signals import deliveries_created
 from events.services import announce_after_commit
 from leaddist.http.db import MAX_BIGINT, connection_lost, recover
 from leaddist.http.metrics import ALLOCATION_SECONDS
@@ -366,11 +365,17 @@ def _decide(
 # the ones locked above.
 #
 # Deliveries (issue 11): one row per picked provider and channel its delivery endpoint has
-# (delivery_endpoint, read with the providers still locked), none for providers without one.
-# The statement returns their ids, and _write hands them to allocation.signals in this same
-# transaction, where the delivery app defers their jobs. The engine names the delivery tables
-# here but imports nothing of the delivery app: it costs no statement when no picked provider
-# has an endpoint, and one (the jobs, deferred in a batch) when some do.
+# (delivery_endpoint, read with the providers still locked), none for providers without one;
+# and, when there is at least one, ONE job for the whole lead (DELIVERY_JOB_TASK), deferred
+# through procrastinate's own versioned function procrastinate_defer_jobs_v1. So the jobs
+# commit or roll back with the lead and cost no round trip while the provider locks are held
+# (a second statement there cost intake half its throughput: docs/PERFORMANCE.md). That job
+# fans out one job per delivery in the worker. The engine names the delivery tables and the
+# job here but imports nothing of the delivery app; delivery/tasks.py registers the task under
+# these names.
+DELIVERY_JOB_QUEUE = "deliveries"
+DELIVERY_JOB_TASK = "deliver_lead"
+
 ALLOCATION_WRITES_SQL = """
 WITH lead AS ({lead}),
 picks AS (
@@ -415,8 +420,17 @@ deliveries AS (
            AS target(channel, address)
      WHERE target.address <> ''
     RETURNING id
+),
+-- A plain SELECT runs only when the final SELECT reads it, which it does.
+job AS (
+    SELECT procrastinate_defer_jobs_v1(ARRAY[
+               ROW(%(job_queue)s, %(job_task)s, 0, NULL, NULL,
+                   jsonb_build_object('lead_id', lead.id), NULL)::procrastinate_job_to_defer_v1
+           ]) AS ids
+      FROM lead
+     WHERE EXISTS (SELECT FROM deliveries)
 )
-SELECT id, ARRAY(SELECT id FROM deliveries ORDER BY id) FROM lead
+SELECT lead.id, job.ids FROM lead LEFT JOIN job ON true
 """
 
 NEW_LEAD_COLUMNS = """
@@ -445,19 +459,16 @@ event AS (
            %(now)s
       FROM lead
 )
-SELECT id, ARRAY[]::bigint[] FROM lead
+SELECT id, NULL::bigint[] FROM lead
 """
 
 
 def _write(sql: str, params: dict[str, object]) -> int:
     with connection.cursor() as db:
         db.execute(sql, params)
-        lead_id, delivery_ids = db.fetchone()
+        lead_id, _job_ids = db.fetchone()
     # The event rides in the same statement; wake the streams once it has committed.
     announce_after_commit()
-    if delivery_ids:
-        # Inside the transaction, not after it: the jobs commit or roll back with the lead.
-        deliveries_created.send(sender=Lead, delivery_ids=delivery_ids)
     return lead_id
 
 
@@ -476,6 +487,8 @@ def _allocation_params(
         "cursor": decision.cursor,
         "trace": json.dumps(_trace(decision)),
         "now": now,
+        "job_queue": DELIVERY_JOB_QUEUE,
+        "job_task": DELIVERY_JOB_TASK,
     }
 
 

@@ -6,5 +6,5 @@ class DeliveryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Connects the enqueue to allocation.signals.deliveries_created, and registers the task.
+        # Registers the tasks (the allocation statement defers deliver_lead by name).
         from delivery import tasks  # noqa: F401

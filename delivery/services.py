@@ -149,13 +149,29 @@ def endpoint_changes(before: tuple[str, str, str], after: tuple[str, str, str]) 
 # --- Enqueue --------------------------------------------------------------------------------
 
 
-def enqueue_deliveries(delivery_ids: list[int]) -> None:
-    """Defer one job per new delivery, in one statement, in the caller's transaction."""
+def fan_out(lead_id: int) -> int:
+    """Defer the first attempt of each of the lead's new deliveries, one job per delivery, in one
+    statement; return how many.
+
+    The allocation statement deferred one job for the whole lead (allocation/services.py), to
+    keep intake's transaction short. The attempts get a job each, so that a provider whose
+    endpoint hangs holds its own jobs' slots and never the other providers'. If this runs twice
+    (its worker died after the commit), each delivery gets two first-attempt jobs; the
+    (generation, attempt) key lets only the first of them send.
+    """
     from delivery.tasks import deliver  # the task module imports this one
 
-    deliver.batch_defer(
-        *({"delivery_id": pk, "generation": 0, "attempt": 0} for pk in delivery_ids)
-    )
+    with transaction.atomic():
+        ids = list(
+            Delivery.objects.filter(
+                lead_id=lead_id, generation=0, attempts=0, status=Delivery.Status.PENDING
+            )
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        if ids:
+            deliver.batch_defer(*({"delivery_id": pk, "generation": 0, "attempt": 0} for pk in ids))
+    return len(ids)
 
 
 # --- Attempts -------------------------------------------------------------------------------

@@ -7,16 +7,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.dispatch import receiver
 from procrastinate.contrib.django import app
 
-from allocation.signals import deliveries_created
-from delivery.services import attempt_delivery, enqueue_deliveries, resume_stuck
+from allocation.services import DELIVERY_JOB_QUEUE, DELIVERY_JOB_TASK
+from delivery.services import attempt_delivery, fan_out, resume_stuck
 
-DELIVERIES = "deliveries"
+# The allocation statement defers DELIVERY_JOB_TASK on this queue by name, in SQL.
+DELIVERIES = DELIVERY_JOB_QUEUE
 # An open delivery this long past its due time has lost its job (a due job normally starts
 # within seconds, and a stalled one is retried within a couple of minutes).
 STUCK_AFTER = timedelta(minutes=15)
+
+
+@app.task(name=DELIVERY_JOB_TASK, queue=DELIVERIES)
+def deliver_lead(lead_id: int) -> int:
+    """Deferred by the allocation of a lead with deliveries: one `deliver` job per delivery."""
+    return fan_out(lead_id)
 
 
 @app.task(name="deliver", queue=DELIVERIES)
@@ -30,10 +36,3 @@ async def deliver(delivery_id: int, generation: int = 0, attempt: int | None = N
 def resume_stuck_deliveries(timestamp: int) -> int:
     """Every 5 minutes: give a new job to open deliveries whose job was lost."""
     return resume_stuck(older_than=STUCK_AFTER)
-
-
-@receiver(deliveries_created)
-def enqueue_after_allocation(sender: object, delivery_ids: list[int], **kwargs: object) -> None:
-    """Sent by the engine inside the allocation's transaction: the jobs commit or roll back with
-    the lead."""
-    enqueue_deliveries(delivery_ids)

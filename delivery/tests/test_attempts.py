@@ -20,20 +20,6 @@ from events.models import Event
 from events.types import DELIVERY_UPDATED
 
 
-def run_worker(concurrency: int = 1) -> None:
-    """Run every due delivery job on a real worker, then return (as `make worker` would)."""
-    from procrastinate.contrib.django import app
-
-    with app.replace_connector(app.connector.get_worker_connector()):
-        app.run_worker(
-            queues=["deliveries"],
-            concurrency=concurrency,
-            wait=False,
-            install_signal_handlers=False,
-            listen_notify=False,
-        )
-
-
 def deliveries_by_provider(lead) -> dict[int, Delivery]:
     return {d.provider_id: d for d in Delivery.objects.filter(lead=lead)}
 
@@ -150,7 +136,7 @@ def test_an_endpoint_that_does_not_answer_times_out_without_delaying_other_provi
     assert deliveries[1].pk < deliveries[2].pk < deliveries[3].pk
     started = time.monotonic()
 
-    run_worker(concurrency=4)
+    jobs.run(concurrency=4, queues=["deliveries"])
 
     hanging = Delivery.objects.get(pk=deliveries[1].pk)
     assert hanging.status == "retrying"
@@ -244,7 +230,7 @@ def test_a_hanging_provider_holds_at_most_its_share_of_a_workers_slots(
         endpoint(pid, url=receiver.url(f"/p{pid}"))
     first, second = submit(1, 1), submit(1, 2)  # providers 1, 2, 3 then 1, 4, 2
 
-    run_worker(concurrency=4)
+    jobs.run(concurrency=4, queues=["deliveries"])
 
     hanging, waiting = (Delivery.objects.get(lead=lead, provider_id=1) for lead in (first, second))
     assert (hanging.status, hanging.attempts) == ("retrying", 1)

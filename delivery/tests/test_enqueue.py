@@ -8,10 +8,11 @@ import pytest
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
+from allocation import services as allocation_services
 from allocation.models import Lead
 from allocation.services import allocate_waiting_leads
-from allocation.signals import deliveries_created
 from delivery.models import Delivery
+from delivery.services import fan_out
 from delivery.tests.support import plain_endpoint, queued, submit
 from providers.models import Provider
 
@@ -35,24 +36,37 @@ def test_an_allocated_lead_gets_one_pending_delivery_per_provider_and_channel(se
         (2, "webhook", "pool", 2, "pending", 0),
         (2, "email", "pool", 2, "pending", 0),
     ]
+    # One job for the lead, deferred by the allocation statement; it fans out in the worker.
+    assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
+    assert queued() == []
+
+
+def test_the_lead_job_defers_one_first_attempt_per_delivery(seeded):
+    plain_endpoint(1, url="https://p1.example/hook")
+    plain_endpoint(2, url="https://p2.example/hook", email="p2@example.com")
+    lead = submit(1, 1)
     ids = sorted(Delivery.objects.values_list("pk", flat=True))
+
+    assert fan_out(lead.pk) == 3
+
     assert queued() == [("todo", {"delivery_id": pk, "generation": 0, "attempt": 0}) for pk in ids]
+    # Run again (its worker died after the commit): only deliveries not attempted yet get a job.
+    Delivery.objects.filter(pk=ids[0]).update(attempts=1, status="delivered")
+    assert fan_out(lead.pk) == 2
 
 
-def test_without_endpoints_the_allocation_runs_the_same_statements_as_before(seeded):
+def test_deliveries_and_their_job_add_no_statement_to_the_allocation(seeded):
     with CaptureQueriesContext(connection) as plain:
         submit(1, 1)
     plain_endpoint(1, url="https://p1.example/hook")
     plain_endpoint(2, email="p2@example.com")
 
     with CaptureQueriesContext(connection) as delivering:
-        submit(1, 2)
+        lead = submit(1, 2)
 
-    assert not any("procrastinate" in q["sql"] for q in plain.captured_queries)
-    deferrals = [q for q in delivering.captured_queries if "procrastinate" in q["sql"]]
-    assert len(deferrals) == 1  # every job of the lead in one statement
-    assert len(delivering.captured_queries) == len(plain.captured_queries) + 1
+    assert len(delivering.captured_queries) == len(plain.captured_queries)
     assert Delivery.objects.count() == 2
+    assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
 
 
 def test_a_waiting_lead_enqueues_nothing(seeded):
@@ -63,7 +77,7 @@ def test_a_waiting_lead_enqueues_nothing(seeded):
 
     assert lead.status == Lead.Status.WAITING
     assert Delivery.objects.count() == 0
-    assert queued() == []
+    assert queued("deliver_lead") == []
 
 
 def test_a_drained_lead_is_delivered_like_an_intake(seeded):
@@ -77,37 +91,35 @@ def test_a_drained_lead_is_delivered_like_an_intake(seeded):
 
     delivery = Delivery.objects.get()
     assert (delivery.lead_id, delivery.provider_id, delivery.channel) == (lead.pk, 1, "webhook")
-    assert queued() == [("todo", {"delivery_id": delivery.pk, "generation": 0, "attempt": 0})]
+    assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
 
 
 class Deadlock(Exception):
     sqlstate = "40P01"
 
 
-def test_a_rolled_back_attempt_leaves_neither_deliveries_nor_jobs(seeded):
+def test_a_rolled_back_attempt_leaves_neither_deliveries_nor_jobs(seeded, monkeypatch):
     """The engine's first attempt fails after its write (a deadlock, retried): only the
-    committed attempt's deliveries and jobs exist."""
+    committed attempt's deliveries and job exist."""
     plain_endpoint(1, url="https://p1.example/hook", email="p1@example.com")
     calls = SimpleNamespace(count=0)
+    announce = allocation_services.announce_after_commit
 
-    def fail_once(sender, delivery_ids, **kwargs):
+    def fail_once() -> None:  # runs right after the allocation statement, in its transaction
         calls.count += 1
         if calls.count == 1:
             error = OperationalError("deadlock detected")
             error.__cause__ = Deadlock()
             raise error
+        announce()
 
-    deliveries_created.connect(fail_once)
-    try:
-        lead = submit(1, 1)
-    finally:
-        deliveries_created.disconnect(fail_once)
+    monkeypatch.setattr(allocation_services, "announce_after_commit", fail_once)
+    lead = submit(1, 1)
 
     assert calls.count == 2
-    ids = list(Delivery.objects.order_by("id").values_list("pk", flat=True))
-    assert len(ids) == 2
+    assert Delivery.objects.count() == 2
     assert set(Delivery.objects.values_list("lead_id", flat=True)) == {lead.pk}
-    assert [args["delivery_id"] for _, args in queued()] == ids
+    assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
 
 
 def test_an_allocation_rolled_back_by_its_caller_enqueues_nothing(seeded):
@@ -124,4 +136,4 @@ def test_an_allocation_rolled_back_by_its_caller_enqueues_nothing(seeded):
         allocate_then_fail()
 
     assert Delivery.objects.count() == 0
-    assert queued() == []
+    assert queued("deliver_lead") == []
