@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/bench_http.py [--server serve] [--server granian ...]
          [--workers 1 2] [--concurrency 1 8 32 64] [--seconds 10] [--warmup 2] [--no-ceiling]
-         [--delivery off on hang]
+         [--delivery off on one-hangs hang]
 
 Servers are the named entries of SERVERS in bench/common.py (serve, run, granian, uvicorn);
 change a command there. It makes a throw-away database (<DATABASE_URL's name>_http, default
@@ -21,10 +21,13 @@ ceiling (bench/bench_ceiling.py, `multi` script, same concurrency), run first in
 command unless --no-ceiling. Invariants are checked after each server; exit 1 if one fails.
 With --delivery, each concurrency runs once per mode against the same server (off: no
 endpoints; on: every provider a webhook to a receiver on 127.0.0.1 answering 200; hang: the
-receiver answers only after the delivery timeout), with a second table: the ratios to `off`,
-the delivery workers' share of the server CPU, deliveries done per second, jobs left at the end
-and (on) how long until they were done. Compare rows of one run: the 2-core machines are noisy,
-and wrk, the server and PostgreSQL share the cores.
+receiver answers only after the delivery timeout; one-hangs: as on, except the provider with
+the most allocations, whose receiver hangs), with a second table: the ratios to `off`, the
+delivery workers' share of the server CPU, deliveries done per second, jobs left at the end and
+(on, one-hangs) how long until every delivery of the burst to the other providers was
+delivered, with their latency from creation to delivery (p50, p99, max): compare one-hangs to
+on for "a hanging provider never slows the others' deliveries". Compare rows of one run: the
+2-core machines are noisy, and wrk, the server and PostgreSQL share the cores.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def run_wrk(url: str, key: str, *, clients: int, seconds: float, run: int) -> di
 
 
 # --- Delivery modes (--delivery) ----------------------------------------------------------
-DELIVERY_MODES = ("off", "on", "hang")
+DELIVERY_MODES = ("off", "on", "hang", "one-hangs")
 HANG_SECONDS = 15.0  # longer than DELIVERY_TIMEOUT_SECONDS (10 s): the attempt times out
 
 
@@ -103,9 +106,10 @@ class Receiver:
         return f"http://127.0.0.1:{self.servers[kind].server_address[1]}/hook"
 
 
-def set_endpoints(db_url: str, url: str | None) -> None:
-    """Every provider gets a webhook endpoint at ``url`` (None: no endpoints at all). The first
-    is made by `manage.py set_delivery` (its signing secret); the others copy it in SQL."""
+def set_endpoints(db_url: str, url: str | None, *, hanging: tuple[int, str] | None = None) -> None:
+    """Every provider gets a webhook endpoint at ``url`` (None: no endpoints at all), except
+    ``hanging`` (provider id, url) if given. The first is made by `manage.py set_delivery` (its
+    signing secret); the others copy it in SQL."""
     with common.connect(db_url) as conn:
         if url is None:
             conn.execute("DELETE FROM delivery_endpoint")
@@ -122,6 +126,57 @@ def set_endpoints(db_url: str, url: str | None) -> None:
             """,
             {"url": url},
         )
+        if hanging:
+            conn.execute(
+                "UPDATE delivery_endpoint SET url = %s WHERE provider_id = %s",
+                [hanging[1], hanging[0]],
+            )
+
+
+def busiest_provider(db_url: str) -> int:
+    """The provider with the most allocations so far: the one whose endpoint hangs in
+    `one-hangs` (a mandatory provider, in about a third of all leads)."""
+    with common.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT provider_id FROM allocation_allocation GROUP BY provider_id"
+            " ORDER BY count(*) DESC, provider_id LIMIT 1"
+        ).fetchone()[0]
+
+
+def others_latency(db_url: str, since_id: int, hanging: int | None) -> dict[str, float | None]:
+    """Seconds from a delivery's creation to its delivery, for the deliveries created since
+    ``since_id`` to providers other than ``hanging``: p50, p99, max, and how many are still
+    open (not delivered yet)."""
+    with common.connect(db_url) as conn:
+        p50, p99, top, still_open = conn.execute(
+            """
+            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY latency),
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY latency),
+                   max(latency),
+                   count(*) FILTER (WHERE latency IS NULL)
+              FROM (SELECT extract(epoch FROM delivered_at - created_at) AS latency
+                      FROM delivery_delivery
+                     WHERE id > %s AND provider_id IS DISTINCT FROM %s) AS d
+            """,
+            [since_id, hanging],
+        ).fetchone()
+    return {"others_p50": p50, "others_p99": p99, "others_max": top, "others_open": still_open}
+
+
+def last_delivery_id(db_url: str) -> int:
+    with common.connect(db_url) as conn:
+        return conn.execute("SELECT coalesce(max(id), 0) FROM delivery_delivery").fetchone()[0]
+
+
+def wait_for_others(db_url: str, since_id: int, hanging: int | None, limit: float = 120.0) -> float:
+    """Wait (up to ``limit`` s) until every delivery created since ``since_id`` to a provider
+    other than ``hanging`` is delivered; return how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if not others_latency(db_url, since_id, hanging)["others_open"]:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - start
 
 
 def delivery_counts(db_url: str) -> tuple[int, int]:
@@ -265,7 +320,8 @@ def http_table(rows: list[dict[str, object]], ceiling: dict[tuple[str, int], dic
 def delivery_table(rows: list[dict[str, object]]) -> str:
     """Per delivery mode: intake figures and their ratio to `off` of the same server, workers
     and concurrency; delivery worker CPU; deliveries completed per second during the run, jobs
-    left when it ended and (on) the seconds until the last was done."""
+    left when it ended and (on, one-hangs) the seconds until the last delivery to a provider
+    other than the hanging one was done, and those deliveries' latency."""
     headers = [
         "server",
         "workers",
@@ -280,7 +336,8 @@ def delivery_table(rows: list[dict[str, object]]) -> str:
         "PG CPU ms/lead",
         "delivered/s",
         "jobs left at end",
-        "drained after (s)",
+        "delivered after (s)",
+        "others' latency p50 / p99 / max (s)",
     ]
     base = {
         (r["server"], r["workers"], r["clients"]): r
@@ -308,6 +365,11 @@ def delivery_table(rows: list[dict[str, object]]) -> str:
                 common.fmt(r["delivered_s"], 0),
                 r["queued"],
                 common.fmt(r.get("lag"), 1),
+                " / ".join(
+                    common.fmt(r.get(k), 2) for k in ("others_p50", "others_p99", "others_max")
+                )
+                if r.get("others_p50") is not None
+                else "-",
             ]
         )
     return common.markdown_table(headers, out)
@@ -341,8 +403,9 @@ def main() -> None:
         nargs="+",
         choices=DELIVERY_MODES,
         help="run each concurrency once per mode, against the same server: off (no endpoints), "
-        "on (every provider a webhook to a local receiver answering 200), hang (the receiver "
-        "never answers within the delivery timeout); needs --server serve (delivery workers)",
+        "on (every provider a webhook to a local receiver answering 200), one-hangs (as on, but "
+        "the busiest provider's receiver hangs), hang (the receiver never answers within the "
+        "delivery timeout); needs --server serve (delivery workers)",
     )
     parser.add_argument("--redis-url", default=common.DEFAULT_REDIS_URL)
     parser.add_argument("--log-dir", type=Path, help="server logs (default: a temp dir)")
@@ -377,11 +440,19 @@ def main() -> None:
                     run_wrk(server.url, key, clients=4, seconds=args.warmup, run=run)
                     for clients in args.concurrency:
                         for mode in args.delivery or ["-"]:
+                            hanging = None
                             if mode != "-":
                                 waited = wait_for_queue(db_url)
                                 common.log(f"delivery {mode} (queue drained in {waited:.1f}s)")
-                                kind = {"off": None, "on": "fast", "hang": "hang"}[mode]
-                                set_endpoints(db_url, kind and receiver.url(kind))
+                                kind = {"off": None, "hang": "hang"}.get(mode, "fast")
+                                if mode == "one-hangs":
+                                    hanging = busiest_provider(db_url)
+                                set_endpoints(
+                                    db_url,
+                                    kind and receiver.url(kind),
+                                    hanging=hanging and (hanging, receiver.url("hang")),
+                                )
+                            since = last_delivery_id(db_url)
                             run += 1
                             common.log(
                                 f"{name} workers {workers}: wrk -c {clients} -d {args.seconds}s"
@@ -395,8 +466,10 @@ def main() -> None:
                                 run=run,
                                 mode=mode,
                             )
-                            if mode == "on":
-                                row["lag"] = wait_for_queue(db_url)
+                            if mode in ("on", "one-hangs"):
+                                row["lag"] = wait_for_others(db_url, since, hanging)
+                                row.update(others_latency(db_url, since, hanging))
+                                row["hanging"] = hanging
                             common.log(f"    {row['leads_s']:.0f} leads/s")
                             rows.append(row)
             except common.ServerFailed as exc:

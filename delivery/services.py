@@ -11,6 +11,7 @@ runs again and sends again under the same webhook-id, which receivers use to ded
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -147,31 +148,6 @@ def endpoint_changes(before: tuple[str, str, str], after: tuple[str, str, str]) 
 
 
 # --- Enqueue --------------------------------------------------------------------------------
-
-
-def fan_out(lead_id: int) -> int:
-    """Defer the first attempt of each of the lead's new deliveries, one job per delivery, in one
-    statement; return how many.
-
-    The allocation statement deferred one job for the whole lead (allocation/services.py), to
-    keep intake's transaction short. The attempts get a job each, so that a provider whose
-    endpoint hangs holds its own jobs' slots and never the other providers'. If this runs twice
-    (its worker died after the commit), each delivery gets two first-attempt jobs; the
-    (generation, attempt) key lets only the first of them send.
-    """
-    from delivery.tasks import deliver  # the task module imports this one
-
-    with transaction.atomic():
-        ids = list(
-            Delivery.objects.filter(
-                lead_id=lead_id, generation=0, attempts=0, status=Delivery.Status.PENDING
-            )
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
-        if ids:
-            deliver.batch_defer(*({"delivery_id": pk, "generation": 0, "attempt": 0} for pk in ids))
-    return len(ids)
 
 
 # --- Attempts -------------------------------------------------------------------------------
@@ -396,6 +372,34 @@ async def attempt_delivery(delivery_id: int, *, generation: int, attempt: int | 
         return await _attempt(send, generation=generation)
     finally:
         in_flight[send.provider_id] -= 1
+
+
+def first_attempts_due(lead_id: int) -> list[int]:
+    """The lead's deliveries not attempted yet (in their first generation), oldest first."""
+    return list(
+        Delivery.objects.filter(
+            lead_id=lead_id, generation=0, attempts=0, status=Delivery.Status.PENDING
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+async def deliver_lead(lead_id: int) -> list[str]:
+    """The first attempt of each of the lead's deliveries, all at once; return their statuses.
+
+    The allocation statement deferred this one job for the whole lead (allocation/services.py):
+    one job to fetch and finish per lead, not one per delivery, which is what bounds a worker's
+    rate (procrastinate fetches its jobs one at a time). A provider at its concurrency limit
+    gets a job of its own instead of an attempt here (attempt_delivery postpones it), so a
+    provider whose endpoint hangs holds this job's slot only while it has a free one of its own.
+    Run twice (its worker died), it attempts only what is still unattempted, and the
+    (generation, attempt) key lets one of two simultaneous attempts send.
+    """
+    ids = await _in_thread(first_attempts_due)(lead_id)
+    return list(
+        await asyncio.gather(*(attempt_delivery(pk, generation=0, attempt=0) for pk in ids))
+    )
 
 
 async def _attempt(send: Send, *, generation: int) -> str:

@@ -10,7 +10,8 @@ from datetime import timedelta
 from procrastinate.contrib.django import app
 
 from allocation.services import DELIVERY_JOB_QUEUE, DELIVERY_JOB_TASK
-from delivery.services import attempt_delivery, fan_out, resume_stuck
+from delivery import services
+from delivery.services import attempt_delivery, resume_stuck
 
 # The allocation statement defers DELIVERY_JOB_TASK on this queue by name, in SQL.
 DELIVERIES = DELIVERY_JOB_QUEUE
@@ -20,9 +21,9 @@ STUCK_AFTER = timedelta(minutes=15)
 
 
 @app.task(name=DELIVERY_JOB_TASK, queue=DELIVERIES)
-def deliver_lead(lead_id: int) -> int:
-    """Deferred by the allocation of a lead with deliveries: one `deliver` job per delivery."""
-    return fan_out(lead_id)
+async def deliver_lead(lead_id: int) -> list[str]:
+    """Deferred by the allocation of a lead with deliveries: their first attempts."""
+    return await services.deliver_lead(lead_id)
 
 
 @app.task(name="deliver", queue=DELIVERIES)

@@ -119,7 +119,8 @@ def test_a_delivery_still_failing_after_the_retry_window_is_failed(
     delivery = Delivery.objects.get(lead=lead)
     assert (delivery.status, delivery.attempts) == ("failed", 1)
     assert delivery.last_error.startswith("HTTP 500: xxx")
-    assert [status for status, _ in jobs.of("deliver")] == ["succeeded"]
+    assert [status for status, _ in jobs.of("deliver_lead")] == ["succeeded"]
+    assert jobs.of("deliver") == []  # no retry
 
 
 def test_an_endpoint_that_does_not_answer_times_out_without_delaying_other_providers(

@@ -71,13 +71,13 @@ def test_a_worker_killed_mid_delivery_is_replaced_and_the_lead_delivered_under_t
         wait_until(lambda: receiver.of("/p1"), seconds=20, what="the first request")
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
-    assert [status for status, _ in jobs.of("deliver")] == ["doing"]  # orphaned
+    assert [status for status, _ in jobs.of("deliver_lead")] == ["doing"]  # orphaned
     # What the periodic retry_stalled_jobs does once the dead worker's heartbeat is old.
     stalled = []
 
     def found_stalled() -> bool:
         stalled[:] = async_to_sync(app.job_manager.get_stalled_jobs)(
-            task_name="deliver", seconds_since_heartbeat=1
+            task_name="deliver_lead", seconds_since_heartbeat=1
         )
         return bool(stalled)
 
