@@ -70,8 +70,15 @@ class Delivery(models.Model):
         DELIVERED = "delivered", "Delivered"
         FAILED = "failed", "Failed"
 
-    lead = models.ForeignKey(Lead, on_delete=models.CASCADE, related_name="deliveries")
-    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deliveries")
+    # No index of their own: the unique (lead, provider, channel) and delivery_provider_recent
+    # lead with these columns and serve their lookups. Each index is one more write for every
+    # delivery the allocation statement inserts, under the provider locks.
+    lead = models.ForeignKey(
+        Lead, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
+    provider = models.ForeignKey(
+        Provider, on_delete=models.PROTECT, related_name="deliveries", db_index=False
+    )
     channel = models.CharField(max_length=16, choices=Channel.choices)
     role = models.CharField(max_length=16, choices=Membership.Role.choices)
     rank = models.PositiveSmallIntegerField()

@@ -393,8 +393,8 @@ async def deliver_lead(lead_id: int) -> list[str]:
     rate (procrastinate fetches its jobs one at a time). A provider at its concurrency limit
     gets a job of its own instead of an attempt here (attempt_delivery postpones it), so a
     provider whose endpoint hangs holds this job's slot only while it has a free one of its own.
-    Run twice (its worker died), it attempts only what is still unattempted, and the
-    (generation, attempt) key lets one of two simultaneous attempts send.
+    Run twice (its worker died), it attempts only what was not attempted yet; an attempt cut
+    off by the death is sent again, under the same webhook-id.
     """
     ids = await _in_thread(first_attempts_due)(lead_id)
     return list(
