@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from delivery.encryption import UndecryptableSecret, needs_reencryption, reencrypt_secret
 from delivery.guard import check_url
 from delivery.models import Attempt, Delivery, Endpoint
 from delivery.sending import Outcome
@@ -95,7 +96,8 @@ def set_endpoint(
         if not endpoint.url:
             endpoint.secret = ""  # a URL set again later gets a new secret, shown again
         elif rotate_secret or not endpoint.secret:
-            new_secret = endpoint.secret = Endpoint.generate_secret()
+            new_secret = Endpoint.generate_secret()
+            endpoint.set_secret(new_secret)
         endpoint.full_clean()
         after = (endpoint.url, endpoint.email, endpoint.secret)
         changes = endpoint_changes(before, after)
@@ -144,6 +146,29 @@ def endpoint_changes(before: tuple[str, str, str], after: tuple[str, str, str]) 
         "secret": secret,
     }
     return {name: value for name, value in fields.items() if value is not None}
+
+
+def reencrypt_endpoint_secrets() -> int:
+    """Store every signing secret encrypted with the first of DELIVERY_SECRET_KEYS; return how
+    many were rewritten (0 when all already were: running it again changes nothing).
+
+    All or nothing: if a secret is under no key of the setting, UndecryptableSecret is raised
+    and no row changes. The clear secrets themselves stay the same; providers notice nothing.
+    """
+    with transaction.atomic():
+        # Locked, in pk order like every endpoint write: a secret rotated by set_endpoint
+        # meanwhile is either read here after its commit or written after ours.
+        endpoints = list(
+            Endpoint.objects.select_for_update().exclude(secret="").order_by("pk").only("secret")
+        )
+        stale = [endpoint for endpoint in endpoints if needs_reencryption(endpoint.secret)]
+        for endpoint in stale:
+            try:
+                endpoint.secret = reencrypt_secret(endpoint.secret)
+            except UndecryptableSecret as exc:
+                raise UndecryptableSecret(f"the secret of provider #{endpoint.pk}") from exc
+        Endpoint.objects.bulk_update(stale, ["secret"])
+    return len(stale)
 
 
 # --- Enqueue --------------------------------------------------------------------------------
@@ -228,7 +253,7 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
             delivery.channel,
             body,
             url=endpoint.url if endpoint else "",
-            secret=endpoint.secret if endpoint else "",
+            secret=endpoint.signing_secret if endpoint else "",
         )
     return Send(
         delivery.pk,
