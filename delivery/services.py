@@ -198,6 +198,8 @@ class Send:
     secret: str = ""
     email: str = ""
     subject: str = ""
+    # Why nothing can be sent, found before the network is touched: the attempt fails with it.
+    error: str = ""
 
 
 def payload(delivery: Delivery) -> dict[str, Any]:
@@ -233,6 +235,18 @@ def _email_text(data: dict[str, Any]) -> str:
     )
 
 
+def _signing_secret(endpoint: Endpoint | None) -> tuple[str, str]:
+    """The endpoint's clear secret and "", or "" and why it cannot be had."""
+    if endpoint is None:
+        return "", ""
+    try:
+        return endpoint.signing_secret, ""
+    except UndecryptableSecret:
+        # A key removed from DELIVERY_SECRET_KEYS too early: a failed attempt, retried, shows
+        # it on the delivery; putting the key back heals the retries.
+        return "", "the signing secret is under no key of DELIVERY_SECRET_KEYS"
+
+
 def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> Send | None:
     """What to send for this job, or None when the job has nothing to do any more."""
     delivery = (
@@ -247,13 +261,15 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
     data = payload(delivery)
     body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
     if delivery.channel == Delivery.Channel.WEBHOOK:
+        secret, error = _signing_secret(endpoint)
         return Send(
             delivery.pk,
             delivery.provider_id,
             delivery.channel,
             body,
             url=endpoint.url if endpoint else "",
-            secret=endpoint.signing_secret if endpoint else "",
+            secret=secret,
+            error=error,
         )
     return Send(
         delivery.pk,
@@ -413,7 +429,9 @@ async def _attempt(send: Send, *, generation: int) -> str:
     delivery_id = send.delivery_id
     started_at = timezone.now()
     final = False
-    if send.channel == Delivery.Channel.WEBHOOK and send.url:
+    if send.error:
+        outcome = Outcome(False, 0, error=send.error)
+    elif send.channel == Delivery.Channel.WEBHOOK and send.url:
         outcome = await post_webhook(
             send.url, send.body, secret=send.secret, webhook_id=str(delivery_id)
         )

@@ -1,5 +1,6 @@
 """Signing secrets at rest (delivery/encryption.py): what the column holds, signing with the
-decrypted secret, key rotation and its command, and the migration that encrypts old rows."""
+decrypted secret, key rotation and its command, the migration that encrypts old rows, and an
+attempt whose secret no key decrypts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib
 from io import StringIO
 
 import pytest
+from asgiref.sync import async_to_sync
 from cryptography.fernet import Fernet
 from django.apps import apps
 from django.core.management import CommandError, call_command
@@ -14,8 +16,8 @@ from django.db import connection
 from standardwebhooks import Webhook
 
 from delivery.encryption import UndecryptableSecret, decrypt_secret, encrypt_secret
-from delivery.models import Endpoint
-from delivery.services import set_endpoint, start_attempt
+from delivery.models import Delivery, Endpoint
+from delivery.services import attempt_delivery, set_endpoint, start_attempt
 from delivery.tests.support import plain_endpoint, submit
 from webhooks.signing import signature_headers
 
@@ -147,3 +149,18 @@ def test_the_migration_encrypts_clear_secrets_and_its_reverse_decrypts_them(seed
     assert encrypted[2] == already  # encrypted before: left as it was
     assert encrypted[3] == ""
     assert decrypted == {1: "whsec_Y2xlYXI=", 2: decrypt_secret(already), 3: ""}
+
+
+def test_an_attempt_whose_secret_is_under_no_key_fails_with_the_reason_and_is_retried(
+    transactional_db, seeded_tx, old_key
+):
+    old_key.DELIVERY_RETRY_BASE_SECONDS = 60
+    plain_endpoint(1, url="https://p1.example/hook")
+    row = Delivery.objects.get(lead=submit(1, 1))
+    old_key.DELIVERY_SECRET_KEYS = [NEW_KEY]  # the old key removed too early
+
+    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+
+    row.refresh_from_db()
+    assert status == "retrying"
+    assert row.last_error == "the signing secret is under no key of DELIVERY_SECRET_KEYS"
