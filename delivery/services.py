@@ -156,8 +156,8 @@ def reencrypt_endpoint_secrets() -> int:
     and no row changes. The clear secrets themselves stay the same; providers notice nothing.
     """
     with transaction.atomic():
-        # Locked, in pk order like every endpoint write: a secret rotated by set_endpoint
-        # meanwhile is either read here after its commit or written after ours.
+        # Locked in pk order: a set_endpoint in flight (it locks its one row) either commits
+        # first, and its new secret is read here, or waits for us and writes after.
         endpoints = list(
             Endpoint.objects.select_for_update().exclude(secret="").order_by("pk").only("secret")
         )
