@@ -52,7 +52,8 @@ run: install
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) leaddist.asgi:application
 
 # Production: DEBUG off, settings from the environment (README, Production). The settings
-# refuse to load without SECRET_KEY and WEBHOOK_SECRET, so each step below stops there.
+# refuse to load without SECRET_KEY, WEBHOOK_SECRET and DELIVERY_SECRET_KEYS, so each step below
+# stops there.
 serve: export DEBUG := false
 serve: install
 	$(PY) manage.py migrate --no-input

@@ -109,7 +109,8 @@ class Receiver:
 def set_endpoints(db_url: str, url: str | None, *, hanging: tuple[int, str] | None = None) -> None:
     """Every provider gets a webhook endpoint at ``url`` (None: no endpoints at all), except
     ``hanging`` (provider id, url) if given. The first is made by `manage.py set_delivery` (its
-    signing secret); the others copy it in SQL."""
+    signing secret); the others copy it in SQL, as stored: encrypted, which every process of the
+    run decrypts (common.DELIVERY_SECRET_KEYS)."""
     with common.connect(db_url) as conn:
         if url is None:
             conn.execute("DELETE FROM delivery_endpoint")

@@ -37,7 +37,8 @@ APP = "leaddist.asgi:application"
 # --- The servers: change a command here, and only here ------------------------------------
 # {port} and {workers} are filled in. An entry without {workers} is one process and runs with
 # --workers 1 only. Entries in DEBUG_SERVERS run with DEBUG on (development); the others run
-# as production does (DEBUG off, SECRET_KEY and WEBHOOK_SECRET set, plain HTTP).
+# as production does (DEBUG off, SECRET_KEY, WEBHOOK_SECRET and DELIVERY_SECRET_KEYS set, plain
+# HTTP).
 SERVERS: dict[str, list[str]] = {
     # Production, as `make serve` and the Dockerfile run it: uvicorn through leaddist.serve.
     "serve": [
@@ -66,6 +67,8 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/leaddist_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 SECRET_KEY = "leaddist-bench-secret-key-not-for-production-0123456789abcdef"
 WEBHOOK_SECRET = "whsec_YmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtYmVuY2g="
+# Every process of a run shares it: the endpoint secrets bench_http copies in SQL decrypt anywhere.
+DELIVERY_SECRET_KEYS = "YmVuY2gtZGVsaXZlcnktc2VjcmV0LWtleS0zMmJ5dGU="
 BENCH_QUOTA = 100_000_000
 STARTUP_SECONDS = 60
 
@@ -114,6 +117,7 @@ def app_env(url: str, *, debug: bool = False, redis_url: str | None = None) -> d
         DEBUG="true" if debug else "false",
         SECRET_KEY=SECRET_KEY,
         WEBHOOK_SECRET=WEBHOOK_SECRET,
+        DELIVERY_SECRET_KEYS=DELIVERY_SECRET_KEYS,
         ALLOWED_HOSTS="127.0.0.1,localhost",
         SECURE_SSL_REDIRECT="false",
         # Production defaults otherwise: the API key's default rate limit (1000/s, counted in

@@ -28,6 +28,7 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from delivery.encryption import UndecryptableSecret, needs_reencryption, reencrypt_secret
 from delivery.guard import check_url
 from delivery.models import Attempt, Delivery, Endpoint
 from delivery.sending import Outcome
@@ -96,7 +97,8 @@ def set_endpoint(
         if not endpoint.url:
             endpoint.secret = ""  # a URL set again later gets a new secret, shown again
         elif rotate_secret or not endpoint.secret:
-            new_secret = endpoint.secret = Endpoint.generate_secret()
+            new_secret = Endpoint.generate_secret()
+            endpoint.set_secret(new_secret)
         endpoint.full_clean()
         after = (endpoint.url, endpoint.email, endpoint.secret)
         changes = endpoint_changes(before, after)
@@ -147,6 +149,29 @@ def endpoint_changes(before: tuple[str, str, str], after: tuple[str, str, str]) 
     return {name: value for name, value in fields.items() if value is not None}
 
 
+def reencrypt_endpoint_secrets() -> int:
+    """Store every signing secret encrypted with the first of DELIVERY_SECRET_KEYS; return how
+    many were rewritten (0 when all already were: running it again changes nothing).
+
+    All or nothing: if a secret is under no key of the setting, UndecryptableSecret is raised
+    and no row changes. The clear secrets themselves stay the same; providers notice nothing.
+    """
+    with transaction.atomic():
+        # Locked in pk order: a set_endpoint in flight (it locks its one row) either commits
+        # first, and its new secret is read here, or waits for us and writes after.
+        endpoints = list(
+            Endpoint.objects.select_for_update().exclude(secret="").order_by("pk").only("secret")
+        )
+        stale = [endpoint for endpoint in endpoints if needs_reencryption(endpoint.secret)]
+        for endpoint in stale:
+            try:
+                endpoint.secret = reencrypt_secret(endpoint.secret)
+            except UndecryptableSecret as exc:
+                raise UndecryptableSecret(f"the secret of provider #{endpoint.pk}") from exc
+        Endpoint.objects.bulk_update(stale, ["secret"])
+    return len(stale)
+
+
 # --- Enqueue --------------------------------------------------------------------------------
 
 
@@ -165,6 +190,8 @@ class Send:
     secret: str = ""
     email: str = ""
     subject: str = ""
+    # Why nothing can be sent, found before the network is touched: the attempt fails with it.
+    error: str = ""
 
 
 def payload(delivery: Delivery) -> dict[str, Any]:
@@ -200,6 +227,18 @@ def _email_text(data: dict[str, Any]) -> str:
     )
 
 
+def _signing_secret(endpoint: Endpoint | None) -> tuple[str, str]:
+    """The endpoint's clear secret and "", or "" and why it cannot be had."""
+    if endpoint is None:
+        return "", ""
+    try:
+        return endpoint.signing_secret, ""
+    except UndecryptableSecret:
+        # A key removed from DELIVERY_SECRET_KEYS too early: a failed attempt, retried, shows
+        # it on the delivery; putting the key back heals the retries.
+        return "", "the signing secret is under no key of DELIVERY_SECRET_KEYS"
+
+
 def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> Send | None:
     """What to send for this job, or None when the job has nothing to do any more."""
     delivery = (
@@ -214,13 +253,15 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
     data = payload(delivery)
     body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
     if delivery.channel == Delivery.Channel.WEBHOOK:
+        secret, error = _signing_secret(endpoint)
         return Send(
             delivery.pk,
             delivery.provider_id,
             delivery.channel,
             body,
             url=endpoint.url if endpoint else "",
-            secret=endpoint.secret if endpoint else "",
+            secret=secret,
+            error=error,
         )
     return Send(
         delivery.pk,
@@ -408,7 +449,9 @@ async def _attempt(send: Send, *, generation: int) -> str:
     delivery_id = send.delivery_id
     started_at = timezone.now()
     final = False
-    if send.channel == Delivery.Channel.WEBHOOK and send.url:
+    if send.error:
+        outcome = Outcome(False, 0, error=send.error)
+    elif send.channel == Delivery.Channel.WEBHOOK and send.url:
         outcome = await post_webhook(
             send.url, send.body, secret=send.secret, webhook_id=str(delivery_id)
         )

@@ -18,10 +18,11 @@ PostgreSQL; 0 leaves them to another container or `make worker`.
 The launcher stays their parent: it restarts a background worker that dies, and SIGTERM or
 Ctrl-C stops everything, each process finishing what it was doing.
 
-Before handing over to uvicorn it loads the production settings, so a missing SECRET_KEY or
-WEBHOOK_SECRET (or any other refused setting) stops it with the reason, and it refuses several
-workers without REDIS_URL: live events would then reach the other workers' dashboards only at
-their next poll, and each worker would count rate limits alone.
+Before handing over to uvicorn it loads the production settings, so a missing SECRET_KEY,
+WEBHOOK_SECRET or DELIVERY_SECRET_KEYS (or any other refused setting) stops it with the
+reason, and it refuses several workers without REDIS_URL: live events would then reach the
+other workers' dashboards only at their next poll, and each worker would count rate limits
+alone.
 
 Metrics (GET /metrics) count in every process. With more than one process the launcher gives
 them a directory to count in, PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess

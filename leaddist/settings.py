@@ -1,5 +1,8 @@
 """Settings for leaddist; deploy-specific values come from the environment (see README)."""
 
+import base64
+import hashlib
+import hmac
 import re
 from pathlib import Path
 
@@ -247,6 +250,37 @@ DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=20)
 # Of those, at most this many to one provider: a provider whose endpoint hangs, with many
 # leads, holds this many slots and its other deliveries wait their turn in the queue.
 DELIVERY_PER_PROVIDER_CONCURRENCY = env.int("DELIVERY_PER_PROVIDER_CONCURRENCY", default=4)
+
+# Fernet keys that encrypt the providers' webhook signing secrets in the database
+# (docs/DELIVERY.md, "Signing secrets at rest"), comma-separated: the first encrypts, every one
+# decrypts, so a new key goes in front and the old one stays until
+# `manage.py rotate_delivery_secret_keys` has re-encrypted every secret. Empty with DEBUG on: one
+# key derived from SECRET_KEY, so development needs no setup.
+DELIVERY_SECRET_KEYS = [key for key in env.list("DELIVERY_SECRET_KEYS", default=[]) if key]
+if not DELIVERY_SECRET_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DELIVERY_SECRET_KEYS must be set when DEBUG is off: it encrypts the providers' "
+            "webhook signing secrets in the database. Generate a key with `python -c 'from "
+            "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`."
+        )
+    DELIVERY_SECRET_KEYS = [
+        base64.urlsafe_b64encode(
+            hmac.new(SECRET_KEY.encode(), b"leaddist.delivery-secrets", hashlib.sha256).digest()
+        ).decode()
+    ]
+else:
+    from cryptography.fernet import Fernet
+
+    for _position, _key in enumerate(DELIVERY_SECRET_KEYS, start=1):
+        try:
+            Fernet(_key)
+        except ValueError as exc:
+            # The position, never the key: this message ends up in logs.
+            raise ImproperlyConfigured(
+                f"DELIVERY_SECRET_KEYS: key {_position} is not a Fernet key (32 bytes in "
+                "url-safe base64, as Fernet.generate_key() makes)."
+            ) from exc
 
 # Email: EMAIL_URL, e.g. smtp+tls://user:password@smtp.example.com:587; the console by default
 # (development: emails are printed by the worker).

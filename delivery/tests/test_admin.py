@@ -48,11 +48,13 @@ def test_saving_a_webhook_url_creates_a_secret_shown_once(admin_client, seeded, 
 
     endpoint = Endpoint.objects.get(provider_id=1)
     assert (endpoint.url, endpoint.email) == ("http://127.0.0.1:9/hook", "a@b.example")
-    assert endpoint.secret.startswith("whsec_")
-    Webhook(endpoint.secret)  # a valid Standard Webhooks secret
-    assert any(endpoint.secret in m for m in shown_messages(response))
+    secret = endpoint.signing_secret
+    assert secret.startswith("whsec_")
+    Webhook(secret)  # a valid Standard Webhooks secret
+    assert any(secret in m for m in shown_messages(response))
     page = admin_client.get(change_url(1)).content.decode()
-    assert endpoint.secret not in page  # shown once, never again
+    assert secret not in page  # shown once, never again
+    assert endpoint.secret not in page  # nor its stored form
     assert "http://127.0.0.1:9/hook" in page
 
 
@@ -118,7 +120,7 @@ def test_set_delivery_prints_a_new_secret_last_and_rotates_it(seeded, settings):
     assert second.startswith("whsec_")
     assert second != first
     endpoint = Endpoint.objects.get()
-    assert (endpoint.url, endpoint.email, endpoint.secret) == (
+    assert (endpoint.url, endpoint.email, endpoint.signing_secret) == (
         "http://127.0.0.1:9/h",
         "two@example.com",
         second,

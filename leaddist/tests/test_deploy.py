@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import Resolver404, resolve
@@ -19,6 +20,7 @@ PRODUCTION_ENV = {
     "DEBUG": "false",
     "SECRET_KEY": secrets.token_urlsafe(50),
     "WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+    "DELIVERY_SECRET_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "ALLOWED_HOSTS": "leads.example.com",
     "CSRF_TRUSTED_ORIGINS": "https://leads.example.com",
     # `check` does not connect: any PostgreSQL URL will do.
@@ -74,6 +76,44 @@ def test_app_refuses_to_start_without_a_secret_key_and_says_why():
     assert result.returncode != 0
     assert "ImproperlyConfigured: SECRET_KEY must be set when DEBUG is off" in result.stderr
     assert "signs sessions and CSRF tokens" in result.stderr
+
+
+def test_app_refuses_to_start_without_delivery_secret_keys_and_says_why():
+    env = PRODUCTION_ENV | {"DELIVERY_SECRET_KEYS": ""}
+
+    result = run_manage("check", **env)
+
+    assert result.returncode != 0
+    assert (
+        "ImproperlyConfigured: DELIVERY_SECRET_KEYS must be set when DEBUG is off" in result.stderr
+    )
+    assert "encrypts the providers' webhook signing secrets" in result.stderr
+
+
+def test_app_refuses_a_delivery_secret_key_that_is_not_a_fernet_key_without_showing_it():
+    env = PRODUCTION_ENV | {
+        "DELIVERY_SECRET_KEYS": PRODUCTION_ENV["DELIVERY_SECRET_KEYS"] + ",not-a-fernet-key"
+    }
+
+    result = run_manage("check", **env)
+
+    assert result.returncode != 0
+    assert "DELIVERY_SECRET_KEYS: key 2 is not a Fernet key" in result.stderr
+    assert "not-a-fernet-key" not in result.stderr
+
+
+def test_with_debug_on_and_no_delivery_secret_keys_one_is_derived_from_the_secret_key():
+    show = "from django.conf import settings; print(','.join(settings.DELIVERY_SECRET_KEYS))"
+
+    runs = [
+        run_manage("shell", "-c", show, DEBUG="true", DELIVERY_SECRET_KEYS="", SECRET_KEY=key)
+        for key in ("dev-key-one", "dev-key-one", "dev-key-two")
+    ]
+
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    keys = [run.stdout.strip().splitlines()[-1] for run in runs]  # after shell's banner
+    Fernet(keys[0])  # a valid Fernet key, so `make run` and `make test` need no setup
+    assert keys[0] == keys[1] != keys[2]  # the same for every process of one SECRET_KEY
 
 
 @pytest.mark.parametrize("url", ["sqlite:///leaddist.sqlite3", "mysql://root@127.0.0.1/leaddist"])

@@ -97,6 +97,7 @@ def test_an_event_from_one_process_reaches_a_dashboard_on_another(
 PRODUCTION = {
     "SECRET_KEY": "test-secret-key-for-the-launcher-only-0123456789abcdef",
     "WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"launcher-test-secret-32-bytes-ok").decode(),
+    "DELIVERY_SECRET_KEYS": base64.urlsafe_b64encode(b"launcher-test-delivery-key-32-b!").decode(),
     "ALLOWED_HOSTS": "127.0.0.1",
     "SECURE_SSL_REDIRECT": "false",
 }
@@ -115,7 +116,7 @@ def launch(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "WEBHOOK_SECRET"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "WEBHOOK_SECRET", "DELIVERY_SECRET_KEYS"])
 def test_the_launcher_refuses_to_start_without_a_production_secret(missing):
     result = launch("--workers", "1", **(PRODUCTION | {missing: ""}))
 

@@ -218,6 +218,10 @@ def _start_django(**env: str) -> subprocess.CompletedProcess:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "leaddist.settings",
         "SECRET_KEY": "test-secret-key",
+        # Required with DEBUG off too; not what these tests are about.
+        "DELIVERY_SECRET_KEYS": base64.urlsafe_b64encode(
+            b"signature-test-delivery-key-32b!"
+        ).decode(),
         "DATABASE_URL": os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1/x",
         **env,
     }
