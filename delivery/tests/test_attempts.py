@@ -229,7 +229,7 @@ def test_an_open_delivery_whose_job_was_lost_gets_a_new_one(
     assert len(receiver.of("/p1")) == 1
 
 
-def test_a_hanging_provider_holds_at_most_its_slots_of_a_worker(
+def test_a_hanging_providers_next_delivery_waits_for_its_one_slot(
     jobs, seeded_tx, receiver, local_targets, monkeypatch
 ):
     """With DELIVERY_PER_PROVIDER_CONCURRENCY at 1, provider 1's second delivery waits its turn
