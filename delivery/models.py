@@ -7,6 +7,7 @@ import secrets
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from allocation.models import Lead
@@ -166,3 +167,42 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"Attempt {self.number} of delivery #{self.delivery_id}"
+
+
+class ProviderSlotQuerySet(models.QuerySet["ProviderSlot"]):
+    def leased(self) -> ProviderSlotQuerySet:
+        """Slots held by an attempt now (their lease has not run out)."""
+        return self.filter(leased_until__gt=Now())
+
+
+class ProviderSlot(models.Model):
+    """One of a provider's DELIVERY_PER_PROVIDER_CONCURRENCY attempt slots, shared by every
+    delivery worker on every host: an attempt runs only while it leases one (delivery/services.py,
+    ``acquire_slot``), so a provider whose endpoint hangs holds that many attempts in all, not
+    that many per worker.
+
+    A slot is free once ``leased_until`` is past (the database's clock). An attempt leases it
+    for the attempt timeout plus a margin and frees it when recorded (``leased_until`` set to
+    then); a worker killed mid-attempt frees it by expiry. Rows are created on a provider's
+    first attempt, one per slot; ``delivery_id`` is the last holder's.
+    """
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="+")
+    slot = models.PositiveSmallIntegerField()
+    # The holder's delivery, not a foreign key: taking a lease never waits on the delivery's
+    # row (an FK check would key-share lock it, and record_attempt holds it FOR UPDATE), and a
+    # deleted delivery leaves nothing to clean up (its lease just runs out).
+    delivery_id = models.BigIntegerField(null=True, blank=True)
+    leased_until = models.DateTimeField()
+
+    objects = ProviderSlotQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "slot"], name="delivery_providerslot_unique_slot"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Slot {self.slot} of provider #{self.provider_id}"

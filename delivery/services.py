@@ -12,12 +12,12 @@ runs again and sends again under the same webhook-id, which receivers use to ded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -175,12 +175,105 @@ def reencrypt_endpoint_secrets() -> int:
 # --- Enqueue --------------------------------------------------------------------------------
 
 
+# --- Provider slots -------------------------------------------------------------------------
+
+# A lease outlasts the attempt's own timeout by this much: time to record the attempt, and to
+# wait for a thread and a connection on a busy worker, before the slot may go to another job.
+# It is also how long a slot stays lost when its worker is killed mid-attempt, after the timeout.
+LEASE_MARGIN_SECONDS = 30
+
+# The provider's lowest free slot among its first %(slots)s, leased in one statement. SKIP
+# LOCKED: concurrent acquisitions (any worker, any host) each take a different free slot
+# without waiting for one another, and one that finds every free slot taken by the others gets
+# no row. The row lock lasts this statement only (autocommit); the lease is what holds the slot.
+ACQUIRE_SLOT_SQL = """
+UPDATE delivery_providerslot
+   SET delivery_id = %(delivery_id)s,
+       leased_until = now() + make_interval(secs => %(lease_seconds)s)
+ WHERE id = (SELECT id
+               FROM delivery_providerslot
+              WHERE provider_id = %(provider_id)s
+                AND slot < %(slots)s
+                AND leased_until <= now()
+              ORDER BY slot
+              LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+RETURNING slot, leased_until
+"""
+
+# The provider's missing slot rows, free: made by its first attempt (or the first after
+# DELIVERY_PER_PROVIDER_CONCURRENCY was raised). Two workers doing it at once insert each row
+# once: the second waits for the first's commit, then skips the rows it made.
+CREATE_SLOTS_SQL = """
+INSERT INTO delivery_providerslot (provider_id, slot, delivery_id, leased_until)
+SELECT %(provider_id)s, slot, NULL, now()
+  FROM generate_series(0, %(slots)s - 1) AS slot
+    ON CONFLICT (provider_id, slot) DO NOTHING
+"""
+
+# Free the slot if the lease is still this attempt's: an attempt that outlived its lease may
+# find the slot leased by another job (of the same delivery, even), which it must not free.
+RELEASE_SLOT_SQL = """
+UPDATE delivery_providerslot
+   SET leased_until = now()
+ WHERE provider_id = %(provider_id)s AND slot = %(slot)s
+   AND delivery_id = %(delivery_id)s AND leased_until = %(until)s
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A provider slot held by one attempt until ``until`` (the database's clock)."""
+
+    provider_id: int
+    slot: int
+    delivery_id: int
+    until: datetime
+
+
+def acquire_slot(provider_id: int, *, delivery_id: int) -> Lease | None:
+    """Lease one of the provider's DELIVERY_PER_PROVIDER_CONCURRENCY slots for an attempt of
+    the delivery, or None when every one of them is leased, by whichever workers."""
+    params = {
+        "provider_id": provider_id,
+        "delivery_id": delivery_id,
+        "slots": settings.DELIVERY_PER_PROVIDER_CONCURRENCY,
+        "lease_seconds": settings.DELIVERY_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(ACQUIRE_SLOT_SQL, params)
+        row = cursor.fetchone()
+        if row is None:
+            # Every slot leased, or the rows missing: make any missing ones and try once more.
+            # (Only then: a provider with a free slot costs this one statement.)
+            cursor.execute(CREATE_SLOTS_SQL, params)
+            cursor.execute(ACQUIRE_SLOT_SQL, params)
+            row = cursor.fetchone()
+    if row is None:
+        return None
+    slot, until = row
+    return Lease(provider_id, slot, delivery_id, until)
+
+
+def release_slot(lease: Lease) -> None:
+    """Free the lease's slot now, unless the lease ran out and the slot went to another job."""
+    params = {
+        "provider_id": lease.provider_id,
+        "slot": lease.slot,
+        "delivery_id": lease.delivery_id,
+        "until": lease.until,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(RELEASE_SLOT_SQL, params)
+
+
 # --- Attempts -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Send:
-    """What one attempt sends, read before the network is touched."""
+    """What one attempt sends, read before the network is touched, and the provider slot it
+    runs in (None: every slot of the provider is leased, so the job must wait its turn)."""
 
     delivery_id: int
     provider_id: int
@@ -192,6 +285,7 @@ class Send:
     subject: str = ""
     # Why nothing can be sent, found before the network is touched: the attempt fails with it.
     error: str = ""
+    lease: Lease | None = None
 
 
 def payload(delivery: Delivery) -> dict[str, Any]:
@@ -240,7 +334,8 @@ def _signing_secret(endpoint: Endpoint | None) -> tuple[str, str]:
 
 
 def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> Send | None:
-    """What to send for this job, or None when the job has nothing to do any more."""
+    """What to send for this job, with a slot of its provider leased for it if one is free
+    (Send.lease); None when the job has nothing to do any more (and then no slot is taken)."""
     delivery = (
         Delivery.objects.select_related("lead__service", "provider__endpoint")
         .filter(pk=delivery_id, generation=generation)
@@ -249,6 +344,7 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
     )
     if delivery is None or (attempt is not None and delivery.attempts != attempt):
         return None
+    lease = acquire_slot(delivery.provider_id, delivery_id=delivery.pk)
     endpoint: Endpoint | None = getattr(delivery.provider, "endpoint", None)
     data = payload(delivery)
     body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
@@ -262,6 +358,7 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
             url=endpoint.url if endpoint else "",
             secret=secret,
             error=error,
+            lease=lease,
         )
     return Send(
         delivery.pk,
@@ -270,6 +367,7 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
         body,
         email=endpoint.email if endpoint else "",
         subject=f"New lead #{data['lead']['id']}: {data['lead']['service']['name']}",
+        lease=lease,
     )
 
 
@@ -287,11 +385,14 @@ def announce(delivery: Delivery) -> None:
     )
 
 
-def _schedule(delivery: Delivery, at: datetime, *, attempt: int | None) -> None:
+def _schedule(delivery: Delivery, at: datetime, *, attempt: int | None, postponed: int = 0) -> None:
     from delivery.tasks import deliver
 
+    # ``postponed`` only when there is one: every other job keeps the arguments a worker of
+    # the previous release can run, during a rolling deploy.
+    extra = {"postponed": postponed} if postponed else {}
     deliver.configure(schedule_at=at).defer(
-        delivery_id=delivery.pk, generation=delivery.generation, attempt=attempt
+        delivery_id=delivery.pk, generation=delivery.generation, attempt=attempt, **extra
     )
 
 
@@ -317,11 +418,13 @@ def record_attempt(
     generation: int,
     started_at: datetime,
     final: bool = False,
+    lease: Lease | None = None,
 ) -> Delivery:
     """Log the attempt and move the delivery on: delivered, retrying (next job deferred in this
     transaction), or failed once it has been retried for DELIVERY_RETRY_HOURS. ``final``: the
     failure cannot heal by retrying (no endpoint any more). One transaction, with the event,
-    which is left out for a repeated failure past the first few (should_announce)."""
+    which is left out for a repeated failure past the first few (should_announce), and with
+    the release of the attempt's provider slot (``lease``): the attempt is over once recorded."""
     now = timezone.now()
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().get(pk=delivery_id)
@@ -363,6 +466,10 @@ def record_attempt(
         delivery.save()
         if should_announce(previous_status, delivery):
             announce(delivery)
+        if lease is not None:
+            # After the delivery's row lock: the slot's row is the last lock taken here, and
+            # taking a slot (acquire_slot) locks nothing else, so neither waits on the other.
+            release_slot(lease)
     return delivery
 
 
@@ -380,39 +487,82 @@ def _in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     return sync_to_async(closing, thread_sensitive=False)
 
 
-# Attempts this worker process has in flight, per provider.
-in_flight: Counter[int] = Counter()
+# A postponed job waits the attempt timeout (by then one of the provider's attempts should be
+# over), times 2 for each postpone before it, at most POSTPONE_MAX_FACTOR times; of that, a
+# random 50 to 100 %: a provider that hangs with a big backlog sees each waiting job come back
+# every minute or so, not every few seconds.
+POSTPONE_MAX_FACTOR = 8
+POSTPONE_JITTER = (0.5, 1.0)
 
 
-# A postponed job waits this share of the attempt timeout (at random within it) before it
-# tries again: by then one of the provider's attempts in flight should be over.
-POSTPONE_WAIT = (0.5, 1.0)
+def postpone_wait(postponed: int) -> float:
+    """Seconds a job waits before it tries again, when it finds its provider's slots all leased
+    after ``postponed`` earlier postpones."""
+    factor = min(2**postponed, POSTPONE_MAX_FACTOR)
+    return settings.DELIVERY_TIMEOUT_SECONDS * factor * random.uniform(*POSTPONE_JITTER)
 
 
-def postpone(delivery_id: int, *, generation: int, attempt: int | None) -> None:
-    """The same job again in a few seconds, when one of the provider's attempts should be over
-    (no attempt is counted)."""
-    wait = settings.DELIVERY_TIMEOUT_SECONDS * random.uniform(*POSTPONE_WAIT)
-    delivery = Delivery(pk=delivery_id, generation=generation)
-    _schedule(delivery, timezone.now() + timedelta(seconds=wait), attempt=attempt)
+def postpone(delivery_id: int, *, generation: int, attempt: int | None, postponed: int) -> None:
+    """The same job again later (postpone_wait), counted as one more postpone, not as an attempt;
+    nothing if the delivery moved on meanwhile (attempted, resent, or closed)."""
+    at = timezone.now() + timedelta(seconds=postpone_wait(postponed))
+    with transaction.atomic():
+        due = Delivery.objects.filter(pk=delivery_id, generation=generation).open()
+        if attempt is not None:
+            due = due.filter(attempts=attempt)
+        # next_attempt_at follows the job: the admin shows when it comes back, and a delivery
+        # whose provider hangs for longer than STUCK_AFTER is not taken for one that lost its
+        # job (resume_stuck would give it a second one at each pass).
+        if due.update(next_attempt_at=at):
+            delivery = Delivery(pk=delivery_id, generation=generation)
+            _schedule(delivery, at, attempt=attempt, postponed=postponed + 1)
 
 
-async def attempt_delivery(delivery_id: int, *, generation: int, attempt: int | None) -> str:
-    """Run one attempt of the delivery; return its status afterwards ("skipped": nothing to do;
-    "postponed": the provider already has DELIVERY_PER_PROVIDER_CONCURRENCY attempts in flight
-    in this worker, so a provider whose endpoint hangs holds that many slots, not all of them).
+# A provider whose slots are all leased is busy (its attempts take milliseconds) or stuck (they
+# hang until the timeout). Before it is postponed, a job asks again after each of these waits,
+# about 0.8 s in all: a busy provider's next attempt then goes out as soon as a slot frees, not
+# 5 s or more later, and a stuck one's holds this worker's slot for no longer than that.
+SLOT_RETRY_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4)
+
+
+async def _wait_for_slot(send: Send) -> Send:
+    """``send`` with a lease taken within SLOT_RETRY_WAITS, or still without one."""
+    for wait in SLOT_RETRY_WAITS:
+        await asyncio.sleep(wait)
+        lease = await _in_thread(acquire_slot)(send.provider_id, delivery_id=send.delivery_id)
+        if lease is not None:
+            return replace(send, lease=lease)
+    return send
+
+
+async def attempt_delivery(
+    delivery_id: int, *, generation: int, attempt: int | None, postponed: int = 0
+) -> str:
+    """Run one attempt of the delivery in a slot of its provider; return its status afterwards.
+
+    "skipped": nothing to do. "postponed": the provider's DELIVERY_PER_PROVIDER_CONCURRENCY
+    slots are all leased, by attempts of any worker on any host, so the job is deferred again
+    (later each time): a provider whose endpoint hangs holds that many attempts in all, and
+    every other provider's deliveries go on in the workers' other slots.
     """
     send = await _in_thread(start_attempt)(delivery_id, generation=generation, attempt=attempt)
     if send is None:
         return "skipped"
-    if in_flight[send.provider_id] >= settings.DELIVERY_PER_PROVIDER_CONCURRENCY:
-        await _in_thread(postpone)(delivery_id, generation=generation, attempt=attempt)
+    if send.lease is None:
+        send = await _wait_for_slot(send)
+    if send.lease is None:
+        await _in_thread(postpone)(
+            delivery_id, generation=generation, attempt=attempt, postponed=postponed
+        )
         return "postponed"
-    in_flight[send.provider_id] += 1
     try:
         return await _attempt(send, generation=generation)
-    finally:
-        in_flight[send.provider_id] -= 1
+    except BaseException:
+        # The attempt was not recorded (recording frees the slot): free it now, not at expiry.
+        # If that fails too (the database is gone), the lease still runs out.
+        with contextlib.suppress(Exception):
+            await _in_thread(release_slot)(send.lease)
+        raise
 
 
 def first_attempts_due(lead_id: int) -> list[int]:
@@ -464,7 +614,12 @@ async def _attempt(send: Send, *, generation: int) -> str:
         outcome = Outcome(False, 0, error=f"the provider has no {send.channel} endpoint any more")
         final = True
     delivery = await _in_thread(record_attempt)(
-        delivery_id, outcome, generation=generation, started_at=started_at, final=final
+        delivery_id,
+        outcome,
+        generation=generation,
+        started_at=started_at,
+        final=final,
+        lease=send.lease,
     )
     return delivery.status
 

@@ -27,9 +27,14 @@ async def deliver_lead(lead_id: int) -> list[str]:
 
 
 @app.task(name="deliver", queue=DELIVERIES)
-async def deliver(delivery_id: int, generation: int = 0, attempt: int | None = None) -> str:
-    """One attempt of a delivery, if it is still due (delivery.services explains the keys)."""
-    return await attempt_delivery(delivery_id, generation=generation, attempt=attempt)
+async def deliver(
+    delivery_id: int, generation: int = 0, attempt: int | None = None, postponed: int = 0
+) -> str:
+    """One attempt of a delivery, if it is still due (delivery.services explains the keys);
+    ``postponed``: how many times this job found its provider's slots all leased before."""
+    return await attempt_delivery(
+        delivery_id, generation=generation, attempt=attempt, postponed=postponed
+    )
 
 
 @app.periodic(cron="*/5 * * * *", periodic_id="resume_stuck_deliveries")

@@ -247,8 +247,9 @@ DELIVERY_RETRY_HOURS = env.float("DELIVERY_RETRY_HOURS", default=24.0)
 # Attempts one delivery worker runs at once (`make worker`, `make serve`): each waits on the
 # network, so a slow or hanging endpoint holds one of them for at most the timeout.
 DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=20)
-# Of those, at most this many to one provider: a provider whose endpoint hangs, with many
-# leads, holds this many slots and its other deliveries wait their turn in the queue.
+# Attempts in flight to one provider at once, across all delivery workers on all hosts (leases
+# in delivery_providerslot): a provider whose endpoint hangs, with many leads, holds this many
+# worker slots in all, and its other deliveries wait their turn (postponed, backing off).
 DELIVERY_PER_PROVIDER_CONCURRENCY = env.int("DELIVERY_PER_PROVIDER_CONCURRENCY", default=4)
 
 # Fernet keys that encrypt the providers' webhook signing secrets in the database

@@ -26,6 +26,10 @@ class Receiver:
     port: int = 0
     script: dict[str, list[object]] = field(default_factory=dict)
     requests: list[Received] = field(default_factory=list)
+    # Requests being answered now, and the most there ever were at once, per path (a request
+    # whose client gave up counts until its scripted answer is over).
+    active: dict[str, int] = field(default_factory=dict)
+    peak: dict[str, int] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -57,6 +61,15 @@ def receiver():
                     )
                 )
                 answer = state.answer_for(self.path)
+                state.active[self.path] = state.active.get(self.path, 0) + 1
+                state.peak[self.path] = max(state.peak.get(self.path, 0), state.active[self.path])
+            try:
+                self.answer(answer)
+            finally:
+                with lock:
+                    state.active[self.path] -= 1
+
+        def answer(self, answer: object) -> None:
             if isinstance(answer, tuple):
                 time.sleep(answer[1])
                 answer = 200

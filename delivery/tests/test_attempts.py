@@ -216,16 +216,16 @@ def test_an_open_delivery_whose_job_was_lost_gets_a_new_one(
     assert len(receiver.of("/p1")) == 1
 
 
-def test_a_hanging_provider_holds_at_most_its_share_of_a_workers_slots(
+def test_a_hanging_providers_next_delivery_waits_for_its_one_slot(
     jobs, seeded_tx, receiver, local_targets, monkeypatch
 ):
     """With DELIVERY_PER_PROVIDER_CONCURRENCY at 1, provider 1's second delivery waits its turn
-    in the queue instead of taking a second slot while the first one hangs."""
+    in the queue instead of taking a second worker slot while the first one hangs."""
     local_targets.DELIVERY_RETRY_BASE_SECONDS = 60
     local_targets.DELIVERY_PER_PROVIDER_CONCURRENCY = 1
     # The postponed job must not fall due again before this worker run ends, however slow the
     # machine: the run would then attempt it once the hanging attempt is over.
-    monkeypatch.setattr(delivery_services, "POSTPONE_WAIT", (30.0, 30.0))
+    monkeypatch.setattr(delivery_services, "POSTPONE_JITTER", (15.0, 15.0))  # 2 s x 15
     receiver.script["/p1"] = [("hang", 5)]
     for pid in (1, 2, 3, 4):
         endpoint(pid, url=receiver.url(f"/p{pid}"))
@@ -238,5 +238,5 @@ def test_a_hanging_provider_holds_at_most_its_share_of_a_workers_slots(
     assert (waiting.status, waiting.attempts) == ("pending", 0)  # postponed, not attempted
     assert len(receiver.of("/p1")) == 1
     todo = [json.loads(args) for status, args in jobs.of("deliver") if status == "todo"]
-    assert {"delivery_id": waiting.pk, "generation": 0, "attempt": 0} in todo
+    assert {"delivery_id": waiting.pk, "generation": 0, "attempt": 0, "postponed": 1} in todo
     assert Delivery.objects.exclude(provider_id=1).exclude(status="delivered").count() == 0
