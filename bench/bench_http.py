@@ -341,7 +341,7 @@ def delivery_table(rows: list[dict[str, object]]) -> str:
         "others' latency p50 / p99 / max (s)",
     ]
     base = {
-        (r["server"], r["workers"], r["clients"]): r
+        (r["server"], r["workers"], r["clients"], r.get("round")): r
         for r in rows
         if r.get("mode") == "off" and "error" not in r
     }
@@ -349,7 +349,7 @@ def delivery_table(rows: list[dict[str, object]]) -> str:
     for r in rows:
         if "error" in r or r.get("mode", "-") == "-":
             continue
-        off = base.get((r["server"], r["workers"], r["clients"]))
+        off = base.get((r["server"], r["workers"], r["clients"], r.get("round")))
         out.append(
             [
                 r["server"],
@@ -439,7 +439,9 @@ def main() -> None:
                 ) as server:
                     run += 1
                     run_wrk(server.url, key, clients=4, seconds=args.warmup, run=run)
-                    for clients in args.concurrency:
+                    # A concurrency given twice runs twice: each round's modes compare with
+                    # that round's `off`, measured minutes apart at most.
+                    for round_, clients in enumerate(args.concurrency):
                         for mode in args.delivery or ["-"]:
                             hanging = None
                             if mode != "-":
@@ -472,6 +474,7 @@ def main() -> None:
                                 row.update(others_latency(db_url, since, hanging))
                                 row["hanging"] = hanging
                             common.log(f"    {row['leads_s']:.0f} leads/s")
+                            row["round"] = round_
                             rows.append(row)
             except common.ServerFailed as exc:
                 common.log(str(exc))
