@@ -519,14 +519,42 @@ def postpone(delivery_id: int, *, generation: int, attempt: int | None, postpone
 
 
 # A provider whose slots are all leased is busy (its attempts take milliseconds) or stuck (they
-# hang until the timeout). Before it is postponed, a job asks again after each of these waits,
-# about 0.8 s in all: a busy provider's next attempt then goes out as soon as a slot frees, not
-# 5 s or more later, and a stuck one's holds this worker's slot for no longer than that.
+# hang until the timeout). A busy one's job asks again after each of these waits, about 0.8 s
+# in all, so its attempt goes out as soon as a slot frees, not 5 s or more later. A stuck one's
+# (its oldest attempt in flight started over BUSY_NOT_STUCK_SECONDS ago) is postponed at once:
+# waiting would hold this worker's slot, which the other providers' attempts need.
 SLOT_RETRY_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4)
+BUSY_NOT_STUCK_SECONDS = 1.0
+
+# Whether every attempt holding one of the provider's slots started less than %(young)s ago.
+SLOTS_YOUNG_SQL = """
+SELECT coalesce(min(leased_until), now()) - make_interval(secs => %(lease_seconds)s)
+       > now() - make_interval(secs => %(young)s)
+  FROM delivery_providerslot
+ WHERE provider_id = %(provider_id)s AND slot < %(slots)s AND leased_until > now()
+"""
+
+
+def slots_held_briefly(provider_id: int) -> bool:
+    """Whether the provider's attempts in flight all started within BUSY_NOT_STUCK_SECONDS."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            SLOTS_YOUNG_SQL,
+            {
+                "provider_id": provider_id,
+                "slots": settings.DELIVERY_PER_PROVIDER_CONCURRENCY,
+                "lease_seconds": settings.DELIVERY_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS,
+                "young": BUSY_NOT_STUCK_SECONDS,
+            },
+        )
+        return cursor.fetchone()[0]
 
 
 async def _wait_for_slot(send: Send) -> Send:
-    """``send`` with a lease taken within SLOT_RETRY_WAITS, or still without one."""
+    """``send`` with a lease taken within SLOT_RETRY_WAITS if its provider is busy, not stuck;
+    else still without one."""
+    if not await _in_thread(slots_held_briefly)(send.provider_id):
+        return send
     for wait in SLOT_RETRY_WAITS:
         await asyncio.sleep(wait)
         lease = await _in_thread(acquire_slot)(send.provider_id, delivery_id=send.delivery_id)

@@ -53,10 +53,21 @@ MANAGE = Path(__file__).resolve().parent.parent / "manage.py"
 # A background worker that dies is started again after this long, doubling up to the maximum
 # while it keeps dying at once.
 RESTART_DELAY_SECONDS = (1.0, 30.0)
-# The delivery worker runs this much nicer than the web server: on a busy host intake gets the
-# CPU first, and deliveries take what is left (they wait in their queue, intake does not).
-# Measured in docs/PERFORMANCE.md, "Lead delivery".
+# The delivery worker runs this much nicer than the web server (DELIVERY_WORKER_NICENESS, 0 to
+# 19): on a busy host intake gets the CPU first, and deliveries take what is left (they wait in
+# their queue, intake does not). Measured in docs/PERFORMANCE.md, "Lead delivery".
 DELIVERY_NICENESS = 10
+
+
+def delivery_niceness() -> int:
+    raw = os.environ.get("DELIVERY_WORKER_NICENESS") or str(DELIVERY_NICENESS)
+    try:
+        niceness = int(raw)
+    except ValueError:
+        niceness = -1
+    if not 0 <= niceness <= 19:
+        sys.exit(f"DELIVERY_WORKER_NICENESS must be a whole number from 0 to 19, not {raw!r}")
+    return niceness
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -204,13 +215,14 @@ def supervise(server: list[str], background: int) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    niceness = delivery_niceness()  # a bad value stops us before anything starts
     web = subprocess.Popen(server)
     workers = [
         worker
         for _ in range(background)
         for worker in (
             BackgroundWorker(background_command()),
-            BackgroundWorker(delivery_command(), niceness=DELIVERY_NICENESS),
+            BackgroundWorker(delivery_command(), niceness=niceness),
         )
     ]
     while not stopping and web.poll() is None:

@@ -12,6 +12,7 @@ from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
 
+from delivery import services as delivery_services
 from delivery.models import Attempt, Delivery, ProviderSlot
 from delivery.services import (
     Lease,
@@ -190,6 +191,36 @@ def test_a_job_finding_a_busy_providers_slots_leased_takes_the_first_to_free_up(
     assert status == "delivered"
     assert queued() == []  # not postponed
     assert len(receiver.of("/p1")) == 1
+
+
+def test_a_job_finding_a_stuck_providers_slots_leased_is_postponed_without_waiting(
+    jobs, seeded_tx, receiver, local_targets, monkeypatch
+):
+    """The attempt holding the one slot started 5 s ago (the provider hangs): waiting would
+    only hold this worker's slot, so the job is postponed after its one try for a slot."""
+    local_targets.DELIVERY_PER_PROVIDER_CONCURRENCY = 1
+    plain_endpoint(1, url=receiver.url("/p1"))
+    delivery = Delivery.objects.get(lead=submit(1, 1))
+    jobs.clear()
+    acquire_slot(1, delivery_id=0)
+    ProviderSlot.objects.filter(provider_id=1).update(
+        leased_until=timezone.now() + timedelta(seconds=local_targets.DELIVERY_TIMEOUT_SECONDS + 25)
+    )
+    tries = []
+    real_acquire = delivery_services.acquire_slot
+
+    def counted(*args, **kwargs):
+        tries.append(args)
+        return real_acquire(*args, **kwargs)
+
+    monkeypatch.setattr(delivery_services, "acquire_slot", counted)
+
+    status = async_to_sync(attempt_delivery)(delivery.pk, generation=0, attempt=0)
+
+    assert status == "postponed"
+    assert len(tries) == 1  # the one in start_attempt: no waiting for a slot
+    assert [args["postponed"] for _, args in queued()] == [1]
+    assert not receiver.requests
 
 
 def test_a_postponed_job_whose_delivery_moved_on_is_not_deferred_again(

@@ -31,6 +31,14 @@ def staff_user(transactional_db):
     return get_user_model().objects.create_user(username="watcher", password="x", is_staff=True)
 
 
+@pytest.mark.parametrize("value", ["twenty", "-1", "20"])
+def test_the_launcher_refuses_a_delivery_niceness_outside_0_to_19(value):
+    result = launch("--workers", "1", **(PRODUCTION | {"DELIVERY_WORKER_NICENESS": value}))
+
+    assert result.returncode != 0
+    assert "DELIVERY_WORKER_NICENESS must be a whole number from 0 to 19" in result.stderr
+
+
 @pytest.mark.concurrency
 @pytest.mark.django_db(transaction=True)
 def nice_of(pid: int) -> int:
