@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/bench_http.py [--server serve] [--server granian ...]
          [--workers 1 2] [--concurrency 1 8 32 64] [--seconds 10] [--warmup 2] [--no-ceiling]
-         [--delivery off on one-hangs hang]
+         [--delivery off on queued one-hangs hang]
 
 Servers are the named entries of SERVERS in bench/common.py (serve, run, granian, uvicorn);
 change a command there. It makes a throw-away database (<DATABASE_URL's name>_http, default
@@ -21,10 +21,12 @@ ceiling (bench/bench_ceiling.py, `multi` script, same concurrency), run first in
 command unless --no-ceiling. Invariants are checked after each server; exit 1 if one fails.
 With --delivery, each concurrency runs once per mode against the same server (off: no
 endpoints; on: every provider a webhook to a receiver on 127.0.0.1 answering 200; hang: the
-receiver answers only after the delivery timeout; one-hangs: as on, except the provider with
-the most allocations, whose receiver hangs), with a second table: the ratios to `off`, the
+receiver answers only after the delivery timeout; queued: as on, with the delivery workers
+stopped (SIGSTOP) during the burst and continued after it, as if they ran on another host, so
+the ratio is the intake transaction's own delivery cost; one-hangs: as on, except the provider
+with the most allocations, whose receiver hangs), with a second table: the ratios to `off`, the
 delivery workers' share of the server CPU, deliveries done per second, jobs left at the end and
-(on, one-hangs) how long until every delivery of the burst to the other providers was
+(on, queued, one-hangs) how long until every delivery of the burst to the other providers was
 delivered, with their latency from creation to delivery (p50, p99, max): compare one-hangs to
 on for "a hanging provider never slows the others' deliveries". Compare rows of one run: the
 2-core machines are noisy, and wrk, the server and PostgreSQL share the cores.
@@ -33,13 +35,16 @@ on for "a hanging provider never slows the others' deliveries". Compare rows of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -67,7 +72,7 @@ def run_wrk(url: str, key: str, *, clients: int, seconds: float, run: int) -> di
 
 
 # --- Delivery modes (--delivery) ----------------------------------------------------------
-DELIVERY_MODES = ("off", "on", "hang", "one-hangs")
+DELIVERY_MODES = ("off", "on", "queued", "hang", "one-hangs")
 HANG_SECONDS = 15.0  # longer than DELIVERY_TIMEOUT_SECONDS (10 s): the attempt times out
 
 
@@ -204,9 +209,8 @@ def wait_for_queue(db_url: str, limit: float = 120.0) -> float:
     return time.monotonic() - start
 
 
-def delivery_ticks(server_pid: int) -> int:
-    """CPU ticks of the launcher's delivery workers (`procrastinate worker --queues
-    deliveries`) and their descendants."""
+def delivery_workers(server_pid: int) -> list[int]:
+    """The launcher's delivery worker processes (`procrastinate worker --queues deliveries`)."""
     procs = common._processes()
     roots = []
     for pid in procs:
@@ -217,8 +221,25 @@ def delivery_ticks(server_pid: int) -> int:
             continue
         if b"deliveries" in argv and b"procrastinate" in argv:
             roots.append(pid)
-    tree = {pid for pid in procs if _descends(procs, pid, server_pid)}
-    return common._tree_ticks(procs, [r for r in roots if r in tree])
+    return [pid for pid in roots if _descends(procs, pid, server_pid)]
+
+
+def delivery_ticks(server_pid: int) -> int:
+    """CPU ticks of the launcher's delivery workers and their descendants."""
+    return common._tree_ticks(common._processes(), delivery_workers(server_pid))
+
+
+@contextlib.contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """The processes stopped (SIGSTOP) for the block, then continued: in `queued` mode the
+    deliveries wait in their queue through the burst, as with workers on another host."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 def _descends(procs: dict, pid: int, ancestor: int) -> bool:
@@ -404,7 +425,8 @@ def main() -> None:
         nargs="+",
         choices=DELIVERY_MODES,
         help="run each concurrency once per mode, against the same server: off (no endpoints), "
-        "on (every provider a webhook to a local receiver answering 200), one-hangs (as on, but "
+        "on (every provider a webhook to a local receiver answering 200), queued (as on, the "
+        "delivery workers stopped during the burst), one-hangs (as on, but "
         "the busiest provider's receiver hangs), hang (the receiver never answers within the "
         "delivery timeout); needs --server serve (delivery workers)",
     )
@@ -460,16 +482,18 @@ def main() -> None:
                             common.log(
                                 f"{name} workers {workers}: wrk -c {clients} -d {args.seconds}s"
                             )
-                            row = measure(
-                                server,
-                                db_url,
-                                key,
-                                clients=clients,
-                                seconds=args.seconds,
-                                run=run,
-                                mode=mode,
-                            )
-                            if mode in ("on", "one-hangs"):
+                            pause = delivery_workers(server.process.pid) if mode == "queued" else []
+                            with paused(pause):
+                                row = measure(
+                                    server,
+                                    db_url,
+                                    key,
+                                    clients=clients,
+                                    seconds=args.seconds,
+                                    run=run,
+                                    mode=mode,
+                                )
+                            if mode in ("on", "queued", "one-hangs"):
                                 row["lag"] = wait_for_others(db_url, since, hanging)
                                 row.update(others_latency(db_url, since, hanging))
                                 row["hanging"] = hanging
