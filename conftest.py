@@ -128,8 +128,8 @@ class Jobs:
         """Run every job that is due, on the worker's own connections, then return.
 
         A worker with wait=False stops fetching once the queue is empty, even while a running
-        job is about to defer more (a lead's job fans out one job per delivery): so run again
-        until nothing is due, as a waiting worker would have.
+        job is about to defer more (a retry due at once, a postponed attempt's own job): so run
+        again until nothing is due, as a waiting worker would have.
         """
         from procrastinate.contrib.django import app
 

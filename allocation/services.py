@@ -370,9 +370,9 @@ def _decide(
 # through procrastinate's own versioned function procrastinate_defer_jobs_v1. So the jobs
 # commit or roll back with the lead and cost no round trip while the provider locks are held
 # (a second statement there cost intake half its throughput: docs/PERFORMANCE.md). That job
-# fans out one job per delivery in the worker. The engine names the delivery tables and the
-# job here but imports nothing of the delivery app; delivery/tasks.py registers the task under
-# these names.
+# makes the lead's first attempts in the worker (delivery.services.deliver_lead). The engine
+# names the delivery tables and the job here but imports nothing of the delivery app;
+# delivery/tasks.py registers the task under these names.
 DELIVERY_JOB_QUEUE = "deliveries"
 DELIVERY_JOB_TASK = "deliver_lead"
 

@@ -496,7 +496,6 @@ def main() -> None:
                             if mode in ("on", "queued", "one-hangs"):
                                 row["lag"] = wait_for_others(db_url, since, hanging)
                                 row.update(others_latency(db_url, since, hanging))
-                                row["hanging"] = hanging
                             common.log(f"    {row['leads_s']:.0f} leads/s")
                             row["round"] = round_
                             rows.append(row)

@@ -172,9 +172,6 @@ def reencrypt_endpoint_secrets() -> int:
     return len(stale)
 
 
-# --- Enqueue --------------------------------------------------------------------------------
-
-
 # --- Provider slots -------------------------------------------------------------------------
 
 # A lease outlasts the attempt's own timeout by this much: time to record the attempt, and to
@@ -231,15 +228,19 @@ class Lease:
     until: datetime
 
 
-def acquire_slot(provider_id: int, *, delivery_id: int) -> Lease | None:
-    """Lease one of the provider's DELIVERY_PER_PROVIDER_CONCURRENCY slots for an attempt of
-    the delivery, or None when every one of them is leased, by whichever workers."""
-    params = {
+def _slot_params(provider_id: int) -> dict[str, object]:
+    """The provider, its number of slots and the length of a lease, as the slot SQL takes them."""
+    return {
         "provider_id": provider_id,
-        "delivery_id": delivery_id,
         "slots": settings.DELIVERY_PER_PROVIDER_CONCURRENCY,
         "lease_seconds": settings.DELIVERY_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS,
     }
+
+
+def acquire_slot(provider_id: int, *, delivery_id: int) -> Lease | None:
+    """Lease one of the provider's DELIVERY_PER_PROVIDER_CONCURRENCY slots for an attempt of
+    the delivery, or None when every one of them is leased, by whichever workers."""
+    params = _slot_params(provider_id) | {"delivery_id": delivery_id}
     with connection.cursor() as cursor:
         cursor.execute(ACQUIRE_SLOT_SQL, params)
         row = cursor.fetchone()
@@ -539,13 +540,7 @@ def slots_held_briefly(provider_id: int) -> bool:
     """Whether the provider's attempts in flight all started within BUSY_NOT_STUCK_SECONDS."""
     with connection.cursor() as cursor:
         cursor.execute(
-            SLOTS_YOUNG_SQL,
-            {
-                "provider_id": provider_id,
-                "slots": settings.DELIVERY_PER_PROVIDER_CONCURRENCY,
-                "lease_seconds": settings.DELIVERY_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS,
-                "young": BUSY_NOT_STUCK_SECONDS,
-            },
+            SLOTS_YOUNG_SQL, _slot_params(provider_id) | {"young": BUSY_NOT_STUCK_SECONDS}
         )
         return cursor.fetchone()[0]
 

@@ -11,7 +11,6 @@ from procrastinate.contrib.django import app
 
 from allocation.services import DELIVERY_JOB_QUEUE, DELIVERY_JOB_TASK
 from delivery import services
-from delivery.services import attempt_delivery, resume_stuck
 
 # The allocation statement defers DELIVERY_JOB_TASK on this queue by name, in SQL.
 DELIVERIES = DELIVERY_JOB_QUEUE
@@ -32,7 +31,7 @@ async def deliver(
 ) -> str:
     """One attempt of a delivery, if it is still due (delivery.services explains the keys);
     ``postponed``: how many times this job found its provider's slots all leased before."""
-    return await attempt_delivery(
+    return await services.attempt_delivery(
         delivery_id, generation=generation, attempt=attempt, postponed=postponed
     )
 
@@ -41,4 +40,4 @@ async def deliver(
 @app.task(name="resume_stuck_deliveries", queue=DELIVERIES, queueing_lock="resume_stuck_deliveries")
 def resume_stuck_deliveries(timestamp: int) -> int:
     """Every 5 minutes: give a new job to open deliveries whose job was lost."""
-    return resume_stuck(older_than=STUCK_AFTER)
+    return services.resume_stuck(older_than=STUCK_AFTER)

@@ -12,9 +12,10 @@ the engine correct across processes and hosts.
 (procrastinate, `manage.py procrastinate worker`) run beside the web server: they finish the
 drains a request leaves over and run the periodic jobs. Each comes with a delivery worker (the
 ``deliveries`` queue, DELIVERY_CONCURRENCY attempts at once), so drains and lead deliveries
-never wait for each other; the delivery worker runs at a lower priority (nice 10), so on a
-busy host intake gets the CPU first. Any number of them, on any number of hosts, share the queues in
-PostgreSQL; 0 leaves them to another container or `make worker`.
+never wait for each other; the delivery worker runs at a lower priority (nice 10, or
+DELIVERY_WORKER_NICENESS), so on a busy host intake gets the CPU first. Any number of them, on
+any number of hosts, share the queues in PostgreSQL; 0 leaves them to another container or
+`make worker`.
 The launcher stays their parent: it restarts a background worker that dies, and SIGTERM or
 Ctrl-C stops everything, each process finishing what it was doing.
 

@@ -36,7 +36,7 @@ def test_an_allocated_lead_gets_one_pending_delivery_per_provider_and_channel(se
         (2, "webhook", "pool", 2, "pending", 0),
         (2, "email", "pool", 2, "pending", 0),
     ]
-    # One job for the lead, deferred by the allocation statement; it fans out in the worker.
+    # One job for the lead, deferred by the allocation statement; the worker makes its attempts.
     assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
     assert queued() == []
 
