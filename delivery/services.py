@@ -16,6 +16,7 @@ import contextlib
 import json
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -30,26 +31,15 @@ from django.utils import timezone
 
 from delivery.encryption import UndecryptableSecret, needs_reencryption, reencrypt_secret
 from delivery.guard import check_url
-from delivery.models import Attempt, Delivery, Endpoint
+from delivery.models import Delivery, Endpoint
 from delivery.sending import Outcome
-from events.services import record_event
+from events.services import announce_after_commit, record_event
 from events.types import DELIVERY_UPDATED
 from leaddist.http.audit import log_event
 from providers.models import Provider
 
 LEAD_ASSIGNED = "lead.assigned"
 T = TypeVar("T")
-
-
-def retry_delay(attempts: int) -> float:
-    """Seconds before the next try after ``attempts`` failures: exponential from
-    DELIVERY_RETRY_BASE_SECONDS, capped at DELIVERY_RETRY_MAX_SECONDS, with jitter (half the
-    delay is random) so endpoints coming back are not hit by every retry at once."""
-    delay = min(
-        settings.DELIVERY_RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0),
-        settings.DELIVERY_RETRY_MAX_SECONDS,
-    )
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 # --- Endpoints ------------------------------------------------------------------------------
@@ -179,42 +169,53 @@ def reencrypt_endpoint_secrets() -> int:
 # It is also how long a slot stays lost when its worker is killed mid-attempt, after the timeout.
 LEASE_MARGIN_SECONDS = 30
 
-# The provider's lowest free slot among its first %(slots)s, leased in one statement. SKIP
-# LOCKED: concurrent acquisitions (any worker, any host) each take a different free slot
-# without waiting for one another, and one that finds every free slot taken by the others gets
-# no row. The row lock lasts this statement only (autocommit); the lease is what holds the slot.
-ACQUIRE_SLOT_SQL = """
-UPDATE delivery_providerslot
-   SET delivery_id = %(delivery_id)s,
+# For each (delivery, provider) asked for, the provider's lowest free slot among its first
+# %(slots)s, leased in one statement. SKIP LOCKED: concurrent acquisitions (any worker, any
+# host) each take a different free slot without waiting for one another, and one that finds
+# every free slot taken by the others gets no row. The row locks last this statement only
+# (autocommit); the lease is what holds the slot. Two deliveries of one provider in one call
+# may be offered the same slot: one of them gets it, the other no row (it asks again alone).
+ACQUIRE_SLOTS_SQL = """
+UPDATE delivery_providerslot AS slot
+   SET delivery_id = wanted.delivery_id,
        leased_until = now() + make_interval(secs => %(lease_seconds)s)
- WHERE id = (SELECT id
-               FROM delivery_providerslot
-              WHERE provider_id = %(provider_id)s
-                AND slot < %(slots)s
-                AND leased_until <= now()
-              ORDER BY slot
-              LIMIT 1
-                FOR UPDATE SKIP LOCKED)
-RETURNING slot, leased_until
+  FROM unnest(%(deliveries)s::bigint[], %(providers)s::bigint[])
+       AS wanted(delivery_id, provider_id)
+ CROSS JOIN LATERAL (SELECT id
+                       FROM delivery_providerslot
+                      WHERE provider_id = wanted.provider_id
+                        AND slot < %(slots)s
+                        AND leased_until <= now()
+                      ORDER BY slot
+                      LIMIT 1
+                        FOR UPDATE SKIP LOCKED) AS free
+ WHERE slot.id = free.id
+RETURNING slot.provider_id, slot.slot, slot.delivery_id, slot.leased_until
 """
 
-# The provider's missing slot rows, free: made by its first attempt (or the first after
+# The providers' missing slot rows, free: made by a provider's first attempt (or the first after
 # DELIVERY_PER_PROVIDER_CONCURRENCY was raised). Two workers doing it at once insert each row
 # once: the second waits for the first's commit, then skips the rows it made.
 CREATE_SLOTS_SQL = """
 INSERT INTO delivery_providerslot (provider_id, slot, delivery_id, leased_until)
-SELECT %(provider_id)s, slot, NULL, now()
-  FROM generate_series(0, %(slots)s - 1) AS slot
+SELECT provider_id, slot, NULL, now()
+  FROM unnest(%(providers)s::bigint[]) AS provider_id,
+       generate_series(0, %(slots)s - 1) AS slot
+ ORDER BY provider_id, slot
     ON CONFLICT (provider_id, slot) DO NOTHING
 """
 
-# Free the slot if the lease is still this attempt's: an attempt that outlived its lease may
+# Free the slots whose lease is still the attempt's: an attempt that outlived its lease may
 # find the slot leased by another job (of the same delivery, even), which it must not free.
-RELEASE_SLOT_SQL = """
-UPDATE delivery_providerslot
+# Also a CTE of RECORD_ATTEMPTS_SQL, which frees the slots of the attempts it records.
+RELEASE_SLOTS_SQL = """
+UPDATE delivery_providerslot AS slot
    SET leased_until = now()
- WHERE provider_id = %(provider_id)s AND slot = %(slot)s
-   AND delivery_id = %(delivery_id)s AND leased_until = %(until)s
+  FROM unnest(%(lease_providers)s::bigint[], %(lease_slots)s::integer[],
+              %(lease_deliveries)s::bigint[], %(lease_until)s::timestamptz[])
+       AS lease(provider_id, slot, delivery_id, until)
+ WHERE slot.provider_id = lease.provider_id AND slot.slot = lease.slot
+   AND slot.delivery_id = lease.delivery_id AND slot.leased_until = lease.until
 """
 
 
@@ -228,44 +229,73 @@ class Lease:
     until: datetime
 
 
-def _slot_params(provider_id: int) -> dict[str, object]:
-    """The provider, its number of slots and the length of a lease, as the slot SQL takes them."""
+def _slot_params() -> dict[str, object]:
+    """A provider's number of slots and the length of a lease, as the slot SQL takes them."""
     return {
-        "provider_id": provider_id,
         "slots": settings.DELIVERY_PER_PROVIDER_CONCURRENCY,
         "lease_seconds": settings.DELIVERY_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS,
     }
 
 
-def acquire_slot(provider_id: int, *, delivery_id: int) -> Lease | None:
-    """Lease one of the provider's DELIVERY_PER_PROVIDER_CONCURRENCY slots for an attempt of
-    the delivery, or None when every one of them is leased, by whichever workers."""
-    params = _slot_params(provider_id) | {"delivery_id": delivery_id}
+def _lease_params(leases: list[Lease]) -> dict[str, object]:
+    """The leases as RELEASE_SLOTS_SQL takes them (one array per column)."""
+    return {
+        "lease_providers": [lease.provider_id for lease in leases],
+        "lease_slots": [lease.slot for lease in leases],
+        "lease_deliveries": [lease.delivery_id for lease in leases],
+        "lease_until": [lease.until for lease in leases],
+    }
+
+
+def _lease(cursor: Any, wanted: list[tuple[int, int]]) -> dict[int, Lease]:
+    cursor.execute(
+        ACQUIRE_SLOTS_SQL,
+        _slot_params()
+        | {
+            "deliveries": [delivery_id for delivery_id, _ in wanted],
+            "providers": [provider_id for _, provider_id in wanted],
+        },
+    )
+    return {
+        delivery_id: Lease(provider_id, slot, delivery_id, until)
+        for provider_id, slot, delivery_id, until in cursor.fetchall()
+    }
+
+
+def acquire_slots(wanted: list[tuple[int, int]]) -> dict[int, Lease]:
+    """Lease one of its provider's DELIVERY_PER_PROVIDER_CONCURRENCY slots for each
+    (delivery id, provider id) of ``wanted``; return the leases by delivery id. A delivery left
+    out found every slot of its provider leased, by whichever workers.
+
+    One statement when every provider has a free slot; otherwise the missing slot rows are made
+    and the rest asked for again, one at a time.
+    """
+    if not wanted:
+        return {}
     with connection.cursor() as cursor:
-        cursor.execute(ACQUIRE_SLOT_SQL, params)
-        row = cursor.fetchone()
-        if row is None:
-            # Every slot leased, or the rows missing: make any missing ones and try once more.
-            # (Only then: a provider with a free slot costs this one statement.)
-            cursor.execute(CREATE_SLOTS_SQL, params)
-            cursor.execute(ACQUIRE_SLOT_SQL, params)
-            row = cursor.fetchone()
-    if row is None:
-        return None
-    slot, until = row
-    return Lease(provider_id, slot, delivery_id, until)
+        leases = _lease(cursor, wanted)
+        missing = [pair for pair in wanted if pair[0] not in leases]
+        if missing:
+            # Every slot leased, the rows missing, or two of the deliveries offered one slot.
+            cursor.execute(
+                CREATE_SLOTS_SQL,
+                _slot_params() | {"providers": sorted({provider for _, provider in missing})},
+            )
+            for pair in missing:
+                leases |= _lease(cursor, [pair])
+    return leases
+
+
+def acquire_slot(provider_id: int, *, delivery_id: int) -> Lease | None:
+    """Lease one of the provider's slots for an attempt of the delivery, or None when every one
+    of them is leased (acquire_slots for one)."""
+    return acquire_slots([(delivery_id, provider_id)]).get(delivery_id)
 
 
 def release_slot(lease: Lease) -> None:
     """Free the lease's slot now, unless the lease ran out and the slot went to another job."""
-    params = {
-        "provider_id": lease.provider_id,
-        "slot": lease.slot,
-        "delivery_id": lease.delivery_id,
-        "until": lease.until,
-    }
     with connection.cursor() as cursor:
-        cursor.execute(RELEASE_SLOT_SQL, params)
+        cursor.execute(RELEASE_SLOTS_SQL, _lease_params([lease]))
 
 
 # --- Attempts -------------------------------------------------------------------------------
@@ -280,6 +310,7 @@ class Send:
     provider_id: int
     channel: str
     body: bytes
+    generation: int = 0
     url: str = ""
     secret: str = ""
     email: str = ""
@@ -334,42 +365,57 @@ def _signing_secret(endpoint: Endpoint | None) -> tuple[str, str]:
         return "", "the signing secret is under no key of DELIVERY_SECRET_KEYS"
 
 
-def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> Send | None:
-    """What to send for this job, with a slot of its provider leased for it if one is free
-    (Send.lease); None when the job has nothing to do any more (and then no slot is taken)."""
-    delivery = (
-        Delivery.objects.select_related("lead__service", "provider__endpoint")
-        .filter(pk=delivery_id, generation=generation)
-        .open()
-        .first()
-    )
-    if delivery is None or (attempt is not None and delivery.attempts != attempt):
-        return None
-    lease = acquire_slot(delivery.provider_id, delivery_id=delivery.pk)
+def _send(delivery: Delivery, lease: Lease | None) -> Send:
     endpoint: Endpoint | None = getattr(delivery.provider, "endpoint", None)
     data = payload(delivery)
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-    if delivery.channel == Delivery.Channel.WEBHOOK:
-        secret, error = _signing_secret(endpoint)
-        return Send(
-            delivery.pk,
-            delivery.provider_id,
-            delivery.channel,
-            body,
-            url=endpoint.url if endpoint else "",
-            secret=secret,
-            error=error,
-            lease=lease,
-        )
-    return Send(
+    send = Send(
         delivery.pk,
         delivery.provider_id,
         delivery.channel,
-        body,
-        email=endpoint.email if endpoint else "",
-        subject=f"New lead #{data['lead']['id']}: {data['lead']['service']['name']}",
+        json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+        generation=delivery.generation,
         lease=lease,
     )
+    if delivery.channel == Delivery.Channel.WEBHOOK:
+        secret, error = _signing_secret(endpoint)
+        return replace(send, url=endpoint.url if endpoint else "", secret=secret, error=error)
+    return replace(
+        send,
+        email=endpoint.email if endpoint else "",
+        subject=f"New lead #{data['lead']['id']}: {data['lead']['service']['name']}",
+    )
+
+
+def _start(deliveries: QuerySet[Delivery]) -> list[Send]:
+    """What to send for each of the open ``deliveries``, each with a slot of its provider leased
+    for it if one is free: one read, and one statement for the leases."""
+    rows = list(
+        deliveries.open().select_related("lead__service", "provider__endpoint").order_by("pk")
+    )
+    leases = acquire_slots([(delivery.pk, delivery.provider_id) for delivery in rows])
+    return [_send(delivery, leases.get(delivery.pk)) for delivery in rows]
+
+
+def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> Send | None:
+    """What to send for this job, with a slot of its provider leased for it if one is free
+    (Send.lease); None when the job has nothing to do any more (and then no slot is taken)."""
+    due = Delivery.objects.filter(pk=delivery_id, generation=generation)
+    if attempt is not None:
+        due = due.filter(attempts=attempt)
+    sends = _start(due)
+    return sends[0] if sends else None
+
+
+def first_attempts_due(lead_id: int) -> QuerySet[Delivery]:
+    """The lead's deliveries not attempted yet (in their first generation)."""
+    return Delivery.objects.filter(
+        lead_id=lead_id, generation=0, attempts=0, status=Delivery.Status.PENDING
+    )
+
+
+def start_lead_attempts(lead_id: int) -> list[Send]:
+    """start_attempt for each of the lead's first attempts still due, oldest first."""
+    return _start(first_attempts_due(lead_id))
 
 
 def announce(delivery: Delivery) -> None:
@@ -402,14 +448,164 @@ def _schedule(delivery: Delivery, at: datetime, *, attempt: int | None, postpone
 ANNOUNCE_FIRST_ATTEMPTS = 3
 ANNOUNCE_EVERY_ATTEMPTS = 10
 
+# Seconds before the next try of a delivery that has failed {failures} + 1 times: exponential
+# from DELIVERY_RETRY_BASE_SECONDS, capped at DELIVERY_RETRY_MAX_SECONDS, with jitter (half of
+# it random) so that endpoints coming back are not hit by every retry at once.
+RETRY_DELAY_SQL = """
+least(%(retry_base)s * power(2, least({failures}, 30)), %(retry_max)s) * (0.5 + random() / 2)
+"""
 
-def should_announce(previous_status: str, delivery: Delivery) -> bool:
-    """Whether this attempt's outcome is worth an event: a changed status always is."""
-    return (
-        delivery.status != previous_status
-        or delivery.attempts <= ANNOUNCE_FIRST_ATTEMPTS
-        or delivery.attempts % ANNOUNCE_EVERY_ATTEMPTS == 0
-    )
+# Attempts recorded, all in one statement: each delivery moves on (delivered; retrying, with
+# its next job deferred through procrastinate_defer_jobs_v1 as the allocation statement defers
+# its own; or failed once retried for DELIVERY_RETRY_HOURS, or at once when ``final``: no
+# endpoint any more), its attempt is logged, its event written (left out for a repeated failure
+# past the first few), and its provider slot freed. An attempt whose delivery a resend moved to
+# a new generation meanwhile is logged without moving it: the new generation's job carries on.
+#
+# Locks: the deliveries' rows in id order (as resend_deliveries takes them), and the slots'
+# rows, which a lease holds only for its own statement and waits for nothing meanwhile.
+RECORD_ATTEMPTS_SQL = f"""
+WITH outcome AS (
+    SELECT *
+      FROM unnest(%(deliveries)s::bigint[], %(generations)s::integer[],
+                  %(succeeded)s::boolean[], %(status_codes)s::integer[],
+                  %(latencies)s::integer[], %(errors)s::text[], %(started)s::timestamptz[],
+                  %(final)s::boolean[])
+           AS o(delivery_id, generation, succeeded, status_code, latency_ms, error,
+                started_at, final)
+),
+before AS (
+    SELECT id, lead_id, provider_id, channel, status, attempts, generation, retrying_since,
+           next_attempt_at, delivered_at
+      FROM delivery_delivery
+     WHERE id = ANY(%(deliveries)s::bigint[])
+     ORDER BY id
+       FOR UPDATE
+),
+next AS (
+    SELECT b.id, b.lead_id, b.provider_id, b.channel, b.status AS previous_status,
+           b.attempts + 1 AS attempts, o.generation, o.succeeded, o.status_code, o.latency_ms,
+           o.error, o.started_at, since.retrying_since, verdict.status,
+           run.current AND verdict.status = 'retrying' AS retry,
+           CASE WHEN o.succeeded THEN NULL
+                WHEN NOT run.current THEN b.next_attempt_at
+                WHEN verdict.status = 'failed' THEN NULL
+                ELSE %(now)s + make_interval(secs => {RETRY_DELAY_SQL.format(failures="b.attempts")}
+                     )
+           END AS next_attempt_at,
+           CASE WHEN o.succeeded THEN %(now)s ELSE b.delivered_at END AS delivered_at
+      FROM before AS b
+      JOIN outcome AS o ON o.delivery_id = b.id
+     CROSS JOIN LATERAL (
+           SELECT b.generation = o.generation AND b.status IN ('pending', 'retrying') AS current
+     ) AS run
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN run.current THEN coalesce(b.retrying_since, o.started_at)
+                       ELSE b.retrying_since END AS retrying_since
+     ) AS since
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN o.succeeded THEN 'delivered'
+                       WHEN NOT run.current THEN b.status
+                       WHEN o.final
+                         OR %(now)s - since.retrying_since >= make_interval(secs => %(window)s)
+                       THEN 'failed'
+                       ELSE 'retrying' END AS status
+     ) AS verdict
+),
+moved AS (
+    UPDATE delivery_delivery AS delivery
+       SET status = next.status, attempts = next.attempts,
+           last_status_code = next.status_code, last_latency_ms = next.latency_ms,
+           last_error = next.error, retrying_since = next.retrying_since,
+           next_attempt_at = next.next_attempt_at, delivered_at = next.delivered_at,
+           updated_at = %(now)s
+      FROM next
+     WHERE delivery.id = next.id
+),
+logged AS (
+    INSERT INTO delivery_attempt (delivery_id, number, started_at, succeeded, status_code,
+                                  latency_ms, error)
+    SELECT id, attempts, started_at, succeeded, status_code, latency_ms, error FROM next
+),
+announced AS (
+    INSERT INTO events_event (type, data, created_at)
+    SELECT %(event)s,
+           jsonb_build_object('delivery_id', id, 'lead_id', lead_id, 'provider_id', provider_id,
+                              'channel', channel, 'status', status, 'attempts', attempts),
+           %(now)s
+      FROM next
+     WHERE status <> previous_status
+        OR attempts <= %(announce_first)s
+        OR mod(attempts, %(announce_every)s) = 0
+    RETURNING id
+),
+released AS ({RELEASE_SLOTS_SQL}),
+-- A plain SELECT runs only when the final SELECT reads it, which it does.
+retries AS (
+    SELECT procrastinate_defer_jobs_v1(array_agg(
+               ROW(%(job_queue)s, %(job_task)s, 0, NULL, NULL,
+                   jsonb_build_object('delivery_id', id, 'generation', generation,
+                                      'attempt', attempts),
+                   next_attempt_at)::procrastinate_job_to_defer_v1 ORDER BY id)) AS ids
+      FROM next
+     WHERE retry
+    HAVING count(*) > 0
+)
+SELECT next.id, next.status, (SELECT count(*) FROM announced)
+  FROM next LEFT JOIN retries ON true
+"""
+
+# The delivery jobs' queue and task for a retry (delivery/tasks.py registers it).
+RETRY_JOB_TASK = "deliver"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One attempt to record: its delivery (in the generation its job was for), how it went,
+    and the provider slot it ran in. ``final``: the failure cannot heal by retrying."""
+
+    delivery_id: int
+    generation: int
+    outcome: Outcome
+    started_at: datetime
+    final: bool = False
+    lease: Lease | None = None
+
+
+def record_attempts(records: list[Record]) -> dict[int, str]:
+    """Record the attempts (RECORD_ATTEMPTS_SQL), at most one per delivery; return each
+    delivery's status afterwards by id (a delivery deleted meanwhile is left out, and its slot
+    freed all the same). All or nothing, in one statement: one round trip, one commit."""
+    if len({record.delivery_id for record in records}) != len(records):
+        raise ValueError("two attempts of one delivery cannot be recorded in one statement")
+    from allocation.services import DELIVERY_JOB_QUEUE
+
+    outcomes = [record.outcome for record in records]
+    params = {
+        "deliveries": [record.delivery_id for record in records],
+        "generations": [record.generation for record in records],
+        "succeeded": [outcome.succeeded for outcome in outcomes],
+        "status_codes": [outcome.status_code for outcome in outcomes],
+        "latencies": [outcome.latency_ms for outcome in outcomes],
+        "errors": [outcome.error for outcome in outcomes],
+        "started": [record.started_at for record in records],
+        "final": [record.final for record in records],
+        "now": timezone.now(),
+        "window": settings.DELIVERY_RETRY_HOURS * 3600,
+        "retry_base": settings.DELIVERY_RETRY_BASE_SECONDS,
+        "retry_max": settings.DELIVERY_RETRY_MAX_SECONDS,
+        "event": DELIVERY_UPDATED,
+        "announce_first": ANNOUNCE_FIRST_ATTEMPTS,
+        "announce_every": ANNOUNCE_EVERY_ATTEMPTS,
+        "job_queue": DELIVERY_JOB_QUEUE,
+        "job_task": RETRY_JOB_TASK,
+    } | _lease_params([record.lease for record in records if record.lease is not None])
+    with connection.cursor() as cursor:
+        cursor.execute(RECORD_ATTEMPTS_SQL, params)
+        rows = cursor.fetchall()
+    if rows and rows[0][2]:
+        announce_after_commit()
+    return {delivery_id: status for delivery_id, status, _ in rows}
 
 
 def record_attempt(
@@ -420,58 +616,86 @@ def record_attempt(
     started_at: datetime,
     final: bool = False,
     lease: Lease | None = None,
-) -> Delivery:
-    """Log the attempt and move the delivery on: delivered, retrying (next job deferred in this
-    transaction), or failed once it has been retried for DELIVERY_RETRY_HOURS. ``final``: the
-    failure cannot heal by retrying (no endpoint any more). One transaction, with the event,
-    which is left out for a repeated failure past the first few (should_announce), and with
-    the release of the attempt's provider slot (``lease``): the attempt is over once recorded."""
-    now = timezone.now()
-    with transaction.atomic():
-        delivery = Delivery.objects.select_for_update().get(pk=delivery_id)
-        previous_status = delivery.status
-        delivery.attempts += 1
-        Attempt.objects.create(
-            delivery=delivery,
-            number=delivery.attempts,
-            started_at=started_at,
-            succeeded=outcome.succeeded,
-            status_code=outcome.status_code,
-            latency_ms=outcome.latency_ms,
-            error=outcome.error,
-        )
-        delivery.last_status_code = outcome.status_code
-        delivery.last_latency_ms = outcome.latency_ms
-        delivery.last_error = outcome.error
-        delivery.updated_at = now
-        current = delivery.generation == generation and delivery.status in (
-            Delivery.Status.PENDING,
-            Delivery.Status.RETRYING,
-        )
-        if current:
-            delivery.retrying_since = delivery.retrying_since or started_at
-        if outcome.succeeded:
-            delivery.status = Delivery.Status.DELIVERED
-            delivery.delivered_at = now
-            delivery.next_attempt_at = None
-        elif current:
-            window = timedelta(hours=settings.DELIVERY_RETRY_HOURS)
-            if final or now - delivery.retrying_since >= window:
-                delivery.status = Delivery.Status.FAILED
-                delivery.next_attempt_at = None
-            else:
-                delivery.status = Delivery.Status.RETRYING
-                delivery.next_attempt_at = now + timedelta(seconds=retry_delay(delivery.attempts))
-                _schedule(delivery, delivery.next_attempt_at, attempt=delivery.attempts)
-        # else: a resend started a new generation meanwhile; its own job carries on.
-        delivery.save()
-        if should_announce(previous_status, delivery):
-            announce(delivery)
-        if lease is not None:
-            # After the delivery's row lock: the slot's row is the last lock taken here, and
-            # taking a slot (acquire_slot) locks nothing else, so neither waits on the other.
-            release_slot(lease)
-    return delivery
+) -> str | None:
+    """Record one attempt (record_attempts); return the delivery's status, None if it is gone."""
+    record = Record(delivery_id, generation, outcome, started_at, final, lease)
+    return record_attempts([record]).get(delivery_id)
+
+
+# The most attempts one statement records: a burst's batches stay well under it, and a backlog
+# after an outage goes in a few statements of bounded size.
+RECORD_BATCH_MAX = 100
+
+
+def _batch(
+    waiting: list[tuple[Record, asyncio.Future[str]]],
+) -> tuple[list[tuple[Record, asyncio.Future[str]]], list[tuple[Record, asyncio.Future[str]]]]:
+    """The next batch to record (at most one attempt per delivery), and what waits after it."""
+    batch, rest, seen = [], [], set()
+    for item in waiting:
+        if item[0].delivery_id in seen or len(batch) == RECORD_BATCH_MAX:
+            rest.append(item)
+        else:
+            seen.add(item[0].delivery_id)
+            batch.append(item)
+    return batch, rest
+
+
+class AttemptRecorder:
+    """Records the attempts of one event loop's jobs, many in one statement.
+
+    A worker runs up to DELIVERY_CONCURRENCY attempts at once. Each recorded on its own cost a
+    transaction and a commit, and commits carrying events pass one at a time (the event log's
+    seq, events/migrations/0002): under a burst, the worker's commits queued with intake's.
+    Here an attempt waits while the statement before it runs, then goes with all the others
+    that finished meanwhile: one statement and one commit per batch. Each job still waits for
+    its own attempt's record, and sees its error if the statement fails.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[Record, asyncio.Future[str]]] = []
+        self._recording: asyncio.Task[None] | None = None
+
+    async def record(self, record: Record) -> str:
+        """Record the attempt with the others waiting; return its delivery's status then
+        ("gone" if the delivery was deleted meanwhile)."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.append((record, future))
+        if self._recording is None or self._recording.done():
+            self._recording = asyncio.create_task(self._record_waiting())
+        return await future
+
+    async def _record_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = _batch(self._waiting)
+            try:
+                statuses = await _in_thread(record_attempts)([record for record, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:
+                for _, future in batch + self._waiting:
+                    future.cancel()
+                raise
+            for record, future in batch:
+                if not future.done():
+                    future.set_result(statuses.get(record.delivery_id, "gone"))
+
+
+_recorders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AttemptRecorder] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _recorder() -> AttemptRecorder:
+    """The running event loop's recorder (a worker has one loop; tests make many)."""
+    loop = asyncio.get_running_loop()
+    recorder = _recorders.get(loop)
+    if recorder is None:
+        recorder = _recorders[loop] = AttemptRecorder()
+    return recorder
 
 
 def _in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
@@ -538,10 +762,9 @@ SELECT coalesce(min(leased_until), now()) - make_interval(secs => %(lease_second
 
 def slots_held_briefly(provider_id: int) -> bool:
     """Whether the provider's attempts in flight all started within BUSY_NOT_STUCK_SECONDS."""
+    params = _slot_params() | {"provider_id": provider_id, "young": BUSY_NOT_STUCK_SECONDS}
     with connection.cursor() as cursor:
-        cursor.execute(
-            SLOTS_YOUNG_SQL, _slot_params(provider_id) | {"young": BUSY_NOT_STUCK_SECONDS}
-        )
+        cursor.execute(SLOTS_YOUNG_SQL, params)
         return cursor.fetchone()[0]
 
 
@@ -558,28 +781,21 @@ async def _wait_for_slot(send: Send) -> Send:
     return send
 
 
-async def attempt_delivery(
-    delivery_id: int, *, generation: int, attempt: int | None, postponed: int = 0
-) -> str:
-    """Run one attempt of the delivery in a slot of its provider; return its status afterwards.
-
-    "skipped": nothing to do. "postponed": the provider's DELIVERY_PER_PROVIDER_CONCURRENCY
-    slots are all leased, by attempts of any worker on any host, so the job is deferred again
-    (later each time): a provider whose endpoint hangs holds that many attempts in all, and
-    every other provider's deliveries go on in the workers' other slots.
-    """
-    send = await _in_thread(start_attempt)(delivery_id, generation=generation, attempt=attempt)
-    if send is None:
-        return "skipped"
+async def _run(send: Send, *, attempt: int | None, postponed: int) -> str:
+    """Make the attempt in a slot of its provider; return the delivery's status afterwards, or
+    "postponed": the provider's DELIVERY_PER_PROVIDER_CONCURRENCY slots are all leased, by
+    attempts of any worker on any host, so the job is deferred again (later each time). A
+    provider whose endpoint hangs holds that many attempts in all, and every other provider's
+    deliveries go on in the workers' other slots."""
     if send.lease is None:
         send = await _wait_for_slot(send)
     if send.lease is None:
         await _in_thread(postpone)(
-            delivery_id, generation=generation, attempt=attempt, postponed=postponed
+            send.delivery_id, generation=send.generation, attempt=attempt, postponed=postponed
         )
         return "postponed"
     try:
-        return await _attempt(send, generation=generation)
+        return await _attempt(send)
     except BaseException:
         # The attempt was not recorded (recording frees the slot): free it now, not at expiry.
         # If that fails too (the database is gone), the lease still runs out.
@@ -588,15 +804,14 @@ async def attempt_delivery(
         raise
 
 
-def first_attempts_due(lead_id: int) -> list[int]:
-    """The lead's deliveries not attempted yet (in their first generation), oldest first."""
-    return list(
-        Delivery.objects.filter(
-            lead_id=lead_id, generation=0, attempts=0, status=Delivery.Status.PENDING
-        )
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
+async def attempt_delivery(
+    delivery_id: int, *, generation: int, attempt: int | None, postponed: int = 0
+) -> str:
+    """Run one attempt of the delivery (_run) if its job still has one to make; "skipped" if not."""
+    send = await _in_thread(start_attempt)(delivery_id, generation=generation, attempt=attempt)
+    if send is None:
+        return "skipped"
+    return await _run(send, attempt=attempt, postponed=postponed)
 
 
 async def deliver_lead(lead_id: int) -> list[str]:
@@ -604,19 +819,18 @@ async def deliver_lead(lead_id: int) -> list[str]:
 
     The allocation statement deferred this one job for the whole lead (allocation/services.py):
     one job to fetch and finish per lead, not one per delivery, which is what bounds a worker's
-    rate (procrastinate fetches its jobs one at a time). A provider at its concurrency limit
-    gets a job of its own instead of an attempt here (attempt_delivery postpones it), so a
-    provider whose endpoint hangs holds this job's slot only while it has a free one of its own.
-    Run twice (its worker died), it attempts only what was not attempted yet; an attempt cut
-    off by the death is sent again, under the same webhook-id.
+    rate (procrastinate fetches its jobs one at a time), and one read and one lease statement
+    for all its deliveries. A provider at its concurrency limit gets a job of its own instead
+    of an attempt here (_run postpones it), so a provider whose endpoint hangs holds this job's
+    slot only while it has a free one of its own. Run twice (its worker died), it attempts only
+    what was not attempted yet; an attempt cut off by the death is sent again, under the same
+    webhook-id.
     """
-    ids = await _in_thread(first_attempts_due)(lead_id)
-    return list(
-        await asyncio.gather(*(attempt_delivery(pk, generation=0, attempt=0) for pk in ids))
-    )
+    sends = await _in_thread(start_lead_attempts)(lead_id)
+    return list(await asyncio.gather(*(_run(send, attempt=0, postponed=0) for send in sends)))
 
 
-async def _attempt(send: Send, *, generation: int) -> str:
+async def _attempt(send: Send) -> str:
     from delivery.sending import post_webhook, send_email
 
     delivery_id = send.delivery_id
@@ -636,15 +850,8 @@ async def _attempt(send: Send, *, generation: int) -> str:
     else:
         outcome = Outcome(False, 0, error=f"the provider has no {send.channel} endpoint any more")
         final = True
-    delivery = await _in_thread(record_attempt)(
-        delivery_id,
-        outcome,
-        generation=generation,
-        started_at=started_at,
-        final=final,
-        lease=send.lease,
-    )
-    return delivery.status
+    record = Record(delivery_id, send.generation, outcome, started_at, final, send.lease)
+    return await _recorder().record(record)
 
 
 # --- Safety net ---------------------------------------------------------------------------

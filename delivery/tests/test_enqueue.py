@@ -12,7 +12,7 @@ from allocation import services as allocation_services
 from allocation.models import Lead
 from allocation.services import allocate_waiting_leads
 from delivery.models import Delivery
-from delivery.services import first_attempts_due
+from delivery.services import release_slot, start_lead_attempts
 from delivery.tests.support import plain_endpoint, queued, submit
 from providers.models import Provider
 
@@ -47,10 +47,15 @@ def test_the_lead_job_attempts_what_is_not_attempted_yet(seeded):
     lead = submit(1, 1)
     ids = sorted(Delivery.objects.values_list("pk", flat=True))
 
-    assert first_attempts_due(lead.pk) == ids
+    sends = start_lead_attempts(lead.pk)
+    assert [send.delivery_id for send in sends] == ids
+    # Provider 2's webhook and email each got a slot of their own, in the lead's one lease.
+    assert sorted((s.lease.provider_id, s.lease.slot) for s in sends) == [(1, 0), (2, 0), (2, 1)]
     # Run again (its worker died after the first attempt was recorded): the rest only.
+    for send in sends:
+        release_slot(send.lease)
     Delivery.objects.filter(pk=ids[0]).update(attempts=1, status="delivered")
-    assert first_attempts_due(lead.pk) == ids[1:]
+    assert [send.delivery_id for send in start_lead_attempts(lead.pk)] == ids[1:]
 
 
 def test_deliveries_and_their_job_add_no_statement_to_the_allocation(seeded):

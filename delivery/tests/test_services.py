@@ -4,25 +4,40 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.core.mail.backends.base import BaseEmailBackend
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
-import delivery.services
 from delivery.models import Attempt, Delivery, Endpoint
 from delivery.sending import Outcome
-from delivery.services import attempt_delivery, record_attempt, retry_delay
+from delivery.services import RETRY_DELAY_SQL, attempt_delivery, record_attempt
 from delivery.tests.support import plain_endpoint, submit
 from events.models import Event
 from events.types import DELIVERY_UPDATED
 
 
+def retry_delays(attempts: int, *, times: int) -> list[float]:
+    """RETRY_DELAY_SQL's waits after ``attempts`` failures, as the record statement draws them."""
+    params = {
+        "retry_base": settings.DELIVERY_RETRY_BASE_SECONDS,
+        "retry_max": settings.DELIVERY_RETRY_MAX_SECONDS,
+        "attempts": attempts,
+    }
+    sql = RETRY_DELAY_SQL.format(failures="%(attempts)s - 1")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {sql} FROM generate_series(1, {times})", params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.django_db
 def test_retries_double_from_the_base_up_to_the_cap_with_half_of_each_wait_random(settings):
     settings.DELIVERY_RETRY_BASE_SECONDS = 30
     settings.DELIVERY_RETRY_MAX_SECONDS = 3600
 
-    waits = {n: [retry_delay(n) for _ in range(200)] for n in (1, 2, 3, 7, 8, 30)}
+    waits = {n: retry_delays(n, times=200) for n in (1, 2, 3, 7, 8, 30, 5000)}
 
-    for n, nominal in {1: 30, 2: 60, 3: 120, 7: 1920, 8: 3600, 30: 3600}.items():
+    for n, nominal in {1: 30, 2: 60, 3: 120, 7: 1920, 8: 3600, 30: 3600, 5000: 3600}.items():
         assert nominal / 2 <= min(waits[n])
         assert max(waits[n]) <= nominal
         assert max(waits[n]) - min(waits[n]) > nominal / 10  # jittered, not fixed
@@ -58,19 +73,34 @@ def test_a_delivery_whose_endpoint_was_removed_fails_at_once(transactional_db, s
     assert Attempt.objects.get().error == "the provider has no webhook endpoint any more"
 
 
+REFUSE_JOBS = """
+CREATE FUNCTION test_refuse_job() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION 'the job table refuses'; END $$ LANGUAGE plpgsql;
+CREATE TRIGGER test_refuse_job BEFORE INSERT ON procrastinate_jobs
+FOR EACH ROW EXECUTE FUNCTION test_refuse_job();
+"""
+ACCEPT_JOBS = """
+DROP TRIGGER test_refuse_job ON procrastinate_jobs; DROP FUNCTION test_refuse_job();
+"""
+
+
 def test_an_attempt_is_recorded_with_its_event_and_next_job_or_not_at_all(
-    transactional_db, seeded_tx, settings, monkeypatch
+    transactional_db, seeded_tx, settings
 ):
     settings.ALLOW_PRIVATE_DELIVERY_TARGETS = False
     plain_endpoint(1, url="https://10.0.0.1/hook")  # refused at send time: a failed attempt
     row = Delivery.objects.get(lead=submit(1, 1))
 
-    def broken_schedule(*args, **kwargs):
-        raise RuntimeError("the job table is gone")
-
-    monkeypatch.setattr(delivery.services, "_schedule", broken_schedule)
-    with pytest.raises(RuntimeError):
-        async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+    # The retry's job cannot be deferred: the statement fails after the delivery row, the
+    # attempt and the event were written, and must take them all back with it.
+    with connection.cursor() as cursor:
+        cursor.execute(REFUSE_JOBS)
+    try:
+        with pytest.raises(DatabaseError, match="the job table refuses"):
+            async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(ACCEPT_JOBS)
 
     row.refresh_from_db()
     assert (row.status, row.attempts, row.last_error) == ("pending", 0, "")
