@@ -29,7 +29,12 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from delivery.encryption import UndecryptableSecret, needs_reencryption, reencrypt_secret
+from delivery.encryption import (
+    UndecryptableSecret,
+    decrypt_secret,
+    needs_reencryption,
+    reencrypt_secret,
+)
 from delivery.guard import check_url
 from delivery.models import Delivery, Endpoint
 from delivery.sending import Outcome
@@ -179,8 +184,7 @@ ACQUIRE_SLOTS_SQL = """
 UPDATE delivery_providerslot AS slot
    SET delivery_id = wanted.delivery_id,
        leased_until = now() + make_interval(secs => %(lease_seconds)s)
-  FROM unnest(%(deliveries)s::bigint[], %(providers)s::bigint[])
-       AS wanted(delivery_id, provider_id)
+  FROM {wanted} AS wanted(delivery_id, provider_id)
  CROSS JOIN LATERAL (SELECT id
                        FROM delivery_providerslot
                       WHERE provider_id = wanted.provider_id
@@ -192,6 +196,7 @@ UPDATE delivery_providerslot AS slot
  WHERE slot.id = free.id
 RETURNING slot.provider_id, slot.slot, slot.delivery_id, slot.leased_until
 """
+WANTED_PARAMS = "unnest(%(deliveries)s::bigint[], %(providers)s::bigint[])"
 
 # The providers' missing slot rows, free: made by a provider's first attempt (or the first after
 # DELIVERY_PER_PROVIDER_CONCURRENCY was raised). Two workers doing it at once insert each row
@@ -249,7 +254,7 @@ def _lease_params(leases: list[Lease]) -> dict[str, object]:
 
 def _lease(cursor: Any, wanted: list[tuple[int, int]]) -> dict[int, Lease]:
     cursor.execute(
-        ACQUIRE_SLOTS_SQL,
+        ACQUIRE_SLOTS_SQL.format(wanted=WANTED_PARAMS),
         _slot_params()
         | {
             "deliveries": [delivery_id for delivery_id, _ in wanted],
@@ -320,23 +325,22 @@ class Send:
     lease: Lease | None = None
 
 
-def payload(delivery: Delivery) -> dict[str, Any]:
-    lead = delivery.lead
-    service = lead.service
+def payload(row: dict[str, Any]) -> dict[str, Any]:
+    """The body of a delivery (SPEC: lead.assigned) from its row of START_SQL."""
     return {
         "type": LEAD_ASSIGNED,
-        "delivery_id": delivery.pk,
-        "provider_id": delivery.provider_id,
-        "role": delivery.role,
-        "rank": delivery.rank,
+        "delivery_id": row["id"],
+        "provider_id": row["provider_id"],
+        "role": row["role"],
+        "rank": row["rank"],
         "lead": {
-            "id": lead.pk,
-            "name": lead.name,
-            "phone": lead.phone,
-            "city": lead.city,
-            "description": lead.description,
-            "service": {"id": service.pk, "slug": service.slug, "name": service.name},
-            "created_at": lead.created_at.isoformat(),
+            "id": row["lead_id"],
+            "name": row["name"],
+            "phone": row["phone"],
+            "city": row["city"],
+            "description": row["description"],
+            "service": {"id": row["service_id"], "slug": row["slug"], "name": row["service_name"]},
+            "created_at": row["created_at"].isoformat(),
         },
     }
 
@@ -353,69 +357,98 @@ def _email_text(data: dict[str, Any]) -> str:
     )
 
 
-def _signing_secret(endpoint: Endpoint | None) -> tuple[str, str]:
-    """The endpoint's clear secret and "", or "" and why it cannot be had."""
-    if endpoint is None:
+def _signing_secret(stored: str | None) -> tuple[str, str]:
+    """The clear secret of an endpoint's stored one and "", or "" and why it cannot be had."""
+    if not stored:
         return "", ""
     try:
-        return endpoint.signing_secret, ""
+        return decrypt_secret(stored), ""
     except UndecryptableSecret:
         # A key removed from DELIVERY_SECRET_KEYS too early: a failed attempt, retried, shows
         # it on the delivery; putting the key back heals the retries.
         return "", "the signing secret is under no key of DELIVERY_SECRET_KEYS"
 
 
-def _send(delivery: Delivery, lease: Lease | None) -> Send:
-    endpoint: Endpoint | None = getattr(delivery.provider, "endpoint", None)
-    data = payload(delivery)
+def _send(row: dict[str, Any]) -> Send:
+    data = payload(row)
+    lease = None
+    if row["slot"] is not None:
+        lease = Lease(row["provider_id"], row["slot"], row["id"], row["leased_until"])
     send = Send(
-        delivery.pk,
-        delivery.provider_id,
-        delivery.channel,
+        row["id"],
+        row["provider_id"],
+        row["channel"],
         json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
-        generation=delivery.generation,
+        generation=row["generation"],
         lease=lease,
     )
-    if delivery.channel == Delivery.Channel.WEBHOOK:
-        secret, error = _signing_secret(endpoint)
-        return replace(send, url=endpoint.url if endpoint else "", secret=secret, error=error)
+    if row["channel"] == Delivery.Channel.WEBHOOK:
+        secret, error = _signing_secret(row["secret"])
+        return replace(send, url=row["url"] or "", secret=secret, error=error)
     return replace(
         send,
-        email=endpoint.email if endpoint else "",
-        subject=f"New lead #{data['lead']['id']}: {data['lead']['service']['name']}",
+        email=row["email"] or "",
+        subject=f"New lead #{row['lead_id']}: {row['service_name']}",
     )
 
 
-def _start(deliveries: QuerySet[Delivery]) -> list[Send]:
-    """What to send for each of the open ``deliveries``, each with a slot of its provider leased
-    for it if one is free: one read, and one statement for the leases."""
-    rows = list(
-        deliveries.open().select_related("lead__service", "provider__endpoint").order_by("pk")
-    )
-    leases = acquire_slots([(delivery.pk, delivery.provider_id) for delivery in rows])
-    return [_send(delivery, leases.get(delivery.pk)) for delivery in rows]
+# What to send for each due open delivery, read with a slot of its provider leased for it where
+# one is free (no slot columns where none is): one statement, before the network is touched.
+# The endpoint is read now, not at allocation: a changed URL or email applies to every attempt
+# made after the change. {due} picks the deliveries (DUE_FOR_LEAD, DUE_FOR_JOB).
+START_SQL = f"""
+WITH due AS (
+    SELECT delivery.id, delivery.provider_id, delivery.channel, delivery.role, delivery.rank,
+           delivery.generation, lead.id AS lead_id, lead.name, lead.phone, lead.city,
+           lead.description, lead.created_at, service.id AS service_id, service.slug,
+           service.name AS service_name, endpoint.url, endpoint.email, endpoint.secret
+      FROM delivery_delivery AS delivery
+      JOIN allocation_lead AS lead ON lead.id = delivery.lead_id
+      JOIN providers_service AS service ON service.id = lead.service_id
+      LEFT JOIN delivery_endpoint AS endpoint ON endpoint.provider_id = delivery.provider_id
+     WHERE delivery.status IN ('pending', 'retrying') AND {{due}}
+),
+leased AS ({ACQUIRE_SLOTS_SQL.format(wanted="(SELECT id, provider_id FROM due)")})
+SELECT due.*, leased.slot, leased.leased_until
+  FROM due LEFT JOIN leased ON leased.delivery_id = due.id
+ ORDER BY due.id
+"""
+# The lead's deliveries not attempted yet, in their first generation (the lead's job).
+DUE_FOR_LEAD = """delivery.lead_id = %(lead)s AND delivery.generation = 0
+       AND delivery.attempts = 0 AND delivery.status = 'pending'"""
+# One delivery, if still in the job's generation and, for a scheduled retry, not attempted
+# since the job was deferred (attempt NULL: any).
+DUE_FOR_JOB = """delivery.id = %(delivery)s AND delivery.generation = %(generation)s
+       AND (%(attempt)s::integer IS NULL OR delivery.attempts = %(attempt)s)"""
+
+
+def _start(due: str, params: dict[str, object]) -> list[Send]:
+    """What to send for each delivery of ``due`` (START_SQL), each with a slot of its provider
+    leased for it if one was free; a delivery without one asks again alone (acquire_slots)."""
+    with connection.cursor() as cursor:
+        cursor.execute(START_SQL.format(due=due), _slot_params() | params)
+        columns = [column.name for column in cursor.description]
+        rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+    unleased = [(row["id"], row["provider_id"]) for row in rows if row["slot"] is None]
+    if unleased:
+        # Every slot leased, the slot rows missing, or two deliveries offered one slot.
+        for delivery_id, lease in acquire_slots(unleased).items():
+            row = next(row for row in rows if row["id"] == delivery_id)
+            row.update(slot=lease.slot, leased_until=lease.until)
+    return [_send(row) for row in rows]
 
 
 def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> Send | None:
     """What to send for this job, with a slot of its provider leased for it if one is free
     (Send.lease); None when the job has nothing to do any more (and then no slot is taken)."""
-    due = Delivery.objects.filter(pk=delivery_id, generation=generation)
-    if attempt is not None:
-        due = due.filter(attempts=attempt)
-    sends = _start(due)
+    params = {"delivery": delivery_id, "generation": generation, "attempt": attempt}
+    sends = _start(DUE_FOR_JOB, params)
     return sends[0] if sends else None
-
-
-def first_attempts_due(lead_id: int) -> QuerySet[Delivery]:
-    """The lead's deliveries not attempted yet (in their first generation)."""
-    return Delivery.objects.filter(
-        lead_id=lead_id, generation=0, attempts=0, status=Delivery.Status.PENDING
-    )
 
 
 def start_lead_attempts(lead_id: int) -> list[Send]:
     """start_attempt for each of the lead's first attempts still due, oldest first."""
-    return _start(first_attempts_due(lead_id))
+    return _start(DUE_FOR_LEAD, {"lead": lead_id})
 
 
 def announce(delivery: Delivery) -> None:
