@@ -42,16 +42,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import common
 from bench_ceiling import ceiling_table, run_ceiling
 
 LUA = Path(__file__).resolve().with_name("wrk_leads.lua")
+RECEIVER = Path(__file__).resolve().with_name("receiver.py")
 
 
 class WrkFailed(Exception):
@@ -77,38 +76,26 @@ HANG_SECONDS = 15.0  # longer than DELIVERY_TIMEOUT_SECONDS (10 s): the attempt 
 
 
 class Receiver:
-    """Local webhook receivers on 127.0.0.1: ``fast`` answers 200 at once, ``hang`` holds each
-    request HANG_SECONDS before answering (the delivery's timeout fires first)."""
+    """The webhook receivers (bench/receiver.py, a process of its own, so that its CPU is
+    counted apart): ``fast`` answers 200 at once, ``hang`` holds each request HANG_SECONDS
+    before answering (the delivery's timeout fires first)."""
 
     def __init__(self) -> None:
-        self.received = 0
-        self.lock = threading.Lock()
-        self.servers = {"fast": self._start(0.0), "hang": self._start(HANG_SECONDS)}
-
-    def _start(self, delay: float) -> ThreadingHTTPServer:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if delay:
-                    time.sleep(delay)
-                with receiver.lock:
-                    receiver.received += 1
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
+        self.process = subprocess.Popen(
+            [sys.executable, str(RECEIVER), str(HANG_SECONDS)], stdout=subprocess.PIPE, text=True
+        )
+        fast, hang = self.process.stdout.readline().split()
+        self.ports = {"fast": int(fast), "hang": int(hang)}
 
     def url(self, kind: str) -> str:
-        return f"http://127.0.0.1:{self.servers[kind].server_address[1]}/hook"
+        return f"http://127.0.0.1:{self.ports[kind]}/hook"
+
+    def cpu_seconds(self) -> float:
+        return common._tree_ticks(common._processes(), [self.process.pid]) / common.CLOCK_TICKS
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
 def set_endpoints(db_url: str, url: str | None, *, hanging: tuple[int, str] | None = None) -> None:
@@ -259,14 +246,17 @@ def measure(
     seconds: float,
     run: int,
     mode: str = "-",
+    receiver: Receiver | None = None,
 ) -> dict[str, object]:
     leads_before = common.count_leads(db_url)
+    receiver_before = receiver.cpu_seconds() if receiver else 0.0
     delivered_before, _ = delivery_counts(db_url)
     delivery_before = delivery_ticks(server.process.pid)
     with common.CpuMeter(server.process.pid, common.database_name(db_url)) as used:
         stats = run_wrk(server.url, key, clients=clients, seconds=seconds, run=run)
         stored = common.settle(db_url) - leads_before
     delivery_cpu = (delivery_ticks(server.process.pid) - delivery_before) / common.CLOCK_TICKS
+    receiver_cpu = receiver.cpu_seconds() - receiver_before if receiver else None
     delivered, queued = delivery_counts(db_url)
     duration = stats["duration_us"] / 1e6
     return {
@@ -274,6 +264,9 @@ def measure(
         "delivered_s": (delivered - delivered_before) / duration if duration else 0.0,
         "queued": queued,
         "delivery_ms": delivery_cpu * 1000 / stored if stored else None,
+        "receiver_ms": receiver_cpu * 1000 / stored
+        if stored and receiver_cpu is not None
+        else None,
         "server": server.name,
         "workers": server.workers,
         "clients": clients,
@@ -356,6 +349,7 @@ def delivery_table(rows: list[dict[str, object]]) -> str:
         "server CPU ms/lead",
         "of which delivery workers",
         "PG CPU ms/lead",
+        "receiver CPU ms/lead",
         "delivered/s",
         "jobs left at end",
         "delivered after (s)",
@@ -384,6 +378,7 @@ def delivery_table(rows: list[dict[str, object]]) -> str:
                 common.fmt(r["server_ms"], 2),
                 common.fmt(r["delivery_ms"], 2),
                 common.fmt(r["pg_ms"], 2),
+                common.fmt(r.get("receiver_ms"), 2),
                 common.fmt(r["delivered_s"], 0),
                 r["queued"],
                 common.fmt(r.get("lag"), 1),
@@ -492,6 +487,7 @@ def main() -> None:
                                     seconds=args.seconds,
                                     run=run,
                                     mode=mode,
+                                    receiver=receiver if mode != "-" else None,
                                 )
                             if mode in ("on", "queued", "one-hangs"):
                                 row["lag"] = wait_for_others(db_url, since, hanging)
@@ -517,6 +513,8 @@ def main() -> None:
     if args.delivery:
         print()
         print(delivery_table(rows))
+    if args.delivery:
+        receiver.close()
     print(f"\nServer logs: {log_dir}")
     ok = common.report_invariants(invariants)
     if not ok or any("error" in r for r in rows):
