@@ -8,8 +8,11 @@ PORT ?= 8000
 DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 
 DELIVERY_CONCURRENCY ?= 20
+# Delivery jobs are inserted without NOTIFY (docs/DELIVERY.md): their workers ask this often.
+DELIVERY_POLL_SECONDS ?= 0.5
 DRAIN_WORKER := --queues drains,default --concurrency 1 --shutdown-graceful-timeout 25
-DELIVERY_WORKER := --queues deliveries --concurrency $(DELIVERY_CONCURRENCY) --shutdown-graceful-timeout 25
+DELIVERY_WORKER := --queues deliveries --concurrency $(DELIVERY_CONCURRENCY) \
+	--fetch-job-polling-interval $(DELIVERY_POLL_SECONDS) --shutdown-graceful-timeout 25
 
 .PHONY: run serve worker test lint format install install-dev clean-db
 

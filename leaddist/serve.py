@@ -163,6 +163,8 @@ def delivery_command() -> list[str]:
     return [
         *(sys.executable, str(MANAGE), "procrastinate", "worker", "--queues", "deliveries"),
         *("--concurrency", str(settings.DELIVERY_CONCURRENCY)),
+        # Delivery jobs are inserted without NOTIFY (delivery migration 0005): ask this often.
+        *("--fetch-job-polling-interval", str(settings.DELIVERY_POLL_SECONDS)),
         *("--shutdown-graceful-timeout", "25"),
     ]
 

@@ -247,6 +247,10 @@ DELIVERY_RETRY_HOURS = env.float("DELIVERY_RETRY_HOURS", default=24.0)
 # Attempts one delivery worker runs at once (`make worker`, `make serve`): each waits on the
 # network, so a slow or hanging endpoint holds one of them for at most the timeout.
 DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=20)
+# How often an idle delivery worker asks for jobs (`make serve`; `make run` and `make worker`
+# read the Makefile's own DELIVERY_POLL_SECONDS): delivery jobs are inserted without NOTIFY, which
+# would make each allocation's commit wait its turn behind every other NOTIFY (docs/DELIVERY.md).
+DELIVERY_POLL_SECONDS = env.float("DELIVERY_POLL_SECONDS", default=0.5)
 # Attempts in flight to one provider at once, across all delivery workers on all hosts (leases
 # in delivery_providerslot): a provider whose endpoint hangs, with many leads, holds this many
 # worker slots in all, and its other deliveries wait their turn (postponed, backing off).

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
+from procrastinate.contrib.django import app
 
 from allocation import services as allocation_services
 from allocation.models import Lead
@@ -14,6 +17,7 @@ from allocation.services import allocate_waiting_leads
 from delivery.models import Delivery
 from delivery.services import release_slot, start_lead_attempts
 from delivery.tests.support import plain_endpoint, queued, submit
+from leaddist.tests.asgi_server import database_url_for_tests
 from providers.models import Provider
 
 pytestmark = pytest.mark.django_db
@@ -140,3 +144,19 @@ def test_an_allocation_rolled_back_by_its_caller_enqueues_nothing(seeded):
 
     assert Delivery.objects.count() == 0
     assert queued("deliver_lead") == []
+
+
+def test_delivery_jobs_are_inserted_without_notify_and_other_queues_still_are(jobs, seeded_tx):
+    """A NOTIFY makes its transaction's commit wait for every other NOTIFYing commit (delivery
+    migration 0005): the allocation statement's job must not send one. Other queues' jobs do."""
+    url = database_url_for_tests("leaddist-test-listener")
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute('LISTEN "procrastinate_any_queue_v1"')
+        plain_endpoint(1, url="https://p1.example/hook")
+        submit(1, 1)
+        other = app.configure_task("leaddist.tests.no_such_task", queue="default").defer()
+
+        notified = [json.loads(n.payload)["job_id"] for n in listener.notifies(timeout=1.0)]
+
+    assert [status for status, _ in queued("deliver_lead")] == ["todo"]
+    assert notified == [other]
