@@ -3,6 +3,7 @@ Host and in the certificate check."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import subprocess
@@ -112,3 +113,57 @@ def test_a_certificate_for_another_name_is_refused(
     assert not outcome.succeeded
     assert "CERTIFICATE_VERIFY_FAILED" in outcome.error
     assert seen["requests"] == []
+
+
+def test_attempts_to_one_name_reuse_its_connection_and_another_name_gets_its_own(
+    monkeypatch, settings
+):
+    """Keep-alive per host name: a.test's attempts share one connection; b.test, at the same
+    address, never rides on it (its SNI and certificate would be a.test's)."""
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = True
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(guard.socket, "getaddrinfo", getaddrinfo)
+    connections: list[list[bytes]] = []
+
+    class KeepAlive(asyncio.Protocol):
+        """HTTP/1.1: answers 200 to each request, keeps the connection; records Host headers."""
+
+        def connection_made(self, transport) -> None:
+            self.transport, self.buffer, self.hosts = transport, b"", []
+            connections.append(self.hosts)
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+                head = self.buffer[:end].split(b"\r\n")
+                fields = dict(line.split(b": ", 1) for line in head[1:])
+                length = int(fields.get(b"Content-Length", fields.get(b"content-length", 0)))
+                if len(self.buffer) < end + 4 + length:
+                    return
+                self.buffer = self.buffer[end + 4 + length :]
+                self.hosts.append(fields.get(b"Host", fields.get(b"host")))
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    async def attempts() -> list[bool]:
+        server = await asyncio.get_running_loop().create_server(KeepAlive, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        outcomes = []
+        for name in ("a.test", "a.test", "b.test", "a.test"):
+            outcome = await post_webhook(
+                f"http://{name}:{port}/hook",
+                b"{}",
+                secret=Endpoint.generate_secret(),
+                webhook_id="9",
+            )
+            outcomes.append(outcome.succeeded)
+        server.close()
+        return outcomes
+
+    assert async_to_sync(attempts)() == [True] * 4
+    assert [[host.split(b":")[0] for host in hosts] for hosts in connections] == [
+        [b"a.test", b"a.test", b"a.test"],
+        [b"b.test"],
+    ]
