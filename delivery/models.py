@@ -190,8 +190,8 @@ class ProviderSlot(models.Model):
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="+")
     slot = models.PositiveSmallIntegerField()
     # The holder's delivery, not a foreign key: taking a lease never waits on the delivery's
-    # row (an FK check would key-share lock it, and record_attempt holds it FOR UPDATE), and a
-    # deleted delivery leaves nothing to clean up (its lease just runs out).
+    # row (an FK check would key-share lock it, and recording an attempt locks it FOR UPDATE),
+    # and a deleted delivery leaves nothing to clean up (its lease just runs out).
     delivery_id = models.BigIntegerField(null=True, blank=True)
     leased_until = models.DateTimeField()
 
