@@ -17,6 +17,7 @@ import json
 import random
 import time
 import weakref
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -323,6 +324,9 @@ class Send:
     # Why nothing can be sent, found before the network is touched: the attempt fails with it.
     error: str = ""
     lease: Lease | None = None
+    # Without a lease: whether the provider's attempts in flight all started just now (busy:
+    # ask again soon), or one has been going on for a while (stuck: postpone at once).
+    busy: bool = False
 
 
 def payload(row: dict[str, Any]) -> dict[str, Any]:
@@ -381,6 +385,7 @@ def _send(row: dict[str, Any]) -> Send:
         json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
         generation=row["generation"],
         lease=lease,
+        busy=bool(row["busy"]),
     )
     if row["channel"] == Delivery.Channel.WEBHOOK:
         secret, error = _signing_secret(row["secret"])
@@ -392,8 +397,31 @@ def _send(row: dict[str, Any]) -> Send:
     )
 
 
+# A provider whose slots are all leased is busy (its attempts take milliseconds) or stuck (they
+# hang until the timeout). A busy one's job asks again after each of these waits, about 0.8 s
+# in all, so its attempt goes out as soon as a slot frees, not 5 s or more later. A stuck one's
+# (its oldest attempt in flight started over BUSY_NOT_STUCK_SECONDS ago) is postponed at once:
+# waiting would hold this worker's slot, which the other providers' attempts need.
+SLOT_RETRY_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4)
+BUSY_NOT_STUCK_SECONDS = 1.0
+
+# Whether every attempt holding one of the provider's slots started less than %(young)s ago;
+# true as well when none is seen holding one (they were all taken as the statement ran).
+PROVIDER_BUSY_SQL = """(
+SELECT coalesce(min(leased_until), now() + make_interval(secs => %(lease_seconds)s))
+       - make_interval(secs => %(lease_seconds)s) > now() - make_interval(secs => %(young)s)
+  FROM delivery_providerslot
+ WHERE provider_id = {provider} AND slot < %(slots)s AND leased_until > now()
+)"""
+# How many of its %(slots)s slot rows the provider has (they are made by its first attempt).
+PROVIDER_SLOT_ROWS_SQL = """(
+SELECT count(*) FROM delivery_providerslot WHERE provider_id = {provider} AND slot < %(slots)s
+)"""
+
+
 # What to send for each due open delivery, read with a slot of its provider leased for it where
-# one is free (no slot columns where none is): one statement, before the network is touched.
+# one is free (no slot columns where none is: then ``busy`` says whether to ask again soon or
+# to postpone at once): one statement, before the network is touched.
 # The endpoint is read now, not at allocation: a changed URL or email applies to every attempt
 # made after the change. {due} picks the deliveries (DUE_FOR_LEAD, DUE_FOR_JOB).
 START_SQL = f"""
@@ -409,7 +437,9 @@ WITH due AS (
      WHERE delivery.status IN ('pending', 'retrying') AND {{due}}
 ),
 leased AS ({ACQUIRE_SLOTS_SQL.format(wanted="(SELECT id, provider_id FROM due)")})
-SELECT due.*, leased.slot, leased.leased_until
+SELECT due.*, leased.slot, leased.leased_until,
+       leased.slot IS NULL AND {PROVIDER_BUSY_SQL.format(provider="due.provider_id")} AS busy,
+       {PROVIDER_SLOT_ROWS_SQL.format(provider="due.provider_id")} AS slot_rows
   FROM due LEFT JOIN leased ON leased.delivery_id = due.id
  ORDER BY due.id
 """
@@ -424,17 +454,27 @@ DUE_FOR_JOB = """delivery.id = %(delivery)s AND delivery.generation = %(generati
 
 def _start(due: str, params: dict[str, object]) -> list[Send]:
     """What to send for each delivery of ``due`` (START_SQL), each with a slot of its provider
-    leased for it if one was free; a delivery without one asks again alone (acquire_slots)."""
+    leased for it if one was free. A delivery without one asks again (acquire_slots) only when
+    that can help: its provider's slot rows are missing, or two of its deliveries were offered
+    one slot. Otherwise every slot is leased by others, and nothing more is asked here."""
+    busy = {"young": BUSY_NOT_STUCK_SECONDS}
     with connection.cursor() as cursor:
-        cursor.execute(START_SQL.format(due=due), _slot_params() | params)
+        cursor.execute(START_SQL.format(due=due), _slot_params() | busy | params)
         columns = [column.name for column in cursor.description]
         rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
-    unleased = [(row["id"], row["provider_id"]) for row in rows if row["slot"] is None]
-    if unleased:
-        # Every slot leased, the slot rows missing, or two deliveries offered one slot.
-        for delivery_id, lease in acquire_slots(unleased).items():
-            row = next(row for row in rows if row["id"] == delivery_id)
-            row.update(slot=lease.slot, leased_until=lease.until)
+    per_provider = Counter(row["provider_id"] for row in rows)
+    again = [
+        (row["id"], row["provider_id"])
+        for row in rows
+        if row["slot"] is None
+        and (
+            row["slot_rows"] < settings.DELIVERY_PER_PROVIDER_CONCURRENCY
+            or per_provider[row["provider_id"]] > 1
+        )
+    ]
+    for delivery_id, lease in acquire_slots(again).items():
+        row = next(row for row in rows if row["id"] == delivery_id)
+        row.update(slot=lease.slot, leased_until=lease.until)
     return [_send(row) for row in rows]
 
 
@@ -760,51 +800,56 @@ def postpone_wait(postponed: int) -> float:
     return settings.DELIVERY_TIMEOUT_SECONDS * factor * random.uniform(*POSTPONE_JITTER)
 
 
-def postpone(delivery_id: int, *, generation: int, attempt: int | None, postponed: int) -> None:
-    """The same job again later (postpone_wait), counted as one more postpone, not as an attempt;
-    nothing if the delivery moved on meanwhile (attempted, resent, or closed)."""
-    at = timezone.now() + timedelta(seconds=postpone_wait(postponed))
-    with transaction.atomic():
-        due = Delivery.objects.filter(pk=delivery_id, generation=generation).open()
-        if attempt is not None:
-            due = due.filter(attempts=attempt)
-        # next_attempt_at follows the job: the admin shows when it comes back, and a delivery
-        # whose provider hangs for longer than STUCK_AFTER is not taken for one that lost its
-        # job (resume_stuck would give it a second one at each pass).
-        if due.update(next_attempt_at=at):
-            delivery = Delivery(pk=delivery_id, generation=generation)
-            _schedule(delivery, at, attempt=attempt, postponed=postponed + 1)
-
-
-# A provider whose slots are all leased is busy (its attempts take milliseconds) or stuck (they
-# hang until the timeout). A busy one's job asks again after each of these waits, about 0.8 s
-# in all, so its attempt goes out as soon as a slot frees, not 5 s or more later. A stuck one's
-# (its oldest attempt in flight started over BUSY_NOT_STUCK_SECONDS ago) is postponed at once:
-# waiting would hold this worker's slot, which the other providers' attempts need.
-SLOT_RETRY_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4)
-BUSY_NOT_STUCK_SECONDS = 1.0
-
-# Whether every attempt holding one of the provider's slots started less than %(young)s ago.
-SLOTS_YOUNG_SQL = """
-SELECT coalesce(min(leased_until), now()) - make_interval(secs => %(lease_seconds)s)
-       > now() - make_interval(secs => %(young)s)
-  FROM delivery_providerslot
- WHERE provider_id = %(provider_id)s AND slot < %(slots)s AND leased_until > now()
+# The delivery's next_attempt_at moved to %(at)s and the same job deferred again for then, one
+# postpone more, in one statement; nothing if the delivery moved on meanwhile (attempted,
+# resent, or closed). next_attempt_at follows the job: the admin shows when it comes back, and
+# a delivery whose provider hangs for longer than STUCK_AFTER is not taken for one that lost
+# its job (resume_stuck would give it a second one at each pass).
+POSTPONE_SQL = """
+WITH moved AS (
+    UPDATE delivery_delivery
+       SET next_attempt_at = %(at)s
+     WHERE id = %(delivery)s AND generation = %(generation)s
+       AND status IN ('pending', 'retrying')
+       AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s)
+    RETURNING id
+)
+SELECT procrastinate_defer_jobs_v1(ARRAY[
+           ROW(%(job_queue)s, %(job_task)s, 0, NULL, NULL, %(args)s::jsonb,
+               %(at)s)::procrastinate_job_to_defer_v1])
+  FROM moved
 """
 
 
-def slots_held_briefly(provider_id: int) -> bool:
-    """Whether the provider's attempts in flight all started within BUSY_NOT_STUCK_SECONDS."""
-    params = _slot_params() | {"provider_id": provider_id, "young": BUSY_NOT_STUCK_SECONDS}
+def postpone(delivery_id: int, *, generation: int, attempt: int | None, postponed: int) -> None:
+    """The same job again later (postpone_wait), counted as one more postpone, not as an attempt;
+    nothing if the delivery moved on meanwhile (POSTPONE_SQL)."""
+    from allocation.services import DELIVERY_JOB_QUEUE
+
+    at = timezone.now() + timedelta(seconds=postpone_wait(postponed))
+    args = {
+        "delivery_id": delivery_id,
+        "generation": generation,
+        "attempt": attempt,
+        "postponed": postponed + 1,
+    }
+    params = {
+        "at": at,
+        "delivery": delivery_id,
+        "generation": generation,
+        "attempt": attempt,
+        "job_queue": DELIVERY_JOB_QUEUE,
+        "job_task": RETRY_JOB_TASK,
+        "args": json.dumps(args),
+    }
     with connection.cursor() as cursor:
-        cursor.execute(SLOTS_YOUNG_SQL, params)
-        return cursor.fetchone()[0]
+        cursor.execute(POSTPONE_SQL, params)
 
 
 async def _wait_for_slot(send: Send) -> Send:
     """``send`` with a lease taken within SLOT_RETRY_WAITS if its provider is busy, not stuck;
     else still without one."""
-    if not await _in_thread(slots_held_briefly)(send.provider_id):
+    if not send.busy:
         return send
     for wait in SLOT_RETRY_WAITS:
         await asyncio.sleep(wait)
