@@ -14,6 +14,17 @@ from providers.services import seed_catalogue
 pytest_plugins = ["leaddist.tests.fixtures"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing():
+    """Passwords hashed with one PBKDF2 iteration in this process (leaddist/tests/hashers.py):
+    creating or signing in a user no longer costs 0.35 s of CPU. Tests that set their own
+    PASSWORD_HASHERS still do."""
+    from django.test import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["leaddist.tests.hashers.FastPBKDF2PasswordHasher"]):
+        yield
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With CI_NO_SKIPS=1 (set by .ci/run) a skipped test fails: in CI every test must run,
