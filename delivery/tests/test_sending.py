@@ -56,7 +56,8 @@ def tls_receiver(tmp_path):
     context.sni_callback = lambda sock, name, ctx: seen["sni"].append(name)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits up to one poll interval (0.5 s by default) for the loop to notice.
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield server.server_address[1], cert, seen
     server.shutdown()
     server.server_close()
