@@ -227,7 +227,9 @@ def test_a_hanging_providers_next_delivery_waits_for_its_one_slot(
     # machine: the run would then attempt it once the hanging attempt is over.
     monkeypatch.setattr(delivery_services, "POSTPONE_JITTER", (15.0, 15.0))  # 2 s x 15
     receiver.script["/p1"] = [("hang", 5)]
-    for pid in (1, 2, 3, 4):
+    # Provider 2, in both leads, gets no endpoint: with one slot per provider its two
+    # deliveries could overlap, and on a loaded machine the second be postponed as well.
+    for pid in (1, 3, 4):
         endpoint(pid, url=receiver.url(f"/p{pid}"))
     first, second = submit(1, 1), submit(1, 2)  # providers 1, 2, 3 then 1, 4, 2
 
@@ -243,4 +245,8 @@ def test_a_hanging_providers_next_delivery_waits_for_its_one_slot(
     assert len(receiver.of("/p1")) == 1
     todo = [json.loads(args) for status, args in jobs.of("deliver") if status == "todo"]
     assert {"delivery_id": waiting.pk, "generation": 0, "attempt": 0, "postponed": 1} in todo
-    assert Delivery.objects.exclude(provider_id=1).exclude(status="delivered").count() == 0
+    others = Delivery.objects.exclude(provider_id=1)
+    assert sorted(others.values_list("provider_id", "status")) == [
+        (3, "delivered"),
+        (4, "delivered"),
+    ]
