@@ -793,11 +793,20 @@ POSTPONE_MAX_FACTOR = 8
 POSTPONE_JITTER = (0.5, 1.0)
 
 
-def postpone_wait(postponed: int) -> float:
+# A busy provider's job (every slot held by an attempt that started just now, still so after
+# SLOT_RETRY_WAITS) waits this instead of the timeout, times the same factor: its attempts end
+# in milliseconds, so a slot frees long before a timeout would have passed.
+BUSY_POSTPONE_SECONDS = 1.0
+
+
+def postpone_wait(postponed: int, *, busy: bool = False) -> float:
     """Seconds a job waits before it tries again, when it finds its provider's slots all leased
-    after ``postponed`` earlier postpones."""
+    after ``postponed`` earlier postpones; shorter when the provider is ``busy``, not stuck."""
+    base = settings.DELIVERY_TIMEOUT_SECONDS
+    if busy:
+        base = min(BUSY_POSTPONE_SECONDS, base)
     factor = min(2**postponed, POSTPONE_MAX_FACTOR)
-    return settings.DELIVERY_TIMEOUT_SECONDS * factor * random.uniform(*POSTPONE_JITTER)
+    return base * factor * random.uniform(*POSTPONE_JITTER)
 
 
 # The delivery's next_attempt_at moved to %(at)s and the same job deferred again for then, one
@@ -821,12 +830,14 @@ SELECT procrastinate_defer_jobs_v1(ARRAY[
 """
 
 
-def postpone(delivery_id: int, *, generation: int, attempt: int | None, postponed: int) -> None:
+def postpone(
+    delivery_id: int, *, generation: int, attempt: int | None, postponed: int, busy: bool = False
+) -> None:
     """The same job again later (postpone_wait), counted as one more postpone, not as an attempt;
     nothing if the delivery moved on meanwhile (POSTPONE_SQL)."""
     from allocation.services import DELIVERY_JOB_QUEUE
 
-    at = timezone.now() + timedelta(seconds=postpone_wait(postponed))
+    at = timezone.now() + timedelta(seconds=postpone_wait(postponed, busy=busy))
     args = {
         "delivery_id": delivery_id,
         "generation": generation,
@@ -869,7 +880,11 @@ async def _run(send: Send, *, attempt: int | None, postponed: int) -> str:
         send = await _wait_for_slot(send)
     if send.lease is None:
         await _in_thread(postpone)(
-            send.delivery_id, generation=send.generation, attempt=attempt, postponed=postponed
+            send.delivery_id,
+            generation=send.generation,
+            attempt=attempt,
+            postponed=postponed,
+            busy=send.busy,
         )
         return "postponed"
     try:

@@ -131,6 +131,10 @@ def test_postpone_waits_double_with_each_postpone_up_to_8_timeouts_half_of_it_ra
         assert nominal / 2 <= min(waits[n])
         assert max(waits[n]) <= nominal
         assert max(waits[n]) - min(waits[n]) > nominal / 10  # jittered, not fixed
+    # A busy provider (attempts of milliseconds) is asked again after 1 s, 2, 4, 8 at most.
+    busy = {n: [postpone_wait(n, busy=True) for _ in range(200)] for n in (0, 3, 5)}
+    for n, nominal in {0: 1, 3: 8, 5: 8}.items():
+        assert nominal / 2 <= min(busy[n]) <= max(busy[n]) <= nominal
 
 
 def test_a_job_finding_every_slot_leased_comes_back_later_uncounted(
@@ -154,9 +158,11 @@ def test_a_job_finding_every_slot_leased_comes_back_later_uncounted(
     with connection.cursor() as cursor:
         cursor.execute("SELECT scheduled_at FROM procrastinate_jobs ORDER BY id")
         first, fourth = (row[0] for row in cursor.fetchall())
-    timeout = timedelta(seconds=local_targets.DELIVERY_TIMEOUT_SECONDS)  # 2 s
-    assert before + timeout * 0.5 <= first <= timezone.now() + timeout
-    assert before + timeout * 8 * 0.5 <= fourth <= timezone.now() + timeout * 8
+    # The slot's holder started just now: the provider is busy, not stuck, and the job comes
+    # back after BUSY_POSTPONE_SECONDS (1 s) times 1, then 8, half of it random.
+    base = timedelta(seconds=delivery_services.BUSY_POSTPONE_SECONDS)
+    assert before + base * 0.5 <= first <= timezone.now() + base
+    assert before + base * 8 * 0.5 <= fourth <= timezone.now() + base * 8
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("pending", 0)
     assert delivery.next_attempt_at == fourth  # the admin and resume_stuck see when it is due
@@ -215,11 +221,16 @@ def test_a_job_finding_a_stuck_providers_slots_leased_is_postponed_without_waiti
 
     monkeypatch.setattr(delivery_services, "acquire_slot", counted)
 
+    before = timezone.now()
     status = async_to_sync(attempt_delivery)(delivery.pk, generation=0, attempt=0)
 
     assert status == "postponed"
     assert tries == []  # no asking again: start_attempt's one lease statement was all
     assert [args["postponed"] for _, args in queued()] == [1]
+    # Stuck, not busy: it comes back after the attempt timeout (2 s here), half of it random.
+    delivery.refresh_from_db()
+    timeout = timedelta(seconds=local_targets.DELIVERY_TIMEOUT_SECONDS)
+    assert delivery.next_attempt_at >= before + timeout * 0.5
     assert not receiver.requests
 
 
