@@ -628,8 +628,9 @@ SELECT next.id, next.status, (SELECT count(*) FROM announced)
   FROM next LEFT JOIN retries ON true
 """
 
-# The delivery jobs' queue and task for a retry (delivery/tasks.py registers it).
-RETRY_JOB_TASK = "deliver"
+# The task of one attempt's job (a retry, a postpone, a resend), deferred in SQL here as well as
+# through procrastinate; delivery/tasks.py registers it under this name.
+ATTEMPT_JOB_TASK = "deliver"
 
 
 @dataclass(frozen=True)
@@ -671,7 +672,7 @@ def record_attempts(records: list[Record]) -> dict[int, str]:
         "announce_first": ANNOUNCE_FIRST_ATTEMPTS,
         "announce_every": ANNOUNCE_EVERY_ATTEMPTS,
         "job_queue": DELIVERY_JOB_QUEUE,
-        "job_task": RETRY_JOB_TASK,
+        "job_task": ATTEMPT_JOB_TASK,
     } | _lease_params([record.lease for record in records if record.lease is not None])
     with connection.cursor() as cursor:
         cursor.execute(RECORD_ATTEMPTS_SQL, params)
@@ -850,7 +851,7 @@ def postpone(
         "generation": generation,
         "attempt": attempt,
         "job_queue": DELIVERY_JOB_QUEUE,
-        "job_task": RETRY_JOB_TASK,
+        "job_task": ATTEMPT_JOB_TASK,
         "args": json.dumps(args),
     }
     with connection.cursor() as cursor:

@@ -25,7 +25,7 @@ async def deliver_lead(lead_id: int) -> list[str]:
     return await services.deliver_lead(lead_id)
 
 
-@app.task(name="deliver", queue=DELIVERIES)
+@app.task(name=services.ATTEMPT_JOB_TASK, queue=DELIVERIES)
 async def deliver(
     delivery_id: int, generation: int = 0, attempt: int | None = None, postponed: int = 0
 ) -> str:
