@@ -30,6 +30,7 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from allocation.services import DELIVERY_JOB_QUEUE
 from delivery.encryption import (
     UndecryptableSecret,
     decrypt_secret,
@@ -450,16 +451,18 @@ DUE_FOR_LEAD = """delivery.lead_id = %(lead)s AND delivery.generation = 0
 # since the job was deferred (attempt NULL: any).
 DUE_FOR_JOB = """delivery.id = %(delivery)s AND delivery.generation = %(generation)s
        AND (%(attempt)s::integer IS NULL OR delivery.attempts = %(attempt)s)"""
+START_FOR_LEAD_SQL = START_SQL.format(due=DUE_FOR_LEAD)
+START_FOR_JOB_SQL = START_SQL.format(due=DUE_FOR_JOB)
 
 
-def _start(due: str, params: dict[str, object]) -> list[Send]:
-    """What to send for each delivery of ``due`` (START_SQL), each with a slot of its provider
+def _start(sql: str, params: dict[str, object]) -> list[Send]:
+    """What to send for each delivery ``sql`` (a START_SQL) picks, each with a slot of its provider
     leased for it if one was free. A delivery without one asks again (acquire_slots) only when
     that can help: its provider's slot rows are missing, or two of its deliveries were offered
     one slot. Otherwise every slot is leased by others, and nothing more is asked here."""
     busy = {"young": BUSY_NOT_STUCK_SECONDS}
     with connection.cursor() as cursor:
-        cursor.execute(START_SQL.format(due=due), _slot_params() | busy | params)
+        cursor.execute(sql, _slot_params() | busy | params)
         columns = [column.name for column in cursor.description]
         rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
     per_provider = Counter(row["provider_id"] for row in rows)
@@ -482,13 +485,13 @@ def start_attempt(delivery_id: int, *, generation: int, attempt: int | None) -> 
     """What to send for this job, with a slot of its provider leased for it if one is free
     (Send.lease); None when the job has nothing to do any more (and then no slot is taken)."""
     params = {"delivery": delivery_id, "generation": generation, "attempt": attempt}
-    sends = _start(DUE_FOR_JOB, params)
+    sends = _start(START_FOR_JOB_SQL, params)
     return sends[0] if sends else None
 
 
 def start_lead_attempts(lead_id: int) -> list[Send]:
     """start_attempt for each of the lead's first attempts still due, oldest first."""
-    return _start(DUE_FOR_LEAD, {"lead": lead_id})
+    return _start(START_FOR_LEAD_SQL, {"lead": lead_id})
 
 
 def announce(delivery: Delivery) -> None:
@@ -524,9 +527,11 @@ ANNOUNCE_EVERY_ATTEMPTS = 10
 # Seconds before the next try of a delivery that has failed {failures} + 1 times: exponential
 # from DELIVERY_RETRY_BASE_SECONDS, capped at DELIVERY_RETRY_MAX_SECONDS, with jitter (half of
 # it random) so that endpoints coming back are not hit by every retry at once.
-RETRY_DELAY_SQL = """
-least(%(retry_base)s * power(2, least({failures}, 30)), %(retry_max)s) * (0.5 + random() / 2)
-"""
+RETRY_DELAY_SQL = (
+    "least(%(retry_base)s * power(2, least({failures}, 30)), %(retry_max)s) * (0.5 + random() / 2)"
+)
+
+_NEXT_TRY_DELAY = RETRY_DELAY_SQL.format(failures="b.attempts")
 
 # Attempts recorded, all in one statement: each delivery moves on (delivered; retrying, with
 # its next job deferred through procrastinate_defer_jobs_v1 as the allocation statement defers
@@ -563,8 +568,7 @@ next AS (
            CASE WHEN o.succeeded THEN NULL
                 WHEN NOT run.current THEN b.next_attempt_at
                 WHEN verdict.status = 'failed' THEN NULL
-                ELSE %(now)s + make_interval(secs => {RETRY_DELAY_SQL.format(failures="b.attempts")}
-                     )
+                ELSE %(now)s + make_interval(secs => {_NEXT_TRY_DELAY})
            END AS next_attempt_at,
            CASE WHEN o.succeeded THEN %(now)s ELSE b.delivered_at END AS delivered_at
       FROM before AS b
@@ -652,8 +656,6 @@ def record_attempts(records: list[Record]) -> dict[int, str]:
     freed all the same). All or nothing, in one statement: one round trip, one commit."""
     if len({record.delivery_id for record in records}) != len(records):
         raise ValueError("two attempts of one delivery cannot be recorded in one statement")
-    from allocation.services import DELIVERY_JOB_QUEUE
-
     outcomes = [record.outcome for record in records]
     params = {
         "deliveries": [record.delivery_id for record in records],
@@ -836,8 +838,6 @@ def postpone(
 ) -> None:
     """The same job again later (postpone_wait), counted as one more postpone, not as an attempt;
     nothing if the delivery moved on meanwhile (POSTPONE_SQL)."""
-    from allocation.services import DELIVERY_JOB_QUEUE
-
     at = timezone.now() + timedelta(seconds=postpone_wait(postponed, busy=busy))
     args = {
         "delivery_id": delivery_id,
