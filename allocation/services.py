@@ -370,8 +370,9 @@ def _decide(
 # through procrastinate's own versioned function procrastinate_defer_jobs_v1. So the jobs
 # commit or roll back with the lead and cost no round trip while the provider locks are held
 # (a second statement there cost intake half its throughput: docs/PERFORMANCE.md). That job
-# makes the lead's first attempts in the worker (delivery.services.deliver_lead). The engine
-# names the delivery tables and the job here but imports nothing of the delivery app;
+# makes the lead's first attempts in the worker (delivery.services.deliver_lead); ``at``, the
+# allocation's time, bounds how long it may wait for a burst to pass (delivery/pacing.py).
+# The engine names the delivery tables and the job here but imports nothing of the delivery app;
 # delivery/tasks.py registers the task under these names.
 DELIVERY_JOB_QUEUE = "deliveries"
 DELIVERY_JOB_TASK = "deliver_lead"
@@ -425,7 +426,9 @@ deliveries AS (
 job AS (
     SELECT procrastinate_defer_jobs_v1(ARRAY[
                ROW(%(job_queue)s, %(job_task)s, 0, NULL, NULL,
-                   jsonb_build_object('lead_id', lead.id), NULL)::procrastinate_job_to_defer_v1
+                   jsonb_build_object('lead_id', lead.id,
+                                      'at', extract(epoch FROM %(now)s::timestamptz)),
+                   NULL)::procrastinate_job_to_defer_v1
            ]) AS ids
       FROM lead
      WHERE EXISTS (SELECT FROM deliveries)

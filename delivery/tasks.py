@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from procrastinate import JobContext
 from procrastinate.contrib.django import app
 
 from allocation.services import DELIVERY_JOB_QUEUE, DELIVERY_JOB_TASK
 from delivery import services
+from delivery.pacing import intake_gate
 
 # The allocation statement defers DELIVERY_JOB_TASK on this queue by name, in SQL.
 DELIVERIES = DELIVERY_JOB_QUEUE
@@ -20,17 +22,26 @@ STUCK_AFTER = timedelta(minutes=15)
 
 
 @app.task(name=DELIVERY_JOB_TASK, queue=DELIVERIES)
-async def deliver_lead(lead_id: int) -> list[str]:
-    """Deferred by the allocation of a lead with deliveries: their first attempts."""
+async def deliver_lead(lead_id: int, at: float | None = None) -> list[str]:
+    """Deferred by the allocation of a lead with deliveries: their first attempts, once intake
+    is quiet or ``at`` (the allocation's Unix time) is DELIVERY_INTAKE_FIRST_SECONDS ago."""
+    await intake_gate().wait(at)
     return await services.deliver_lead(lead_id)
 
 
-@app.task(name=services.ATTEMPT_JOB_TASK, queue=DELIVERIES)
+@app.task(name=services.ATTEMPT_JOB_TASK, queue=DELIVERIES, pass_context=True)
 async def deliver(
-    delivery_id: int, generation: int = 0, attempt: int | None = None, postponed: int = 0
+    context: JobContext,
+    delivery_id: int,
+    generation: int = 0,
+    attempt: int | None = None,
+    postponed: int = 0,
 ) -> str:
     """One attempt of a delivery, if it is still due (delivery.services explains the keys);
-    ``postponed``: how many times this job found its provider's slots all leased before."""
+    ``postponed``: how many times this job found its provider's slots all leased before. It
+    waits for intake as deliver_lead does, counted from its scheduled time (now, for a resend)."""
+    scheduled = context.job.scheduled_at
+    await intake_gate().wait(scheduled.timestamp() if scheduled else None)
     return await services.attempt_delivery(
         delivery_id, generation=generation, attempt=attempt, postponed=postponed
     )

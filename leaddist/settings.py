@@ -251,6 +251,11 @@ DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=20)
 # read the Makefile's own DELIVERY_POLL_SECONDS): delivery jobs are inserted without NOTIFY, which
 # would make each allocation's commit wait its turn behind every other NOTIFY (docs/DELIVERY.md).
 DELIVERY_POLL_SECONDS = env.float("DELIVERY_POLL_SECONDS", default=0.5)
+# Intake first (delivery/pacing.py): while more than DELIVERY_INTAKE_BUSY_RATE new leads a second
+# arrive, delivery jobs wait, each at most DELIVERY_INTAKE_FIRST_SECONDS after it was due, so a
+# burst has the cores to itself and is delivered right after it. 0 turns the wait off.
+DELIVERY_INTAKE_FIRST_SECONDS = env.float("DELIVERY_INTAKE_FIRST_SECONDS", default=30.0)
+DELIVERY_INTAKE_BUSY_RATE = env.float("DELIVERY_INTAKE_BUSY_RATE", default=50.0)
 # Attempts in flight to one provider at once, across all delivery workers on all hosts (leases
 # in delivery_providerslot): a provider whose endpoint hangs, with many leads, holds this many
 # worker slots in all, and its other deliveries wait their turn (postponed, backing off).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from django.db import connection
 
 from allocation.services import LeadInput, submit_lead
@@ -46,3 +47,10 @@ def queued(task_name: str = "deliver") -> list[tuple[str, dict]]:
             (status, json.loads(args) if isinstance(args, str) else args)
             for status, args in cursor.fetchall()
         ]
+
+
+def lead_job(lead) -> tuple[str, dict]:
+    """The lead's job as queued() shows it, still to do: its lead and its allocation's time."""
+    lead.refresh_from_db(fields=["allocated_at"])
+    at = pytest.approx(lead.allocated_at.timestamp(), abs=1e-3)
+    return ("todo", {"lead_id": lead.pk, "at": at})

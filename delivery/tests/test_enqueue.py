@@ -16,7 +16,7 @@ from allocation.models import Lead
 from allocation.services import allocate_waiting_leads
 from delivery.models import Delivery
 from delivery.services import release_slot, start_lead_attempts
-from delivery.tests.support import plain_endpoint, queued, submit
+from delivery.tests.support import lead_job, plain_endpoint, queued, submit
 from leaddist.tests.asgi_server import database_url_for_tests
 from providers.models import Provider
 
@@ -41,7 +41,7 @@ def test_an_allocated_lead_gets_one_pending_delivery_per_provider_and_channel(se
         (2, "email", "pool", 2, "pending", 0),
     ]
     # One job for the lead, deferred by the allocation statement; the worker makes its attempts.
-    assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
+    assert queued("deliver_lead") == [lead_job(lead)]
     assert queued() == []
 
 
@@ -73,7 +73,7 @@ def test_deliveries_and_their_job_add_no_statement_to_the_allocation(seeded):
 
     assert len(delivering.captured_queries) == len(plain.captured_queries)
     assert Delivery.objects.count() == 2
-    assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
+    assert queued("deliver_lead") == [lead_job(lead)]
 
 
 def test_a_waiting_lead_enqueues_nothing(seeded):
@@ -98,7 +98,7 @@ def test_a_drained_lead_is_delivered_like_an_intake(seeded):
 
     delivery = Delivery.objects.get()
     assert (delivery.lead_id, delivery.provider_id, delivery.channel) == (lead.pk, 1, "webhook")
-    assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
+    assert queued("deliver_lead") == [lead_job(lead)]
 
 
 class Deadlock(Exception):
@@ -126,7 +126,7 @@ def test_a_rolled_back_attempt_leaves_neither_deliveries_nor_jobs(seeded, monkey
     assert calls.count == 2
     assert Delivery.objects.count() == 2
     assert set(Delivery.objects.values_list("lead_id", flat=True)) == {lead.pk}
-    assert queued("deliver_lead") == [("todo", {"lead_id": lead.pk})]
+    assert queued("deliver_lead") == [lead_job(lead)]
 
 
 def test_an_allocation_rolled_back_by_its_caller_enqueues_nothing(seeded):
