@@ -12,14 +12,16 @@ import pytest
 from django.db import connection
 
 from allocation.models import Lead
+from delivery.models import Attempt, Delivery
 from delivery.pacing import IntakeGate, lead_sequence
-from delivery.tests.support import submit
+from delivery.tests.support import endpoint, submit
+from providers.models import Provider
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
 # Low enough that leads submitted one after another in a thread count as a burst on a loaded
-# CI machine (tens a second there, hundreds on a quiet one).
-BUSY_RATE = 5.0
+# CI machine (tens a second there, hundreds on a quiet one): one lead per reading (0.25 s).
+BUSY_RATE = 2.0
 
 
 @contextmanager
@@ -105,3 +107,25 @@ def test_the_sequence_counts_every_new_lead(seeded_tx):
         submit(1, n)
 
     assert lead_sequence() - before == 3
+
+
+def test_a_worker_delivers_a_burst_once_it_ends(jobs, seeded_tx, receiver, local_targets):
+    """Through a real procrastinate worker: the lead's job carries its allocation time, the
+    worker waits while the flood runs, and delivers every lead of it once it stops."""
+    local_targets.DELIVERY_INTAKE_BUSY_RATE = BUSY_RATE
+    local_targets.DELIVERY_INTAKE_FIRST_SECONDS = 30
+    Provider.objects.update(quota=10_000, remaining_quota=10_000)
+    endpoint(1, url=receiver.url("/p1"))  # service 1's mandatory provider
+    first = submit(1, 0)
+
+    with intake_flood(seconds=2.5) as flood:
+        jobs.run()
+
+    deliveries = Delivery.objects.filter(provider_id=1)
+    assert deliveries.count() > 1  # the flood's service 1 leads too
+    assert set(deliveries.values_list("status", flat=True)) == {"delivered"}
+    assert deliveries.filter(lead=first).exists()
+    earliest = min(Attempt.objects.values_list("started_at", flat=True))
+    # Nothing went out while leads were arriving (readings are 0.25 s apart).
+    assert earliest.timestamp() > flood["stopped"] - 0.5
+    assert len(receiver.of("/p1")) == deliveries.count()
