@@ -43,6 +43,14 @@ class Receiver:
         return answers[min(seen - 1, len(answers) - 1)]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver listens with a backlog of 5: a burst's first attempts, connecting together,
+    # would overflow it and some fail with a ReadError (then be retried). Providers' servers
+    # accept more than that.
+    request_queue_size = 128
+
+
 @pytest.fixture
 def receiver():
     state = Receiver()
@@ -87,8 +95,7 @@ def receiver():
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), Handler)
     state.port = server.server_address[1]
     # shutdown() waits up to one poll interval (0.5 s by default) for the loop to notice.
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
