@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection
+
+from delivery.loops import per_loop
+from delivery.services import _in_thread
 
 # The lead id sequence is read at most this often per worker process; a reading older than
 # STALE_SECONDS is not used for a rate (the next job takes a new pair of readings).
@@ -95,22 +97,15 @@ class IntakeGate:
 
     @staticmethod
     async def _read() -> _Reading:
-        from delivery.services import _in_thread
-
         return _Reading(await _in_thread(lead_sequence)(), time.monotonic())
 
 
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, IntakeGate] = (
-    weakref.WeakKeyDictionary()
-)
+def _from_settings() -> IntakeGate:
+    return IntakeGate(
+        busy_rate=settings.DELIVERY_INTAKE_BUSY_RATE,
+        hold_seconds=settings.DELIVERY_INTAKE_FIRST_SECONDS,
+    )
 
 
-def intake_gate() -> IntakeGate:
-    """The running event loop's gate, with the current settings."""
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    busy_rate = settings.DELIVERY_INTAKE_BUSY_RATE
-    hold = settings.DELIVERY_INTAKE_FIRST_SECONDS
-    if gate is None or (gate.busy_rate, gate.hold_seconds) != (busy_rate, hold):
-        gate = _gates[loop] = IntakeGate(busy_rate=busy_rate, hold_seconds=hold)
-    return gate
+# The running event loop's gate, with the settings of its first use in the loop.
+intake_gate = per_loop(_from_settings)

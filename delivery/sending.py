@@ -10,7 +10,6 @@ import functools
 import ipaddress
 import ssl
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 
 from delivery.guard import Target, UnsafeTarget, check_url_async
+from delivery.loops import per_loop
 from webhooks.signing import signature_headers
 
 # The endpoint's answer matters only by its status; its body is read this far for the log.
@@ -74,19 +74,13 @@ class _Clients:
         return client
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients] = (
-    weakref.WeakKeyDictionary()
-)
+_clients = per_loop(_Clients)
 _closing: set[asyncio.Task[None]] = set()
 
 
 def client_for(host: str) -> httpx.AsyncClient:
     """The running event loop's client for ``host`` (a name, or an address literal)."""
-    loop = asyncio.get_running_loop()
-    clients = _clients.get(loop)
-    if clients is None:
-        clients = _clients[loop] = _Clients()
-    return clients.get(host)
+    return _clients().get(host)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import contextlib
 import json
 import random
 import time
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ from delivery.encryption import (
     reencrypt_secret,
 )
 from delivery.guard import check_url
+from delivery.loops import per_loop
 from delivery.models import Delivery, Endpoint
 from delivery.sending import Outcome
 from events.services import announce_after_commit, record_event
@@ -760,18 +760,8 @@ class AttemptRecorder:
                     future.set_result(statuses.get(record.delivery_id, "gone"))
 
 
-_recorders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AttemptRecorder] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _recorder() -> AttemptRecorder:
-    """The running event loop's recorder (a worker has one loop; tests make many)."""
-    loop = asyncio.get_running_loop()
-    recorder = _recorders.get(loop)
-    if recorder is None:
-        recorder = _recorders[loop] = AttemptRecorder()
-    return recorder
+# The running event loop's recorder.
+_recorder = per_loop(AttemptRecorder)
 
 
 def _in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
