@@ -7,12 +7,7 @@ PORT ?= 8000
 # A demo secret for the quota-reset webhook, for local use only (`make run` prints it).
 DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 
-DELIVERY_CONCURRENCY ?= 20
-# Delivery jobs are inserted without NOTIFY (docs/DELIVERY.md): their workers ask this often.
-DELIVERY_POLL_SECONDS ?= 0.5
 DRAIN_WORKER := --queues drains,default --concurrency 1 --shutdown-graceful-timeout 25
-DELIVERY_WORKER := --queues deliveries --concurrency $(DELIVERY_CONCURRENCY) \
-	--fetch-job-polling-interval $(DELIVERY_POLL_SECONDS) --shutdown-graceful-timeout 25
 
 .PHONY: run serve worker test lint format install install-dev clean-db
 
@@ -42,6 +37,9 @@ format: install-dev
 	$(PY) -m ruff check --fix .
 
 run: export WEBHOOK_SECRET ?= $(DEMO_WEBHOOK_SECRET)
+# Development delivers to local receivers (http, 127.0.0.1) too: the flag reaches the delivery
+# worker, set_delivery and the admin alike. Production (`make serve`) leaves it off.
+run: export ALLOW_PRIVATE_DELIVERY_TARGETS ?= true
 run: export PORT := $(PORT)
 run: install
 	$(PY) manage.py migrate --no-input
@@ -50,7 +48,7 @@ run: install
 	$(PY) manage.py demo_setup
 	@# The background workers (drains; deliveries) run beside daphne and stop with it (Ctrl-C).
 	$(PY) manage.py procrastinate worker $(DRAIN_WORKER) & drains=$$!; \
-	$(PY) manage.py procrastinate worker $(DELIVERY_WORKER) & deliveries=$$!; \
+	$(PY) manage.py deliver_leads & deliveries=$$!; \
 	trap 'kill $$drains $$deliveries 2>/dev/null; wait $$drains $$deliveries' EXIT; \
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) leaddist.asgi:application
 
@@ -63,14 +61,15 @@ serve: install
 	$(PY) manage.py collectstatic --no-input --verbosity 0
 	$(PY) -m leaddist.serve
 
-# Background workers (procrastinate) on their own, for hosts that run no web server. `make serve`
-# and `make run` start them already. Drains (and housekeeping) one at a time; lead deliveries in
-# a process of their own, DELIVERY_CONCURRENCY async attempts at once, so neither waits for the
-# other and an endpoint that hangs holds one delivery slot for at most its timeout.
+# Background workers on their own, for hosts that run no web server. `make serve` and `make run`
+# start them already. Drains and housekeeping (procrastinate) one at a time; lead deliveries in a
+# process of their own (`manage.py deliver_leads`: the delivery queue, DELIVERY_CONCURRENCY async
+# attempts at once), so neither waits for the other and an endpoint that hangs holds one
+# delivery place for at most its timeout.
 worker: install
 	$(PY) manage.py procrastinate worker $(DRAIN_WORKER) & drains=$$!; \
 	trap 'kill $$drains 2>/dev/null; wait $$drains' EXIT; \
-	$(PY) manage.py procrastinate worker $(DELIVERY_WORKER)
+	$(PY) manage.py deliver_leads
 
 clean-db:
 	rm -rf .pgdata

@@ -123,42 +123,50 @@ def redis_url() -> str:
 
 class Jobs:
     """The procrastinate job queue, emptied for the test (its tables outlive transactional
-    tests' flushes), and a worker that runs what is due, as `make worker` would."""
+    tests' flushes), and a worker that runs what is due, as `make worker` would. Through
+    procrastinate's own API only (its tables are its own)."""
+
+    @property
+    def manager(self):
+        from procrastinate.contrib.django import app
+
+        return app.job_manager
 
     def clear(self) -> None:
-        from django.db import connection
+        from asgiref.sync import async_to_sync
+        from procrastinate.jobs import Status
 
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE procrastinate_jobs CASCADE")
+        for job in self.manager.list_jobs():
+            if job.status in (Status.TODO.value, Status.DOING.value):
+                async_to_sync(self.manager.finish_job_by_id_async)(
+                    job.id, status=Status.FAILED, delete_job=True
+                )
+        async_to_sync(self.manager.delete_old_jobs)(
+            nb_hours=0, include_failed=True, include_cancelled=True, include_aborted=True
+        )
 
     def of(self, task_name: str) -> list[tuple[str, dict]]:
         """(status, args) of the task's jobs, oldest first."""
-        from django.db import connection
-
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT status, args FROM procrastinate_jobs WHERE task_name = %s ORDER BY id",
-                [task_name],
-            )
-            return cursor.fetchall()
+        jobs = sorted(self.manager.list_jobs(task=task_name), key=lambda job: job.id)
+        return [(job.status, job.task_kwargs) for job in jobs]
 
     def due(self) -> int:
         """Jobs waiting to run now (not those scheduled later)."""
-        from django.db import connection
+        from django.utils import timezone
 
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'"
-                " AND (scheduled_at IS NULL OR scheduled_at <= now())"
-            )
-            return cursor.fetchone()[0]
+        now = timezone.now()
+        return sum(
+            1
+            for job in self.manager.list_jobs(status="todo")
+            if job.scheduled_at is None or job.scheduled_at <= now
+        )
 
     def run(self, *, concurrency: int = 1, queues: list[str] | None = None) -> None:
         """Run every job that is due, on the worker's own connections, then return.
 
         A worker with wait=False stops fetching once the queue is empty, even while a running
-        job is about to defer more (a retry due at once, a postponed attempt's own job): so run
-        again until nothing is due, as a waiting worker would have.
+        job is about to defer more: so run again until nothing is due, as a waiting worker
+        would have.
         """
         from procrastinate.contrib.django import app
 

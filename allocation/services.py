@@ -360,23 +360,13 @@ def _decide(
 
 
 # Step 4 in one round trip: the lead (new, or a waiting one now allocated), its allocations,
-# the quotas, the cursor, the lead.allocated event and the lead's deliveries, as one statement.
+# the quotas, the cursor and the lead.allocated event, as one statement.
 # Data-modifying CTEs all run, in full, on the statement's snapshot; the rows they touch are
 # the ones locked above.
 #
-# Deliveries (issue 11): one row per picked provider and channel its delivery endpoint has
-# (delivery_endpoint, read with the providers still locked), none for providers without one;
-# and, when there is at least one, ONE job for the whole lead (DELIVERY_JOB_TASK), deferred
-# through procrastinate's own versioned function procrastinate_defer_jobs_v1. So the jobs
-# commit or roll back with the lead and cost no round trip while the provider locks are held
-# (a second statement there cost intake half its throughput: docs/PERFORMANCE.md). That job
-# makes the lead's first attempts in the worker (delivery.services.deliver_lead); ``at``, the
-# allocation's time, bounds how long it may wait for a burst to pass (delivery/pacing.py).
-# The engine names the delivery tables and the job here but imports nothing of the delivery app;
-# delivery/tasks.py registers the task under these names.
-DELIVERY_JOB_QUEUE = "deliveries"
-DELIVERY_JOB_TASK = "deliver_lead"
-
+# The engine knows nothing of delivery: delivery's own trigger on the allocation rows inserts
+# a lead's deliveries within this statement (delivery migration 0006, docs/DELIVERY.md), so
+# they commit or roll back with the lead and cost the engine no round trip.
 ALLOCATION_WRITES_SQL = """
 WITH lead AS ({lead}),
 picks AS (
@@ -407,33 +397,8 @@ event AS (
                               'status', 'allocated'),
            %(now)s
       FROM lead
-),
-deliveries AS (
-    INSERT INTO delivery_delivery (lead_id, provider_id, channel, role, rank, status, attempts,
-                                   generation, last_error, next_attempt_at, created_at,
-                                   updated_at)
-    SELECT lead.id, pick.provider_id, target.channel, pick.role, pick.rank, 'pending', 0, 0, '',
-           %(now)s, %(now)s, %(now)s
-      FROM lead
-     CROSS JOIN picks AS pick
-      JOIN delivery_endpoint AS endpoint ON endpoint.provider_id = pick.provider_id
-     CROSS JOIN LATERAL (VALUES ('webhook', endpoint.url), ('email', endpoint.email))
-           AS target(channel, address)
-     WHERE target.address <> ''
-    RETURNING id
-),
--- A plain SELECT runs only when the final SELECT reads it, which it does.
-job AS (
-    SELECT procrastinate_defer_jobs_v1(ARRAY[
-               ROW(%(job_queue)s, %(job_task)s, 0, NULL, NULL,
-                   jsonb_build_object('lead_id', lead.id,
-                                      'at', extract(epoch FROM %(now)s::timestamptz)),
-                   NULL)::procrastinate_job_to_defer_v1
-           ]) AS ids
-      FROM lead
-     WHERE EXISTS (SELECT FROM deliveries)
 )
-SELECT lead.id, job.ids FROM lead LEFT JOIN job ON true
+SELECT lead.id FROM lead
 """
 
 NEW_LEAD_COLUMNS = """
@@ -462,14 +427,14 @@ event AS (
            %(now)s
       FROM lead
 )
-SELECT id, NULL::bigint[] FROM lead
+SELECT id FROM lead
 """
 
 
 def _write(sql: str, params: dict[str, object]) -> int:
     with connection.cursor() as db:
         db.execute(sql, params)
-        lead_id, _job_ids = db.fetchone()
+        (lead_id,) = db.fetchone()
     # The event rides in the same statement; wake the streams once it has committed.
     announce_after_commit()
     return lead_id
@@ -490,8 +455,6 @@ def _allocation_params(
         "cursor": decision.cursor,
         "trace": json.dumps(_trace(decision)),
         "now": now,
-        "job_queue": DELIVERY_JOB_QUEUE,
-        "job_task": DELIVERY_JOB_TASK,
     }
 
 

@@ -18,6 +18,7 @@ from django.db.models.functions import Coalesce
 
 from allocation.engine import SLOTS
 from allocation.models import Allocation, Lead
+from delivery.selectors import recent_latency
 from events.models import Event
 from events.types import FEED_TYPES
 from providers.models import Membership, PoolCursor, Provider, Service
@@ -75,6 +76,10 @@ class Summary:
     quota: int
     remaining_quota: int
     leads_this_cycle: int
+    # Speed to lead over the last SPEED_WINDOW seconds: allocation to the provider's 2xx.
+    delivery_p50: float | None = None
+    delivery_p99: float | None = None
+    delivered_recently: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,9 +155,24 @@ class FeedItem:
     def kind(self) -> str:
         return self.type.replace(".", "-")
 
+    def deliveries_by_provider(self) -> list[tuple[Allocation, list[Any]]]:
+        """Each allocation of the lead with its deliveries (none: the provider had no
+        endpoint when the lead was allocated), from what the feed prefetched."""
+        if self.lead is None:
+            return []
+        deliveries = sorted(self.lead.deliveries.all(), key=lambda d: (d.rank, d.channel))
+        return [
+            (allocation, [d for d in deliveries if d.provider_id == allocation.provider_id])
+            for allocation in self.lead.allocations.all()
+        ]
+
+
+# The window of the dashboard's speed-to-lead figures (and of the alert in OPERATIONS.md).
+SPEED_WINDOW = 300
+
 
 def dashboard_summary() -> Summary:
-    """Totals over every provider and the waiting-queue size: two queries."""
+    """Totals over every provider, the waiting-queue size and speed to lead: three queries."""
     active = Q(status=Provider.Status.ACTIVE)
     totals = Provider.objects.aggregate(
         providers=Count("pk"),
@@ -164,7 +184,11 @@ def dashboard_summary() -> Summary:
         allocations=Coalesce(Sum("leads_total"), 0),
     )
     allocations = totals.pop("allocations")
+    p50, p99, delivered = recent_latency(window=SPEED_WINDOW)
     return Summary(
+        delivery_p50=p50,
+        delivery_p99=p99,
+        delivered_recently=delivered,
         # Through the partial index lead_waiting_queue, however many leads are stored.
         waiting=Lead.objects.waiting().count(),
         # Every allocated lead has exactly SLOTS allocations (a DB invariant).

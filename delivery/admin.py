@@ -14,9 +14,10 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from delivery.endpoints import set_endpoint, validate_webhook_url
 from delivery.guard import UnsafeTarget
 from delivery.models import Attempt, Delivery, Endpoint
-from delivery.services import resend_deliveries, set_endpoint, validate_webhook_url
+from delivery.resend import resend_deliveries
 from providers.admin import ProviderAdmin, ProviderAdminForm
 from providers.models import Provider
 

@@ -7,7 +7,6 @@ import secrets
 
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Now
 from django.utils import timezone
 
 from allocation.models import Lead
@@ -69,8 +68,10 @@ class DeliveryQuerySet(models.QuerySet["Delivery"]):
 class Delivery(models.Model):
     """One lead to one provider through one channel. Its id is the webhook-id of every attempt.
 
-    Rows are written by the engine's allocation statement (allocation/services.py), in the
-    transaction that allocates the lead, and only for providers that have an endpoint.
+    The table is the delivery queue itself (docs/DELIVERY.md): a row is inserted by delivery's
+    trigger on the engine's allocation rows (migration 0006), in the transaction that allocates
+    the lead, only for providers that have an endpoint; a delivery worker claims it when it is
+    due (delivery/queue.py) and records each attempt.
     """
 
     class Channel(models.TextChoices):
@@ -103,9 +104,17 @@ class Delivery(models.Model):
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
-    # When the next attempt is due (its job is scheduled then); None once delivered or failed.
-    # An open delivery long past it lost its job: resume_stuck_deliveries defers another.
+    # When the next attempt is due; None once delivered or failed. While a worker holds the
+    # delivery (``worker_id`` set), when its claim runs out: a worker that died without being
+    # noticed gives the delivery back by then at the latest.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The DeliveryWorker whose attempt is in flight, or None. Not a foreign key: a claim never
+    # waits on the worker's row, and a dead worker's row is deleted while its claims are handed
+    # back (delivery/queue.py, reap_dead_workers).
+    worker_id = models.BigIntegerField(null=True, blank=True, editable=False)
+    # Put back by a claim because its provider had no free place: the next recorded attempt of
+    # that provider makes it due again at once (delivery/sql.py, CLAIM and RECORD).
+    held_back = models.BooleanField(default=False, db_default=False, editable=False)
     # Start of the current run of retries (first attempt, or the last resend): the delivery
     # fails once a failed attempt ends DELIVERY_RETRY_HOURS after it.
     retrying_since = models.DateTimeField(null=True, blank=True, editable=False)
@@ -139,6 +148,24 @@ class Delivery(models.Model):
                 condition=Q(status__in=["pending", "retrying"]),
                 name="delivery_open_due",
             ),
+            # Each provider's attempts in flight, counted by every claim (its concurrency cap).
+            models.Index(
+                fields=["provider", "next_attempt_at"],
+                condition=Q(worker_id__isnull=False),
+                name="delivery_in_flight",
+            ),
+            # A provider's held-back deliveries, woken as its attempts are recorded.
+            models.Index(
+                fields=["provider", "next_attempt_at"],
+                condition=Q(held_back=True),
+                name="delivery_held_back",
+            ),
+            # Latency over the last minutes (the dashboard), without reading every delivery.
+            models.Index(
+                fields=["delivered_at"],
+                condition=Q(delivered_at__isnull=False),
+                name="delivery_delivered_recent",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -149,6 +176,10 @@ class Delivery(models.Model):
     @property
     def webhook_id(self) -> str:
         return str(self.pk)
+
+    @property
+    def in_flight(self) -> bool:
+        return self.worker_id is not None
 
 
 class Attempt(models.Model):
@@ -169,40 +200,18 @@ class Attempt(models.Model):
         return f"Attempt {self.number} of delivery #{self.delivery_id}"
 
 
-class ProviderSlotQuerySet(models.QuerySet["ProviderSlot"]):
-    def leased(self) -> ProviderSlotQuerySet:
-        """Slots held by an attempt now (their lease has not run out)."""
-        return self.filter(leased_until__gt=Now())
+class DeliveryWorker(models.Model):
+    """A running delivery worker (`manage.py deliver_leads`), as long as it beats.
 
-
-class ProviderSlot(models.Model):
-    """One of a provider's DELIVERY_PER_PROVIDER_CONCURRENCY attempt slots, shared by every
-    delivery worker on every host: an attempt runs only while it leases one (delivery/services.py,
-    ``acquire_slot``), so a provider whose endpoint hangs holds that many attempts in all, not
-    that many per worker.
-
-    A slot is free once ``leased_until`` is past (the database's clock). An attempt leases it
-    for the attempt timeout plus a margin and frees it when recorded (``leased_until`` set to
-    then); a worker killed mid-attempt frees it by expiry. Rows are created on a provider's
-    first attempt, one per slot; ``delivery_id`` is the last holder's.
+    Each worker beats every HEARTBEAT_SECONDS. One that has not beaten for DEAD_AFTER_SECONDS,
+    or whose process is gone from its own host, is dead: any other worker deletes its row and
+    hands its deliveries in flight back to the queue at once (delivery/queue.py).
     """
 
-    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="+")
-    slot = models.PositiveSmallIntegerField()
-    # The holder's delivery, not a foreign key: taking a lease never waits on the delivery's
-    # row (an FK check would key-share lock it, and recording an attempt locks it FOR UPDATE),
-    # and a deleted delivery leaves nothing to clean up (its lease just runs out).
-    delivery_id = models.BigIntegerField(null=True, blank=True)
-    leased_until = models.DateTimeField()
-
-    objects = ProviderSlotQuerySet.as_manager()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["provider", "slot"], name="delivery_providerslot_unique_slot"
-            )
-        ]
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField()
 
     def __str__(self) -> str:
-        return f"Slot {self.slot} of provider #{self.provider_id}"
+        return f"Delivery worker #{self.pk} ({self.hostname}:{self.pid})"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import connection
+
+from delivery import sql
 from delivery.models import Delivery
 
 
@@ -14,6 +17,23 @@ def lead_deliveries(lead_id: int) -> list[dict[str, Any]]:
         Delivery.objects.filter(lead_id=lead_id)
         .order_by("rank", "channel")
         .values(
-            "id", "provider_id", "channel", "status", "attempts", "last_status_code", "updated_at"
+            "id",
+            "provider_id",
+            "channel",
+            "status",
+            "attempts",
+            "last_status_code",
+            "last_error",
+            "next_attempt_at",
+            "updated_at",
         )
     )
+
+
+def recent_latency(*, window: int = 300) -> tuple[float | None, float | None, int]:
+    """Speed to lead over the last ``window`` seconds: p50 and p99 of allocation to delivery
+    (seconds; None when nothing was delivered), and how many deliveries."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.RECENT_LATENCY, {"window": window})
+        p50, p99, count = cursor.fetchone()
+    return p50, p99, count

@@ -275,6 +275,11 @@ class DeliveryOut(Schema):
     status: Literal["pending", "retrying", "delivered", "failed"]
     attempts: int
     last_status_code: int | None
+    # Why the last attempt failed ("" when it did not, or none was made yet).
+    last_error: str
+    # When the next attempt is due (while in flight: when its claim runs out); null once
+    # delivered or failed.
+    next_attempt_at: datetime | None
     updated_at: datetime
 
 

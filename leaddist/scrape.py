@@ -5,8 +5,9 @@ Two kinds of metric come out:
 - what the processes counted as they worked (leaddist.http.metrics): added up over every web and
   background worker under leaddist.serve (multiprocess mode), this process's alone otherwise;
 - what is read now, at scrape time, by :class:`ScrapeTimeCollector`: database and Redis health
-  (the checks /healthz makes), the waiting queue of every service, and the background queue.
-  Three small queries per scrape, none per lead.
+  (the checks /healthz makes), the waiting queue of every service, the background queue
+  (through procrastinate's API) and the delivery queue. A few small queries per scrape, none
+  per lead.
 
 Who may scrape: ``Authorization: Bearer <METRICS_TOKEN>``, or a staff session. Without the
 token set, only staff sessions. Anyone else gets the API's 401 or 403 error shape.
@@ -19,40 +20,21 @@ import logging
 from collections.abc import Callable, Iterator
 
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
+from procrastinate.contrib.django import app
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from dashboard.selectors import waiting_queues
+from delivery.queue import queue_health
 from leaddist.health import database_ok, redis_health
 from leaddist.http.errors import error_response
 from leaddist.http.metrics import MULTIPROCESS
 
 logger = logging.getLogger(__name__)
-
-# procrastinate's workers beat every 10 s and count as stalled after 30 s without a beat.
-WORKER_ALIVE_SECONDS = 30
-
-# The jobs due now (not scheduled for later), per queue, with how long the oldest has been
-# due; and the background workers that beat recently. The todo jobs go through procrastinate's
-# partial index on status; there are few unless no worker runs.
-BACKGROUND_SQL = """
-SELECT j.queue_name, count(*),
-       greatest(extract(epoch FROM now() - min(coalesce(j.scheduled_at, e.at))), 0)::float8,
-       (SELECT count(*) FROM procrastinate_workers
-         WHERE last_heartbeat > now() - make_interval(secs => %(alive)s))
-  FROM procrastinate_jobs j
-  LEFT JOIN procrastinate_events e ON e.job_id = j.id AND e.type = 'deferred'
- WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
- GROUP BY j.queue_name
- UNION ALL
-SELECT NULL, 0, 0, (SELECT count(*) FROM procrastinate_workers
-                     WHERE last_heartbeat > now() - make_interval(secs => %(alive)s))
-"""
 
 
 def _gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -80,6 +62,7 @@ class ScrapeTimeCollector:
         if database:
             yield from self._read("waiting queues", self._queues)
             yield from self._read("the background queue", self._background)
+            yield from self._read("the delivery queue", self._delivery)
 
     def _read(self, what: str, read: Callable[[], list[Metric]]) -> list[Metric]:
         try:
@@ -104,31 +87,43 @@ class ScrapeTimeCollector:
         return [waiting, oldest]
 
     def _background(self) -> list[Metric]:
-        due = _gauge(
-            "leaddist_background_jobs_due",
-            "Background jobs due to run and not started, per procrastinate queue.",
+        todo = _gauge(
+            "leaddist_background_jobs_todo",
+            "Background jobs (drains, housekeeping) not started yet, due or scheduled, per "
+            "procrastinate queue (read through procrastinate's own API).",
             ("queue",),
         )
-        oldest = _gauge(
-            "leaddist_background_jobs_oldest_due_seconds",
-            "How long the oldest job due in the queue has waited for a worker.",
-            ("queue",),
+        for queue in app.job_manager.list_queues(status="todo"):
+            todo.add_metric([queue["name"]], queue["todo"])
+        return [todo]
+
+    def _delivery(self) -> list[Metric]:
+        health = queue_health()
+        by_status = _gauge(
+            "leaddist_deliveries", "Deliveries by status (open ones, and failed).", ("status",)
         )
-        workers = 0
-        with connection.cursor() as cursor:
-            cursor.execute(BACKGROUND_SQL, {"alive": WORKER_ALIVE_SECONDS})
-            for queue, count, age, alive in cursor.fetchall():
-                workers = alive
-                if queue is not None:
-                    due.add_metric([queue], count)
-                    oldest.add_metric([queue], age)
-        alive_workers = GaugeMetricFamily(
-            "leaddist_background_workers",
-            f"Background workers (procrastinate) that sent a heartbeat in the last "
-            f"{WORKER_ALIVE_SECONDS} s.",
-            value=workers,
-        )
-        return [due, oldest, alive_workers]
+        by_status.add_metric(["pending"], health.pending)
+        by_status.add_metric(["retrying"], health.retrying)
+        by_status.add_metric(["failed"], health.failed)
+        return [
+            by_status,
+            GaugeMetricFamily(
+                "leaddist_delivery_oldest_due_seconds",
+                "How long the oldest due delivery has waited for a delivery worker (0: none).",
+                value=health.oldest_due_seconds,
+            ),
+            GaugeMetricFamily(
+                "leaddist_deliveries_stranded",
+                "Deliveries in flight on a delivery worker that stopped beating; any live "
+                "worker hands them back to the queue within seconds.",
+                value=health.stranded,
+            ),
+            GaugeMetricFamily(
+                "leaddist_delivery_workers",
+                "Delivery workers that beat in the last few seconds.",
+                value=health.workers,
+            ),
+        ]
 
 
 def exposition() -> bytes:

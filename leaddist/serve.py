@@ -10,8 +10,8 @@ the engine correct across processes and hosts.
 
 ``--background`` (default BACKGROUND_WORKERS, else 1) is how many background workers
 (procrastinate, `manage.py procrastinate worker`) run beside the web server: they finish the
-drains a request leaves over and run the periodic jobs. Each comes with a delivery worker (the
-``deliveries`` queue, DELIVERY_CONCURRENCY attempts at once), so drains and lead deliveries
+drains a request leaves over and run the periodic jobs. Each comes with a delivery worker
+(`manage.py deliver_leads`, DELIVERY_CONCURRENCY attempts at once), so drains and lead deliveries
 never wait for each other; the delivery worker runs at a lower priority (nice 10, or
 DELIVERY_WORKER_NICENESS), so on a busy host intake gets the CPU first. Any number of them, on
 any number of hosts, share the queues in PostgreSQL; 0 leaves them to another container or
@@ -155,17 +155,15 @@ def background_command() -> list[str]:
 
 
 def delivery_command() -> list[str]:
-    """Lead deliveries, in a process of their own so that drains and deliveries never wait for
-    each other. Attempts are async: DELIVERY_CONCURRENCY of them at once, so an endpoint that
-    hangs until the timeout holds one slot, not the worker."""
+    """Lead deliveries, in a process of their own (`manage.py deliver_leads`), so that drains
+    and deliveries never wait for each other. Attempts are async: DELIVERY_CONCURRENCY of them
+    at once, so an endpoint that hangs until the timeout holds one place, not the worker."""
     from django.conf import settings
 
     return [
-        *(sys.executable, str(MANAGE), "procrastinate", "worker", "--queues", "deliveries"),
+        *(sys.executable, str(MANAGE), "deliver_leads"),
         *("--concurrency", str(settings.DELIVERY_CONCURRENCY)),
-        # Delivery jobs are inserted without NOTIFY (delivery migration 0005): ask this often.
-        *("--fetch-job-polling-interval", str(settings.DELIVERY_POLL_SECONDS)),
-        *("--shutdown-graceful-timeout", "25"),
+        *("--poll", str(settings.DELIVERY_POLL_SECONDS)),
     ]
 
 
@@ -173,8 +171,9 @@ class BackgroundWorker:
     """One background worker process, started again after it dies (a backoff while it keeps
     dying at once)."""
 
-    def __init__(self, command: list[str], niceness: int = 0) -> None:
+    def __init__(self, command: list[str], niceness: int = 0, *, kind: str = "background") -> None:
         self.command = command
+        self.kind = kind
         self.niceness = niceness
         self.delay = RESTART_DELAY_SECONDS[0]
         self.restart_at: float | None = None
@@ -204,6 +203,9 @@ class BackgroundWorker:
             flush=True,
         )
         self.restart_at = now + self.delay
+        from leaddist.http.metrics import WORKER_RESTARTS
+
+        WORKER_RESTARTS.labels(self.kind).inc()
         self.delay = min(self.delay * 2, RESTART_DELAY_SECONDS[1])
 
 
@@ -225,7 +227,7 @@ def supervise(server: list[str], background: int) -> int:
         for _ in range(background)
         for worker in (
             BackgroundWorker(background_command()),
-            BackgroundWorker(delivery_command(), niceness=niceness),
+            BackgroundWorker(delivery_command(), niceness=niceness, kind="delivery"),
         )
     ]
     while not stopping and web.poll() is None:

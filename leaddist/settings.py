@@ -247,18 +247,13 @@ DELIVERY_RETRY_HOURS = env.float("DELIVERY_RETRY_HOURS", default=24.0)
 # Attempts one delivery worker runs at once (`make worker`, `make serve`): each waits on the
 # network, so a slow or hanging endpoint holds one of them for at most the timeout.
 DELIVERY_CONCURRENCY = env.int("DELIVERY_CONCURRENCY", default=20)
-# How often an idle delivery worker asks for jobs (`make serve`; `make run` and `make worker`
-# read the Makefile's own DELIVERY_POLL_SECONDS): delivery jobs are inserted without NOTIFY, which
-# would make each allocation's commit wait its turn behind every other NOTIFY (docs/DELIVERY.md).
-DELIVERY_POLL_SECONDS = env.float("DELIVERY_POLL_SECONDS", default=0.5)
-# Intake first (delivery/pacing.py): while more than DELIVERY_INTAKE_BUSY_RATE new leads a second
-# arrive, delivery jobs wait, each at most DELIVERY_INTAKE_FIRST_SECONDS after it was due, so a
-# burst has the cores to itself and is delivered right after it. 0 turns the wait off.
-DELIVERY_INTAKE_FIRST_SECONDS = env.float("DELIVERY_INTAKE_FIRST_SECONDS", default=30.0)
-DELIVERY_INTAKE_BUSY_RATE = env.float("DELIVERY_INTAKE_BUSY_RATE", default=50.0)
-# Attempts in flight to one provider at once, across all delivery workers on all hosts (leases
-# in delivery_providerslot): a provider whose endpoint hangs, with many leads, holds this many
-# worker slots in all, and its other deliveries wait their turn (postponed, backing off).
+# How often an idle delivery worker asks for due deliveries (while its last claim came back
+# full it asks again as soon as it has room): at most this long between a lead's commit and its
+# deliveries' start. A claim is one short indexed statement, so asking often costs little.
+DELIVERY_POLL_SECONDS = env.float("DELIVERY_POLL_SECONDS", default=0.1)
+# Attempts in flight to one provider at once, across all delivery workers on all hosts (counted
+# by every claim, delivery/queue.py): a provider whose endpoint hangs, with many leads, holds
+# this many worker slots in all, and its other deliveries wait their turn.
 DELIVERY_PER_PROVIDER_CONCURRENCY = env.int("DELIVERY_PER_PROVIDER_CONCURRENCY", default=4)
 
 # Fernet keys that encrypt the providers' webhook signing secrets in the database
@@ -362,6 +357,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # procrastinate logs every job at INFO; its warnings and errors are what operators need.
-    "loggers": {"pgserver": {"level": "WARNING"}, "procrastinate": {"level": "WARNING"}},
+    # procrastinate logs every job, and httpx every request of the delivery worker, at INFO;
+    # their warnings and errors are what operators need (the worker logs failed attempts itself).
+    "loggers": {
+        "pgserver": {"level": "WARNING"},
+        "procrastinate": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
 }

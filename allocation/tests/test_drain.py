@@ -6,8 +6,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection, transaction
+from procrastinate.contrib.django import app
+from procrastinate.jobs import Status
 
+from allocation import tasks as allocation_tasks
 from allocation.models import Lead
 from allocation.services import (
     LeadInput,
@@ -16,7 +20,6 @@ from allocation.services import (
     submit_lead,
 )
 from allocation.tasks import (
-    JOB_HISTORY_HOURS,
     drain_for_a_while,
     drain_waiting_leads,
     remove_old_jobs,
@@ -123,11 +126,13 @@ def test_a_drain_whose_worker_died_is_run_again(seeded_tx, jobs):
     waiting = submit_lead(lead(2, 1))
     Provider.objects.update(status="active")
     drain_waiting_leads.defer()
-    with connection.cursor() as cursor:  # as its worker left it, its heartbeat row pruned
-        cursor.execute(
-            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL "
-            "WHERE task_name = 'drain_waiting_leads'"
-        )
+    # As its worker left it: fetched (doing), then the worker's heartbeat row pruned.
+    manager = app.job_manager
+    worker_id = async_to_sync(manager.register_worker)()
+    fetched = async_to_sync(manager.fetch_job)(queues=None, worker_id=worker_id)
+    async_to_sync(manager.unregister_worker)(worker_id)
+    assert fetched.task_name == "drain_waiting_leads"
+    assert [status for status, _ in jobs.of("drain_waiting_leads")] == ["doing"]
     retry_stalled_jobs.defer(timestamp=0)
 
     jobs.run()
@@ -137,27 +142,20 @@ def test_a_drain_whose_worker_died_is_run_again(seeded_tx, jobs):
     assert Lead.objects.get(pk=waiting.pk).status == "allocated"
 
 
-def test_finished_jobs_are_removed_after_the_history_window_failed_ones_kept(seeded_tx, jobs):
-    for _ in range(3):
-        drain_waiting_leads.defer()
-        jobs.run()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id FROM procrastinate_jobs WHERE task_name = 'drain_waiting_leads' ORDER BY id"
-        )
-        old, failed, recent = (row[0] for row in cursor.fetchall())
-        cursor.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", [failed])
-        cursor.execute(
-            "UPDATE procrastinate_events SET at = now() - interval '1 hour' * %s "
-            "WHERE job_id IN (%s, %s)",
-            [JOB_HISTORY_HOURS + 1, old, failed],
-        )
+def test_finished_jobs_are_removed_after_the_history_window_failed_ones_kept(
+    seeded_tx, jobs, monkeypatch
+):
+    monkeypatch.setattr(allocation_tasks, "JOB_HISTORY_HOURS", 0)  # every finished job is old
+    drain_waiting_leads.defer()
+    jobs.run()
+    failing = drain_waiting_leads.defer()
+    manager = app.job_manager
+    worker_id = async_to_sync(manager.register_worker)()
+    async_to_sync(manager.fetch_job)(queues=None, worker_id=worker_id)
+    async_to_sync(manager.finish_job_by_id_async)(failing, status=Status.FAILED, delete_job=False)
+    async_to_sync(manager.unregister_worker)(worker_id)
     remove_old_jobs.defer(timestamp=0)
 
     jobs.run()
 
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id FROM procrastinate_jobs WHERE task_name = 'drain_waiting_leads' ORDER BY id"
-        )
-        assert [row[0] for row in cursor.fetchall()] == [failed, recent]
+    assert [status for status, _ in jobs.of("drain_waiting_leads")] == ["failed"]

@@ -9,7 +9,6 @@ which turns the skip into a failure. Screenshots go to test-artifacts/ (git-igno
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +24,7 @@ from allocation.services import submit_lead
 from credentials.services import create_api_key
 from dashboard.tests.support import STAFF_PASSWORD, lead_input
 from delivery.models import Delivery
-from delivery.services import attempt_delivery
-from delivery.tests.support import endpoint
+from delivery.tests.support import attempt_now, endpoint
 from leaddist.tests.asgi_server import ARTIFACTS, free_port
 from webhooks.tests.helpers import SECRET
 
@@ -402,7 +400,7 @@ def test_a_delivery_chip_turns_delivered_live_when_its_attempt_succeeds(
     seeded_tx, asgi_server_factory, launch_chromium, receiver, settings
 ):
     """Issue 11: the chips of a lead's deliveries follow delivery.updated without a reload.
-    The attempt runs through the real code path (attempt_delivery: the worker's job body)
+    The attempt runs through the real code path (claim, attempt and record, as the worker)
     against a local receiver; no event is faked."""
     settings.ALLOW_PRIVATE_DELIVERY_TARGETS = True  # the receiver is on 127.0.0.1
     settings.DELIVERY_TIMEOUT_SECONDS = 5
@@ -438,10 +436,10 @@ def test_a_delivery_chip_turns_delivered_live_when_its_attempt_succeeds(
     assert dashboard.get_attribute(chip, "class") == "delivery-chip delivery-pending"
     assert dashboard.inner_text(f"{chip} [data-delivery-status]") == "pending"
 
-    # The delivery worker's job body, run here: it posts to the receiver and records the
-    # attempt and its delivery.updated event in one transaction.
+    # The delivery worker's steps, run here: it posts to the receiver and records the attempt
+    # and its delivery.updated event in one statement.
     def deliver() -> str:
-        return asyncio.run(attempt_delivery(deliveries[1], generation=0, attempt=0))
+        return attempt_now(deliveries[1])
 
     assert _in_thread(deliver) == "delivered"
     assert len(receiver.of("/p1")) == 1

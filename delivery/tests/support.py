@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 
-import pytest
-from django.db import connection
+from asgiref.sync import async_to_sync
+from django.db.models import Q
+from django.utils import timezone
 
 from allocation.services import LeadInput, submit_lead
-from delivery.models import Endpoint
-from delivery.services import set_endpoint
+from delivery.attempts import Record, attempt, record_attempts
+from delivery.endpoints import set_endpoint
+from delivery.models import Delivery, Endpoint
+from delivery.queue import claim, register_worker
+from delivery.sending import close_clients
+from delivery.worker import Worker
 from providers.models import Provider
 
 
@@ -36,21 +46,80 @@ def plain_endpoint(provider_id: int, **fields: str) -> Endpoint:
     return endpoint
 
 
-def queued(task_name: str = "deliver") -> list[tuple[str, dict]]:
-    """(status, args) of the task's jobs, oldest first, as this connection sees them."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT status, args FROM procrastinate_jobs WHERE task_name = %s ORDER BY id",
-            [task_name],
-        )
-        return [
-            (status, json.loads(args) if isinstance(args, str) else args)
-            for status, args in cursor.fetchall()
-        ]
+def wait_until(condition: Callable[[], object], *, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
-def lead_job(lead) -> tuple[str, dict]:
-    """The lead's job as queued() shows it, still to do: its lead and its allocation's time."""
-    lead.refresh_from_db(fields=["allocated_at"])
-    at = pytest.approx(lead.allocated_at.timestamp(), abs=1e-3)
-    return ("todo", {"lead_id": lead.pk, "at": at})
+@contextmanager
+def running_worker(*, concurrency: int = 4, poll: float = 0.02) -> Iterator[Worker]:
+    """A delivery worker (delivery.worker.Worker, as `manage.py deliver_leads` runs it) on an
+    event loop of its own in a thread, for the block; stopped as SIGTERM stops it."""
+    worker = Worker(concurrency=concurrency, poll_seconds=poll)
+    started = threading.Event()
+    loop_box: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop_box.append((asyncio.get_running_loop(), stop))
+        started.set()
+        await worker.run(stop, grace_seconds=10)
+
+    def thread() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+            started.set()
+
+    runner = threading.Thread(target=thread, daemon=True)
+    runner.start()
+    started.wait(10)
+    try:
+        yield worker
+    finally:
+        if loop_box:
+            loop, stop = loop_box[0]
+            loop.call_soon_threadsafe(stop.set)
+        runner.join(30)
+    assert not failure, failure
+
+
+def nothing_due() -> bool:
+    """No delivery in flight, and none due now (retries scheduled later do not count)."""
+    return (
+        not Delivery.objects.open()
+        .filter(Q(worker_id__isnull=False) | Q(next_attempt_at__lte=timezone.now()))
+        .exists()
+    )
+
+
+def deliver_due(*, seconds: float = 30, concurrency: int = 4) -> None:
+    """Run a worker until nothing is due or in flight, as a worker that runs on would have."""
+    with running_worker(concurrency=concurrency):
+        time.sleep(0.05)
+        wait_until(nothing_due, seconds=seconds, what="every due delivery")
+
+
+def attempt_now(delivery_id: int) -> str:
+    """Make one attempt of the delivery now, as a worker would (claim, send, record); return its
+    status afterwards."""
+    worker = register_worker()
+    Delivery.objects.filter(pk=delivery_id).update(next_attempt_at=timezone.now())
+    Delivery.objects.exclude(pk=delivery_id).filter(worker_id__isnull=True).update(
+        next_attempt_at=timezone.now() + timedelta(hours=1)
+    )
+    [send] = claim(worker, take=1).sends
+    assert send.delivery_id == delivery_id
+
+    async def attempt_and_close() -> Record:
+        try:
+            return await attempt(send)
+        finally:
+            await close_clients()
+
+    record = async_to_sync(attempt_and_close)()
+    return record_attempts([record], worker_id=worker)[delivery_id]

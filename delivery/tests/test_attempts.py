@@ -1,5 +1,6 @@
-"""Attempts over real HTTP, run by a real procrastinate worker: signing, retries, timeouts,
-redirects, email, resends, and one provider's hanging endpoint beside the others."""
+"""Attempts over real HTTP, made by a real delivery worker (delivery.worker.Worker on its own
+event loop): signing, retries, timeouts, redirects, email, resends, and one provider's hanging
+endpoint beside the others."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import json
 import time
 from datetime import timedelta
 
-from asgiref.sync import async_to_sync
 from django.core import mail
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from delivery import services as delivery_services
 from delivery.models import Attempt, Delivery
-from delivery.services import attempt_delivery, resend_deliveries, resume_stuck
-from delivery.tests.support import endpoint, submit
+from delivery.resend import resend_deliveries
+from delivery.tests.support import deliver_due, endpoint, running_worker, submit, wait_until
 from events.models import Event
 from events.types import DELIVERY_UPDATED
 
@@ -25,13 +24,13 @@ def deliveries_by_provider(lead) -> dict[int, Delivery]:
 
 
 def test_failed_attempts_are_retried_under_one_webhook_id_until_delivered(
-    jobs, seeded_tx, receiver, local_targets
+    seeded_tx, receiver, local_targets
 ):
     receiver.script["/p1"] = [500, 503, 200]
     secrets = {pid: endpoint(pid, url=receiver.url(f"/p{pid}")) for pid in (1, 2, 3)}
     lead = submit(1, 1)
 
-    jobs.run()
+    deliver_due()
 
     deliveries = deliveries_by_provider(lead)
     assert Delivery.objects.filter(lead=lead).count() == 3  # one per (lead, provider)
@@ -86,7 +85,7 @@ def test_failed_attempts_are_retried_under_one_webhook_id_until_delivered(
 
 
 def test_a_failure_is_retried_later_with_backoff_and_a_redirect_is_not_followed(
-    jobs, seeded_tx, receiver, local_targets
+    seeded_tx, receiver, local_targets
 ):
     local_targets.DELIVERY_RETRY_BASE_SECONDS = 60
     receiver.script["/p1"] = [302]
@@ -94,7 +93,7 @@ def test_a_failure_is_retried_later_with_backoff_and_a_redirect_is_not_followed(
     lead = submit(1, 1)
     before = timezone.now()
 
-    jobs.run()
+    deliver_due()
 
     delivery = Delivery.objects.get(lead=lead)
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("retrying", 1, 302)
@@ -102,29 +101,27 @@ def test_a_failure_is_retried_later_with_backoff_and_a_redirect_is_not_followed(
     assert before + timedelta(seconds=29) < delivery.next_attempt_at
     assert delivery.next_attempt_at < timezone.now() + timedelta(seconds=61)
     assert len(receiver.requests) == 1  # the Location (a metadata address) was not requested
-    todo = [json.loads(args) for status, args in jobs.of("deliver") if status == "todo"]
-    assert todo == [{"delivery_id": delivery.pk, "generation": 0, "attempt": 1}]
+    assert delivery.worker_id is None
 
 
 def test_a_delivery_still_failing_after_the_retry_window_is_failed(
-    jobs, seeded_tx, receiver, local_targets
+    seeded_tx, receiver, local_targets
 ):
     local_targets.DELIVERY_RETRY_HOURS = 0
     receiver.script["/p1"] = [500]
     endpoint(1, url=receiver.url("/p1"))
     lead = submit(1, 1)
 
-    jobs.run()
+    deliver_due()
 
     delivery = Delivery.objects.get(lead=lead)
     assert (delivery.status, delivery.attempts) == ("failed", 1)
     assert delivery.last_error.startswith("HTTP 500: xxx")
-    assert [status for status, _ in jobs.of("deliver_lead")] == ["succeeded"]
-    assert jobs.of("deliver") == []  # no retry
+    assert delivery.next_attempt_at is None  # no retry
 
 
 def test_an_endpoint_that_does_not_answer_times_out_without_delaying_other_providers(
-    jobs, seeded_tx, receiver, local_targets
+    seeded_tx, receiver, local_targets
 ):
     """Provider 1's delivery is first in the queue and hangs past the 2 s timeout; providers
     2 and 3 are delivered meanwhile, not after it."""
@@ -137,7 +134,7 @@ def test_an_endpoint_that_does_not_answer_times_out_without_delaying_other_provi
     assert deliveries[1].pk < deliveries[2].pk < deliveries[3].pk
     started = time.monotonic()
 
-    jobs.run(concurrency=4, queues=["deliveries"])
+    deliver_due()
 
     hanging = Delivery.objects.get(pk=deliveries[1].pk)
     assert hanging.status == "retrying"
@@ -148,11 +145,11 @@ def test_an_endpoint_that_does_not_answer_times_out_without_delaying_other_provi
         assert receiver.of(f"/p{pid}")[0].at - started < 1.0
 
 
-def test_an_email_endpoint_gets_the_lead_by_email(jobs, seeded_tx, local_targets):
+def test_an_email_endpoint_gets_the_lead_by_email(seeded_tx, local_targets):
     endpoint(2, email="leads@provider-two.example")
     lead = submit(1, 1)
 
-    jobs.run()
+    deliver_due()
 
     delivery = Delivery.objects.get(lead=lead)
     assert (delivery.channel, delivery.status, delivery.attempts) == ("email", "delivered", 1)
@@ -163,89 +160,67 @@ def test_an_email_endpoint_gets_the_lead_by_email(jobs, seeded_tx, local_targets
     assert f"Lead #{lead.pk}" in message.body
 
 
-def test_a_resend_is_a_new_attempt_under_the_same_webhook_id(
-    jobs, seeded_tx, receiver, local_targets
-):
+def test_a_resend_is_a_new_attempt_under_the_same_webhook_id(seeded_tx, receiver, local_targets):
     endpoint(1, url=receiver.url("/p1"))
     lead = submit(1, 1)
-    jobs.run()
+    deliver_due()
     delivery = Delivery.objects.get(lead=lead)
     assert delivery.status == "delivered"
 
     assert resend_deliveries(Delivery.objects.filter(pk=delivery.pk)) == 1
-    jobs.run()
+    deliver_due()
 
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.generation) == ("delivered", 2, 1)
     assert [r.headers["webhook-id"] for r in receiver.of("/p1")] == [str(delivery.pk)] * 2
 
 
-def test_a_job_run_again_after_its_attempt_was_recorded_sends_nothing(
-    jobs, seeded_tx, receiver, local_targets
-):
-    """retry_stalled_jobs may run a job again whose worker died after recording its attempt."""
-    local_targets.DELIVERY_RETRY_BASE_SECONDS = 60
-    receiver.script["/p1"] = [500]
+def test_a_delivery_due_long_ago_is_sent_like_any_other(seeded_tx, receiver, local_targets):
+    """Nothing keeps a list of work beside the deliveries: one due for 20 minutes (its worker
+    was down, say) is simply the first the next worker claims."""
     endpoint(1, url=receiver.url("/p1"))
     delivery = Delivery.objects.get(lead=submit(1, 1))
-    run = async_to_sync(attempt_delivery)
-
-    assert run(delivery.pk, generation=0, attempt=0) == "retrying"
-    assert run(delivery.pk, generation=0, attempt=0) == "skipped"  # the same job, again
-    assert run(delivery.pk, generation=7, attempt=None) == "skipped"  # an old generation
-
-    assert len(receiver.requests) == 1
-
-
-def test_an_open_delivery_whose_job_was_lost_gets_a_new_one(
-    jobs, seeded_tx, receiver, local_targets
-):
-    endpoint(1, url=receiver.url("/p1"))
-    delivery = Delivery.objects.get(lead=submit(1, 1))
-    jobs.clear()  # the job is gone (say it failed on a bug, or someone cleared the queue)
     Delivery.objects.filter(pk=delivery.pk).update(
         next_attempt_at=timezone.now() - timedelta(minutes=20)
     )
 
-    assert resume_stuck(older_than=timedelta(minutes=15)) == 1
-    assert resume_stuck(older_than=timedelta(minutes=15)) == 0  # not twice
-    jobs.run()
+    deliver_due()
 
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("delivered", 1)
     assert len(receiver.of("/p1")) == 1
 
 
-def test_a_hanging_providers_next_delivery_waits_for_its_one_slot(
-    jobs, seeded_tx, receiver, local_targets, monkeypatch
+def test_a_hanging_providers_next_delivery_waits_for_its_one_place(
+    seeded_tx, receiver, local_targets
 ):
     """With DELIVERY_PER_PROVIDER_CONCURRENCY at 1, provider 1's second delivery waits its turn
-    in the queue instead of taking a second worker slot while the first one hangs."""
+    in the queue instead of taking a second worker place while the first one hangs; the other
+    providers are delivered meanwhile."""
     local_targets.DELIVERY_RETRY_BASE_SECONDS = 60
     local_targets.DELIVERY_PER_PROVIDER_CONCURRENCY = 1
-    # The postponed job must not fall due again before this worker run ends, however slow the
-    # machine: the run would then attempt it once the hanging attempt is over.
-    monkeypatch.setattr(delivery_services, "POSTPONE_JITTER", (15.0, 15.0))  # 2 s x 15
-    receiver.script["/p1"] = [("hang", 5)]
-    # Provider 2, in both leads, gets no endpoint: with one slot per provider its two
-    # deliveries could overlap, and on a loaded machine the second be postponed as well.
+    local_targets.DELIVERY_TIMEOUT_SECONDS = 30
+    receiver.script["/p1"] = [("hang", 3)]
     for pid in (1, 3, 4):
         endpoint(pid, url=receiver.url(f"/p{pid}"))
     first, second = submit(1, 1), submit(1, 2)  # providers 1, 2, 3 then 1, 4, 2
-
-    jobs.run(concurrency=4, queues=["deliveries"])
-
-    # The two leads' jobs run side by side: either one's attempt may be first to take the slot.
-    hanging, waiting = sorted(
-        Delivery.objects.filter(lead__in=(first, second), provider_id=1),
-        key=lambda delivery: -delivery.attempts,
-    )
-    assert (hanging.status, hanging.attempts) == ("retrying", 1)
-    assert (waiting.status, waiting.attempts) == ("pending", 0)  # postponed, not attempted
-    assert len(receiver.of("/p1")) == 1
-    todo = [json.loads(args) for status, args in jobs.of("deliver") if status == "todo"]
-    assert {"delivery_id": waiting.pk, "generation": 0, "attempt": 0, "postponed": 1} in todo
     others = Delivery.objects.exclude(provider_id=1)
+
+    with running_worker(concurrency=4):
+        wait_until(
+            lambda: others.filter(status="delivered").count() == 2, seconds=20, what="3 and 4"
+        )
+        mine = Delivery.objects.filter(lead__in=(first, second), provider_id=1)
+        # While the first attempt hangs: one held, the other still waiting, unattempted.
+        assert sorted(mine.values_list("worker_id", flat=True), key=bool)[0] is None
+        assert sum(1 for d in mine if d.worker_id is not None) == 1
+        assert len(receiver.of("/p1")) == 1
+        # Once the hanging attempt is answered (3 s), the second goes.
+        wait_until(
+            lambda: mine.filter(status="delivered").count() == 2, seconds=30, what="provider 1"
+        )
+
+    assert receiver.peak["/p1"] == 1
     assert sorted(others.values_list("provider_id", "status")) == [
         (3, "delivered"),
         (4, "delivered"),

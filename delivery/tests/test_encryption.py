@@ -8,7 +8,6 @@ import importlib
 from io import StringIO
 
 import pytest
-from asgiref.sync import async_to_sync
 from cryptography.fernet import Fernet
 from django.apps import apps
 from django.core.management import CommandError, call_command
@@ -16,9 +15,10 @@ from django.db import connection
 from standardwebhooks import Webhook
 
 from delivery.encryption import UndecryptableSecret, decrypt_secret, encrypt_secret
+from delivery.endpoints import set_endpoint
 from delivery.models import Delivery, Endpoint
-from delivery.services import attempt_delivery, set_endpoint, start_attempt
-from delivery.tests.support import plain_endpoint, submit
+from delivery.queue import claim, register_worker
+from delivery.tests.support import attempt_now, plain_endpoint, submit
 from webhooks.signing import signature_headers
 
 migration = importlib.import_module("delivery.migrations.0003_encrypt_endpoint_secrets")
@@ -60,7 +60,7 @@ def test_an_attempt_signs_with_the_decrypted_secret_the_provider_was_shown(seede
     shown = set_endpoint(seeded.provider(1), url="http://127.0.0.1:9/hook").new_secret
     delivery = submit(1, 1).deliveries.get(provider_id=1)
 
-    send = start_attempt(delivery.pk, generation=0, attempt=0)
+    [send] = claim(register_worker(), take=1).sends
 
     assert send.secret == shown
     # Signed as post_webhook signs it, verified as the provider does with what it was shown.
@@ -159,7 +159,7 @@ def test_an_attempt_whose_secret_is_under_no_key_fails_with_the_reason_and_is_re
     row = Delivery.objects.get(lead=submit(1, 1))
     old_key.DELIVERY_SECRET_KEYS = [NEW_KEY]  # the old key removed too early
 
-    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+    status = attempt_now(row.pk)
 
     row.refresh_from_db()
     assert status == "retrying"

@@ -10,8 +10,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from delivery.endpoints import endpoint_changes
 from delivery.models import Endpoint
-from delivery.services import endpoint_changes
 from delivery.tests.support import plain_endpoint
 from delivery.tests.test_admin import change_url, provider_post
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import socket
 
-import httpx
 import pytest
-from asgiref.sync import async_to_sync
 
 from delivery import guard
+from delivery.endpoints import set_endpoint
 from delivery.guard import UnsafeTarget, check_url
 from delivery.models import Attempt, Delivery, Endpoint
 from delivery.sending import build_request
-from delivery.services import attempt_delivery, set_endpoint
-from delivery.tests.support import plain_endpoint, submit
+from delivery.tests.support import attempt_now, plain_endpoint, submit
 from providers.models import Provider
 
 REFUSED = [
@@ -85,13 +83,13 @@ def test_a_public_name_is_accepted_and_pinned_to_its_checked_address(settings, d
     dns["hooks.provider.example"] = ["93.184.215.14"]
 
     target = check_url("https://hooks.provider.example:8443/lead?x=1")
-    request = build_request(httpx.AsyncClient(), target, b"{}", {})
+    request = build_request(target, {})
 
     assert target.address == "93.184.215.14"
-    assert str(request.url) == "https://93.184.215.14:8443/lead?x=1"
-    assert request.headers["host"] == "hooks.provider.example:8443"
+    assert request.url == "https://93.184.215.14:8443/lead?x=1"
+    assert request.headers["Host"] == "hooks.provider.example:8443"
     # TLS: SNI and the certificate check use the name, not the address.
-    assert request.extensions["sni_hostname"] == "hooks.provider.example"
+    assert request.server_hostname == "hooks.provider.example"
 
 
 @pytest.mark.parametrize(
@@ -139,7 +137,7 @@ def test_a_name_rebound_to_a_private_address_after_saving_is_refused_at_send_tim
     delivery = Delivery.objects.get(lead=submit(1, 1))
     dns["rebind.example"] = ["127.0.0.1"]
 
-    status = async_to_sync(attempt_delivery)(delivery.pk, generation=0, attempt=0)
+    status = attempt_now(delivery.pk)
 
     assert status == "retrying"
     attempt = Attempt.objects.get(delivery=delivery)
@@ -153,6 +151,6 @@ def test_an_endpoint_written_past_the_guard_is_still_checked_before_sending(seed
     plain_endpoint(1, url="https://169.254.169.254/latest/meta-data")
     delivery = Delivery.objects.get(lead=submit(1, 1))
 
-    async_to_sync(attempt_delivery)(delivery.pk, generation=0, attempt=0)
+    attempt_now(delivery.pk)
 
     assert "metadata" in Attempt.objects.get(delivery=delivery).error

@@ -1,18 +1,20 @@
-"""Recording attempts: many in one statement (the worker's AttemptRecorder), each exactly as if
-recorded alone: its delivery moved on, its attempt logged, its slot freed, its retry deferred."""
+"""Recording attempts (delivery.attempts.record_attempts): many in one statement, each exactly
+as if recorded alone; and which attempt decides a delivery's fate."""
 
 from __future__ import annotations
 
-import asyncio
-
-from asgiref.sync import async_to_sync
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from delivery import services as delivery_services
-from delivery.models import Attempt, Delivery, ProviderSlot
+from delivery.attempts import Record, record_attempts
+from delivery.models import Attempt, Delivery
+from delivery.queue import claim, register_worker
+from delivery.resend import resend_deliveries
 from delivery.sending import Outcome
-from delivery.services import Record, acquire_slots, record_attempts
-from delivery.tests.support import plain_endpoint, queued, submit
+from delivery.tests.support import plain_endpoint, submit
+from delivery.worker import RECORD_BATCH_MAX, _batch
+from events.models import Event
 
 
 def open_deliveries(leads: int) -> list[Delivery]:
@@ -23,84 +25,97 @@ def open_deliveries(leads: int) -> list[Delivery]:
     return list(Delivery.objects.order_by("pk"))
 
 
-def test_attempts_finishing_together_are_recorded_in_fewer_statements_each_as_alone(
-    transactional_db, seeded_tx, settings, monkeypatch
-):
+def outcome(ok: bool) -> Outcome:
+    return Outcome(ok, 7, status_code=200 if ok else 503, error="" if ok else "HTTP 503: busy")
+
+
+def test_attempts_recorded_in_one_statement_each_move_on_as_alone(seeded, settings):
     settings.DELIVERY_PER_PROVIDER_CONCURRENCY = 8
     settings.DELIVERY_RETRY_BASE_SECONDS = 60
     deliveries = open_deliveries(4)  # 12 deliveries, 3 to each of providers 1-4
-    leases = acquire_slots([(d.pk, d.provider_id) for d in deliveries])
-    statements = []
-    real = delivery_services.record_attempts
-
-    def counted(records):
-        statements.append(len(records))
-        return real(records)
-
-    monkeypatch.setattr(delivery_services, "record_attempts", counted)
+    worker = register_worker()
+    assert len(claim(worker, take=20).sends) == 12
     started = timezone.now()
+    records = [Record(d.pk, 0, outcome(d.pk % 2 == 0), started) for d in deliveries]
 
-    async def finish_all() -> list[str]:
-        recorder = delivery_services._recorder()
-        return await asyncio.gather(
-            *(
-                recorder.record(
-                    Record(
-                        d.pk,
-                        0,
-                        Outcome(d.pk % 2 == 0, 7, status_code=200 if d.pk % 2 == 0 else 503),
-                        started,
-                        lease=leases[d.pk],
-                    )
-                )
-                for d in deliveries
-            )
-        )
+    with CaptureQueriesContext(connection) as statements:
+        statuses = record_attempts(records, worker_id=worker)
 
-    statuses = async_to_sync(finish_all)()
-
-    expected = ["delivered" if d.pk % 2 == 0 else "retrying" for d in deliveries]
+    assert len(statements.captured_queries) == 1
+    expected = {d.pk: "delivered" if d.pk % 2 == 0 else "retrying" for d in deliveries}
     assert statuses == expected
-    assert sum(statements) == len(deliveries)
-    assert len(statements) < len(deliveries)  # batched: the first alone, the rest together
-    rows = {row.pk: row for row in Delivery.objects.all()}
-    for delivery, status in zip(deliveries, expected, strict=True):
-        row = rows[delivery.pk]
-        assert (row.status, row.attempts, row.last_latency_ms) == (status, 1, 7)
-        assert (row.next_attempt_at is None) == (status == "delivered")
-        assert (row.delivered_at is not None) == (status == "delivered")
+    for row in Delivery.objects.all():
+        assert (row.status, row.attempts, row.last_latency_ms) == (expected[row.pk], 1, 7)
+        assert row.worker_id is None  # the claim is released
+        if row.status == "delivered":
+            assert row.next_attempt_at is None
+            assert row.delivered_at is not None
+        else:
+            # Due again after the first retry delay: 60 s, half of it random.
+            wait = (row.next_attempt_at - timezone.now()).total_seconds()
+            assert 25 <= wait <= 61
+            assert row.last_error == "HTTP 503: busy"
     assert Attempt.objects.count() == len(deliveries)
-    assert not ProviderSlot.objects.leased().exists()  # every slot freed by its record
-    retries = sorted(args["delivery_id"] for _, args in queued())
-    assert retries == [d.pk for d in deliveries if d.pk % 2 == 1]
+    assert Event.objects.filter(type="delivery.updated").count() == len(deliveries)
 
 
-def test_two_attempts_of_one_delivery_go_in_two_statements_in_order(
-    transactional_db, seeded_tx, settings
-):
-    settings.DELIVERY_RETRY_BASE_SECONDS = 60
-    delivery = open_deliveries(1)[0]
+def test_a_batch_holds_one_attempt_per_delivery_and_at_most_the_maximum():
+    started = timezone.now()
+    records = [Record(n % 3, 0, outcome(True), started) for n in range(6)]
+    records += [Record(100 + n, 0, outcome(True), started) for n in range(RECORD_BATCH_MAX)]
+
+    batch, rest = _batch(records)
+
+    assert [r.delivery_id for r in batch[:3]] == [0, 1, 2]
+    assert len(batch) == RECORD_BATCH_MAX
+    assert len({r.delivery_id for r in batch}) == len(batch)
+    assert len(rest) == len(records) - RECORD_BATCH_MAX
+
+
+def test_a_success_decides_whoever_holds_the_delivery_and_a_failure_only_its_holder(seeded):
+    first, second = open_deliveries(1)[:2]
+    old, new = register_worker(), register_worker()
+    claim(old, take=10)
+    # Both deliveries were handed to another worker meanwhile (the old one was taken for dead).
+    Delivery.objects.update(worker_id=new)
     started = timezone.now()
 
-    async def twice() -> list[str]:
-        recorder = delivery_services._recorder()
-        return await asyncio.gather(
-            recorder.record(Record(delivery.pk, 0, Outcome(False, 5, 503), started)),
-            recorder.record(Record(delivery.pk, 0, Outcome(True, 5, 200), started)),
-        )
+    statuses = record_attempts(
+        [
+            Record(first.pk, 0, outcome(True), started),
+            Record(second.pk, 0, outcome(False), started),
+        ],
+        worker_id=old,
+    )
 
-    assert async_to_sync(twice)() == ["retrying", "delivered"]
-    log = Attempt.objects.filter(delivery=delivery).order_by("number")
-    assert [(a.number, a.succeeded) for a in log] == [(1, False), (2, True)]
+    assert statuses == {first.pk: "delivered", second.pk: "pending"}
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, first.worker_id, first.attempts) == ("delivered", None, 1)
+    # The failure is logged, and the new holder's own attempt decides.
+    assert (second.status, second.worker_id, second.attempts) == ("pending", new, 1)
+    assert Attempt.objects.filter(delivery=second).count() == 1
 
 
-def test_the_slot_of_an_attempt_whose_delivery_was_deleted_is_freed(transactional_db, seeded_tx):
+def test_an_attempt_of_an_earlier_generation_is_logged_without_moving_the_delivery(seeded):
     delivery = open_deliveries(1)[0]
-    lease = acquire_slots([(delivery.pk, delivery.provider_id)])[delivery.pk]
+    worker = register_worker()
+    claim(worker, take=10)
+    resend_deliveries(Delivery.objects.filter(pk=delivery.pk))  # generation 1, due now
+
+    statuses = record_attempts(
+        [Record(delivery.pk, 0, outcome(True), timezone.now())], worker_id=worker
+    )
+
+    delivery.refresh_from_db()
+    assert statuses == {delivery.pk: "pending"}
+    assert (delivery.generation, delivery.status, delivery.worker_id) == (1, "pending", None)
+    assert delivery.next_attempt_at <= timezone.now()
+
+
+def test_the_attempt_of_a_deleted_delivery_records_nothing(seeded):
+    delivery = open_deliveries(1)[0]
     delivery.lead.delete()
 
-    record = Record(delivery.pk, 0, Outcome(True, 5, 200), timezone.now(), lease=lease)
-
-    assert record_attempts([record]) == {}
-    assert not ProviderSlot.objects.leased().exists()
+    assert record_attempts([Record(delivery.pk, 0, outcome(True), timezone.now())]) == {}
     assert not Attempt.objects.exists()

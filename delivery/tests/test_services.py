@@ -1,30 +1,31 @@
-"""Recording attempts: the schedule, what a failure records, and all of it in one transaction."""
+"""Attempts one at a time: the retry schedule, what a failure records, and all of it in one
+statement."""
 
 from __future__ import annotations
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from delivery.attempts import Record, record_attempts
 from delivery.models import Attempt, Delivery, Endpoint
 from delivery.sending import Outcome
-from delivery.services import RETRY_DELAY_SQL, attempt_delivery, record_attempt
-from delivery.tests.support import plain_endpoint, submit
+from delivery.sql import RETRY_DELAY
+from delivery.tests.support import attempt_now, plain_endpoint, submit
 from events.models import Event
 from events.types import DELIVERY_UPDATED
 
 
 def retry_delays(attempts: int, *, times: int) -> list[float]:
-    """RETRY_DELAY_SQL's waits after ``attempts`` failures, as the record statement draws them."""
+    """RETRY_DELAY's waits after ``attempts`` failures, as the record statement draws them."""
     params = {
         "retry_base": settings.DELIVERY_RETRY_BASE_SECONDS,
         "retry_max": settings.DELIVERY_RETRY_MAX_SECONDS,
         "attempts": attempts,
     }
-    sql = RETRY_DELAY_SQL.format(failures="%(attempts)s - 1")
+    sql = RETRY_DELAY.format(failures="%(attempts)s - 1")
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {sql} FROM generate_series(1, {times})", params)
         return [row[0] for row in cursor.fetchall()]
@@ -54,7 +55,7 @@ def test_an_email_the_backend_refuses_is_retried(transactional_db, seeded_tx, se
     plain_endpoint(2, email="two@example.com")
     row = Delivery.objects.get(lead=submit(1, 1))
 
-    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+    status = attempt_now(row.pk)
 
     row.refresh_from_db()
     assert status == "retrying"
@@ -67,43 +68,42 @@ def test_a_delivery_whose_endpoint_was_removed_fails_at_once(transactional_db, s
     row = Delivery.objects.get(lead=submit(1, 1))
     Endpoint.objects.all().delete()
 
-    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+    status = attempt_now(row.pk)
 
     assert status == "failed"
     assert Attempt.objects.get().error == "the provider has no webhook endpoint any more"
 
 
-REFUSE_JOBS = """
-CREATE FUNCTION test_refuse_job() RETURNS trigger AS $$
-BEGIN RAISE EXCEPTION 'the job table refuses'; END $$ LANGUAGE plpgsql;
-CREATE TRIGGER test_refuse_job BEFORE INSERT ON procrastinate_jobs
-FOR EACH ROW EXECUTE FUNCTION test_refuse_job();
+REFUSE_EVENTS = """
+CREATE FUNCTION test_refuse_event() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION 'the event log refuses'; END $$ LANGUAGE plpgsql;
+CREATE TRIGGER test_refuse_event BEFORE INSERT ON events_event
+FOR EACH ROW EXECUTE FUNCTION test_refuse_event();
 """
-ACCEPT_JOBS = """
-DROP TRIGGER test_refuse_job ON procrastinate_jobs; DROP FUNCTION test_refuse_job();
+ACCEPT_EVENTS = """
+DROP TRIGGER test_refuse_event ON events_event; DROP FUNCTION test_refuse_event();
 """
 
 
-def test_an_attempt_is_recorded_with_its_event_and_next_job_or_not_at_all(
-    transactional_db, seeded_tx, settings
-):
+def test_an_attempt_is_recorded_with_its_event_or_not_at_all(transactional_db, seeded_tx, settings):
     settings.ALLOW_PRIVATE_DELIVERY_TARGETS = False
     plain_endpoint(1, url="https://10.0.0.1/hook")  # refused at send time: a failed attempt
     row = Delivery.objects.get(lead=submit(1, 1))
 
-    # The retry's job cannot be deferred: the statement fails after the delivery row, the
-    # attempt and the event were written, and must take them all back with it.
+    # The event cannot be written: the statement fails after the delivery row and the attempt
+    # were written, and must take them all back with it.
     with connection.cursor() as cursor:
-        cursor.execute(REFUSE_JOBS)
+        cursor.execute(REFUSE_EVENTS)
     try:
-        with pytest.raises(DatabaseError, match="the job table refuses"):
-            async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+        with pytest.raises(DatabaseError, match="the event log refuses"):
+            attempt_now(row.pk)
     finally:
         with connection.cursor() as cursor:
-            cursor.execute(ACCEPT_JOBS)
+            cursor.execute(ACCEPT_EVENTS)
 
     row.refresh_from_db()
     assert (row.status, row.attempts, row.last_error) == ("pending", 0, "")
+    assert row.worker_id is not None  # still claimed: it goes back when the claim runs out
     assert not Attempt.objects.exists()
     assert not Event.objects.filter(type=DELIVERY_UPDATED).exists()
 
@@ -119,11 +119,11 @@ def test_a_refused_connection_is_a_failed_attempt_retried(transactional_db, seed
     plain_endpoint(1, url=f"http://127.0.0.1:{port}/hook")
     row = Delivery.objects.get(lead=submit(1, 1))
 
-    status = async_to_sync(attempt_delivery)(row.pk, generation=0, attempt=0)
+    status = attempt_now(row.pk)
 
     row.refresh_from_db()
     assert status == "retrying"
-    assert row.last_error.startswith("ConnectError")
+    assert row.last_error.startswith("ClientConnectorError")
 
 
 def test_a_delivery_that_keeps_failing_is_announced_on_each_change_and_every_tenth_attempt(
@@ -134,7 +134,7 @@ def test_a_delivery_that_keeps_failing_is_announced_on_each_change_and_every_ten
     row = Delivery.objects.get(lead=submit(1, 1))
 
     def attempt(outcome: Outcome) -> None:
-        record_attempt(row.pk, outcome, generation=0, started_at=timezone.now())
+        record_attempts([Record(row.pk, 0, outcome, timezone.now())])
 
     for _ in range(21):
         attempt(Outcome(False, 5, status_code=503))

@@ -1,5 +1,6 @@
-"""Delivery workers as production runs them: separate `manage.py procrastinate worker`
-processes on the test database. One is killed mid-delivery; two share a storm."""
+"""Delivery workers as production runs them: separate `manage.py deliver_leads` processes on
+the test database. Killed mid-delivery, sharing a storm, sharing a provider's cap, and cut off
+from the database again and again."""
 
 from __future__ import annotations
 
@@ -11,30 +12,26 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.conf import settings
-from procrastinate.contrib.django import app
+from django.db import connection
 from standardwebhooks import Webhook
 
-from delivery.models import Attempt, Delivery, ProviderSlot
-from delivery.tests.support import endpoint, submit
+from delivery.models import Attempt, Delivery, DeliveryWorker
+from delivery.queue import DEAD_AFTER_SECONDS
+from delivery.tests.support import endpoint, submit, wait_until
 from leaddist.tests.asgi_server import database_url_for_tests, wait_for_disconnect
 from providers.models import Provider
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+NAME = f"leaddist-test-delivery-{os.getpid()}"
 
-@contextmanager
-def delivery_workers(
-    count: int, *, concurrency: int = 4, timeout: float = 30, env: dict[str, str] | None = None
-):
-    """``count`` delivery worker processes (as `make worker` starts them), stopped on exit;
-    ``env``: more settings for them."""
-    name = f"leaddist-test-delivery-{os.getpid()}"
+
+def start_worker(*, concurrency: int = 4, timeout: float = 30, env: dict[str, str] | None = None):
     environment = (
         os.environ
         | {
-            "DATABASE_URL": database_url_for_tests(name),
+            "DATABASE_URL": database_url_for_tests(NAME),
             "ALLOW_PRIVATE_DELIVERY_TARGETS": "true",
             "DELIVERY_TIMEOUT_SECONDS": str(timeout),
             "DELIVERY_RETRY_BASE_SECONDS": "0",
@@ -42,73 +39,120 @@ def delivery_workers(
         }
         | (env or {})
     )
-    command = [sys.executable, "manage.py", "procrastinate", "worker", "--queues", "deliveries"]
-    command += ["--concurrency", str(concurrency), "--fetch-job-polling-interval", "0.2"]
-    processes = [
-        subprocess.Popen(command, cwd=settings.BASE_DIR, env=environment, stderr=subprocess.DEVNULL)
-        for _ in range(count)
-    ]
+    command = [sys.executable, "manage.py", "deliver_leads", "--concurrency", str(concurrency)]
+    command += ["--poll", "0.05"]
+    return subprocess.Popen(
+        command, cwd=settings.BASE_DIR, env=environment, stderr=subprocess.DEVNULL
+    )
+
+
+@contextmanager
+def delivery_workers(count: int, **options):
+    """``count`` delivery worker processes (as `make worker` starts them), stopped on exit."""
+    processes = [start_worker(**options) for _ in range(count)]
     try:
         yield processes
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            process.wait(timeout=40)
-        wait_for_disconnect(name)
+        stop(processes)
 
 
-def wait_until(condition, *, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+def stop(processes) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait(timeout=40)
+    wait_for_disconnect(NAME)
+
+
+def delivered(count: int):
+    return lambda: Delivery.objects.filter(status="delivered").count() == count
 
 
 @pytest.mark.concurrency
-def test_a_worker_killed_mid_delivery_is_replaced_and_the_lead_delivered_under_the_same_id(
-    jobs, seeded_tx, receiver, local_targets
+def test_a_worker_killed_mid_delivery_is_replaced_and_only_its_attempt_sent_again(
+    seeded_tx, receiver, local_targets
 ):
+    """The launcher starts another worker a second after one dies: the new one finds its dead
+    predecessor on this host and hands back its delivery at once, not when its claim runs out
+    (the 30 s timeout plus the margin). It is sent again under the same webhook-id."""
     receiver.script["/p1"] = [("hang", 20), 200]  # the first request never gets its answer
     secret = endpoint(1, url=receiver.url("/p1"))
-    delivery = Delivery.objects.get(lead=submit(1, 1))
+    endpoint(2, url=receiver.url("/p2"))
+    lead = submit(1, 1)
+    delivery = Delivery.objects.get(lead=lead, provider_id=1)
 
-    with delivery_workers(1) as [worker]:
-        wait_until(lambda: receiver.of("/p1"), seconds=20, what="the first request")
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait()
-    assert [status for status, _ in jobs.of("deliver_lead")] == ["doing"]  # orphaned
-    # Its provider slot stays leased until the lease runs out; the provider's others are free.
-    held = ProviderSlot.objects.leased().filter(provider_id=1)
-    assert list(held.values_list("delivery_id", flat=True)) == [delivery.pk]
-    # What the periodic retry_stalled_jobs does once the dead worker's heartbeat is old.
-    stalled = []
-
-    def found_stalled() -> bool:
-        stalled[:] = async_to_sync(app.job_manager.get_stalled_jobs)(
-            task_name="deliver_lead", seconds_since_heartbeat=1
-        )
-        return bool(stalled)
-
-    wait_until(found_stalled, seconds=30, what="the orphaned job to count as stalled")
-    for job in stalled:
-        async_to_sync(app.job_manager.retry_job)(job)
-    jobs.run()
+    first = start_worker()
+    try:
+        wait_until(lambda: receiver.of("/p1"), seconds=30, what="the first request")
+        wait_until(lambda: receiver.of("/p2"), seconds=30, what="provider 2's request")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert Delivery.objects.get(pk=delivery.pk).worker_id is not None  # held by the dead
+        restarted_at = time.monotonic()
+        with delivery_workers(1):
+            wait_until(delivered(2), seconds=30, what="both deliveries")
+            handed_back_in = time.monotonic() - restarted_at
+    finally:
+        stop([first])
 
     delivery.refresh_from_db()
-    assert len(stalled) == 1
     assert (delivery.status, delivery.attempts) == ("delivered", 1)  # the killed one never ended
+    assert handed_back_in < 15  # Django's start-up, then at once: not the 45 s claim
     requests = receiver.of("/p1")
     assert len(requests) == 2
     assert {r.headers["webhook-id"] for r in requests} == {str(delivery.pk)}
     for request in requests:
         Webhook(secret).verify(request.body, request.headers)
+    assert len(receiver.of("/p2")) == 1  # recorded before the kill: never sent again
+
+
+@pytest.mark.concurrency
+def test_a_killed_workers_deliveries_go_to_the_other_worker_within_seconds(
+    seeded_tx, receiver, local_targets
+):
+    """Two workers share slow endpoints (1 s each); one is SIGKILLed. The other takes the dead
+    one's deliveries once its heartbeat is DEAD_AFTER_SECONDS old, and what arrives twice is at
+    most what the dead one had in flight."""
+    Provider.objects.update(quota=1000, remaining_quota=1000)
+    for pid in range(1, 9):
+        endpoint(pid, url=receiver.url(f"/p{pid}"))
+        receiver.script[f"/p{pid}"] = [("hang", 1)]
+    leads = [submit(1 + n % 3, n) for n in range(30)]
+    expected = 3 * len(leads)
+
+    with delivery_workers(2, concurrency=8) as [doomed, survivor]:
+        wait_until(
+            lambda: DeliveryWorker.objects.count() == 2, seconds=30, what="both workers beating"
+        )
+        doomed_id = DeliveryWorker.objects.get(pid=doomed.pid).pk
+        wait_until(
+            lambda: Delivery.objects.filter(worker_id=doomed_id).exists(),
+            seconds=30,
+            what="the doomed worker holding deliveries",
+        )
+        held = Delivery.objects.filter(worker_id=doomed_id).count()
+        os.kill(doomed.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_until(
+            lambda: not Delivery.objects.filter(worker_id=doomed_id).exists(),
+            seconds=30,
+            what="the dead worker's deliveries handed back",
+        )
+        handed_back_in = time.monotonic() - killed_at
+        wait_until(delivered(expected), seconds=120, what="every delivery")
+        assert survivor.poll() is None
+
+    assert handed_back_in < DEAD_AFTER_SECONDS + 5
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    twice = len(ids) - len(set(ids))
+    assert len(set(ids)) == expected
+    assert twice <= held <= 8
 
 
 @pytest.mark.concurrency
 def test_two_workers_deliver_a_storm_of_200_leads_exactly_once_each(
-    jobs, seeded_tx, receiver, local_targets
+    seeded_tx, receiver, local_targets
 ):
     Provider.objects.update(quota=1000, remaining_quota=1000)
     for pid in range(1, 9):
@@ -119,11 +163,7 @@ def test_two_workers_deliver_a_storm_of_200_leads_exactly_once_each(
 
     started = time.monotonic()
     with delivery_workers(2, concurrency=10):
-        wait_until(
-            lambda: Delivery.objects.filter(status="delivered").count() == expected,
-            seconds=240,
-            what="every delivery",
-        )
+        wait_until(delivered(expected), seconds=240, what="every delivery")
     elapsed = time.monotonic() - started
 
     assert Delivery.objects.count() == expected  # one per (lead, provider)
@@ -145,31 +185,63 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
 
 
 @pytest.mark.concurrency
-def test_two_workers_together_hold_no_more_than_a_providers_slots(
-    jobs, seeded_tx, receiver, local_targets
-):
+def test_two_workers_together_hold_no_more_than_a_providers_cap(seeded_tx, receiver, local_targets):
     """DELIVERY_PER_PROVIDER_CONCURRENCY is 2 across both workers, not 2 in each: provider 1's
     slow endpoint never has more than 2 requests at once, by the receiver's count and by the
-    attempts log, though the workers have 8 attempt slots between them."""
+    attempts log, though the workers have 8 places between them."""
     Provider.objects.update(quota=1000, remaining_quota=1000)
     receiver.script["/p1"] = [("hang", 1)]
     endpoint(1, url=receiver.url("/p1"))
     leads = [submit(1, n) for n in range(8)]  # provider 1 is service 1's mandatory provider
     assert Delivery.objects.filter(provider_id=1).count() == len(leads)
 
-    settings = {"DELIVERY_PER_PROVIDER_CONCURRENCY": "2"}
-    with delivery_workers(2, concurrency=4, timeout=3, env=settings):
-        wait_until(
-            lambda: Delivery.objects.filter(status="delivered").count() == len(leads),
-            seconds=120,
-            what="every delivery",
-        )
+    cap = {"DELIVERY_PER_PROVIDER_CONCURRENCY": "2"}
+    with delivery_workers(2, concurrency=4, timeout=3, env=cap):
+        wait_until(delivered(len(leads)), seconds=120, what="every delivery")
 
     assert receiver.peak["/p1"] == 2
     attempts = Attempt.objects.filter(delivery__provider_id=1)
-    assert attempts.count() == len(leads)  # postpones are not attempts
+    assert attempts.count() == len(leads)  # waiting for a place is not an attempt
     intervals = [
         (a.started_at.timestamp(), a.started_at.timestamp() + a.latency_ms / 1000) for a in attempts
     ]
     assert most_at_once(intervals) <= 2
-    assert not ProviderSlot.objects.leased().exists()  # every attempt freed its slot
+    assert not Delivery.objects.filter(worker_id__isnull=False).exists()
+
+
+def terminate_backends() -> int:
+    """pg_terminate_backend every other session on the test database (a failover does this)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.concurrency
+def test_a_worker_cut_off_from_the_database_again_and_again_stays_up_and_delivers_all(
+    seeded_tx, receiver, local_targets
+):
+    """Issue 20: the worker's connections are terminated five times during a burst. It
+    reconnects each time (its claims and records retried on a fresh connection), never exits,
+    and every delivery arrives, each once, within seconds of the last kill."""
+    Provider.objects.update(quota=1000, remaining_quota=1000)
+    for pid in range(1, 9):
+        endpoint(pid, url=receiver.url(f"/p{pid}"))
+    leads = [submit(1 + n % 3, n) for n in range(60)]
+    expected = 3 * len(leads)
+
+    with delivery_workers(1, concurrency=8) as [worker]:
+        wait_until(lambda: receiver.requests, seconds=30, what="the first delivery")
+        for _ in range(5):
+            assert terminate_backends() >= 1
+            time.sleep(0.3)
+        last_kill = time.monotonic()
+        wait_until(delivered(expected), seconds=60, what="every delivery")
+        after_last_kill = time.monotonic() - last_kill
+        assert worker.poll() is None  # still running
+
+    assert after_last_kill < 20
+    ids = [r.headers["webhook-id"] for r in receiver.requests]
+    assert len(set(ids)) == expected

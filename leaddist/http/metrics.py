@@ -71,6 +71,38 @@ EVENT_HUB_FAILURES = Counter(
     "again at its next pass.",
 )
 
+# Lead delivery (docs/DELIVERY.md), counted by the delivery workers: what became of each attempt
+# (delivery.sending.OUTCOME_KINDS, repeated here: this module imports no app), and speed to
+# lead, from the allocation (the delivery row written in its transaction) to the provider's 2xx.
+DELIVERY_OUTCOMES = (
+    "delivered",
+    "http_error",
+    "timeout",
+    "network_error",
+    "refused",
+    "no_endpoint",
+)
+DELIVERY_ATTEMPTS = Counter(
+    "leaddist_delivery_attempts",
+    "Delivery attempts by outcome: delivered (2xx, or the mail server's acceptance), "
+    "http_error (another answer), timeout, network_error, refused (the URL guard, or no "
+    "usable secret), no_endpoint (the provider removed it).",
+    ["outcome"],
+)
+DELIVERY_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+DELIVERY_LATENCY = Histogram(
+    "leaddist_delivery_latency_seconds",
+    "Speed to lead: from a lead's allocation to each provider's 2xx (or the mail server's "
+    "acceptance), retries included.",
+    buckets=DELIVERY_LATENCY_BUCKETS,
+)
+# Background workers (drains; deliveries) that died and were started again by leaddist.serve.
+WORKER_RESTARTS = Counter(
+    "leaddist_worker_restarts",
+    "Background workers that exited and were started again by the launcher, by kind.",
+    ["kind"],
+)
+
 # Every labelled series exists from the start, at 0: a rate over a series that appears only
 # with its first failure would miss that failure.
 for _outcome in LEAD_OUTCOMES:
@@ -79,6 +111,8 @@ for _outcome in WEBHOOK_OUTCOMES:
     WEBHOOKS.labels(_outcome)
 for _reason in PUBLISH_REASONS:
     EVENT_PUBLISH_FAILURES.labels(_reason)
+for _outcome in DELIVERY_OUTCOMES:
+    DELIVERY_ATTEMPTS.labels(_outcome)
 
 # How the views' outcome codes (the ones they log) map onto the counters' outcomes. A code not
 # listed here is not counted.

@@ -291,14 +291,50 @@ def test_a_failed_wake_up_publish_is_counted(db, settings, scrape):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_background_queue_shows_jobs_due_and_no_worker(seeded_tx, jobs, scrape):
+def test_the_background_queue_shows_the_jobs_not_started(seeded_tx, jobs, scrape):
     drain_waiting_leads.defer()
 
     samples = scrape()
 
-    assert value(samples, "leaddist_background_jobs_due", queue="drains") == 1
-    assert value(samples, "leaddist_background_jobs_oldest_due_seconds", queue="drains") >= 0
-    assert value(samples, "leaddist_background_workers") == 0
+    assert value(samples, "leaddist_background_jobs_todo", queue="drains") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_delivery_queue_shows_deliveries_by_status_the_oldest_due_and_the_stranded(
+    seeded_tx, scrape
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from delivery.models import Delivery, DeliveryWorker
+    from delivery.queue import DEAD_AFTER_SECONDS, claim, register_worker
+    from delivery.tests.support import plain_endpoint, submit
+
+    for pid in (1, 2, 3):
+        plain_endpoint(pid, url=f"https://p{pid}.example/hook")
+    submit(1, 1)
+    Delivery.objects.filter(provider_id=3).update(status="failed", next_attempt_at=None)
+    Delivery.objects.filter(provider_id=2).update(
+        next_attempt_at=timezone.now() - timedelta(seconds=40)
+    )
+    dead = register_worker()
+    Delivery.objects.filter(provider_id=1).update(
+        worker_id=dead, next_attempt_at=timezone.now() + timedelta(seconds=20)
+    )
+    DeliveryWorker.objects.filter(pk=dead).update(
+        beat_at=timezone.now() - timedelta(seconds=DEAD_AFTER_SECONDS + 1)
+    )
+    live = register_worker()
+    assert claim(live, take=0).sends == []
+
+    samples = scrape()
+
+    assert value(samples, "leaddist_deliveries", status="pending") == 2
+    assert value(samples, "leaddist_deliveries", status="failed") == 1
+    assert value(samples, "leaddist_delivery_oldest_due_seconds") >= 40
+    assert value(samples, "leaddist_deliveries_stranded") == 1
+    assert value(samples, "leaddist_delivery_workers") == 1
 
 
 # --- Several processes -------------------------------------------------------------------------
@@ -403,9 +439,9 @@ def test_the_launchers_processes_are_added_up(seeded_tx, tmp_path, redis_url, jo
                     ).text
                 )
 
-            # Both background workers (drains, deliveries) have sent their first heartbeat.
+            # The delivery worker has sent its first heartbeat.
             deadline = time.monotonic() + 60
-            while value(scrape(), "leaddist_background_workers") != 2:
+            while value(scrape(), "leaddist_delivery_workers") != 1:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
             scrapes = [scrape() for _ in range(4)]
@@ -420,7 +456,7 @@ def test_the_launchers_processes_are_added_up(seeded_tx, tmp_path, redis_url, jo
         assert value(samples, "leaddist_leads_total", outcome="allocated") == posted
         assert value(samples, "leaddist_allocation_seconds_count") == posted
         # --background 1: one worker for drains, one for deliveries
-        assert value(samples, "leaddist_background_workers") == 2
+        assert value(samples, "leaddist_delivery_workers") == 1
     assert process.returncode == 0, log.read_text()
 
 

@@ -238,6 +238,7 @@
       showDelivery(data);
       if (data.status === "delivered" || data.status === "failed") {
         pending.providers[data.provider_id] = true; // its delivery rate
+        pending.summary = true; // speed to lead, p50 and p99
         schedule();
       }
       return; // nothing else on the page depends on a delivery

@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from delivery.encryption import UndecryptableSecret
-from delivery.services import reencrypt_endpoint_secrets
+from delivery.endpoints import reencrypt_endpoint_secrets
 
 
 class Command(BaseCommand):

@@ -13,8 +13,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from delivery.endpoints import set_endpoint
 from delivery.guard import UnsafeTarget
-from delivery.services import set_endpoint
 from providers.models import Provider
 
 
