@@ -50,7 +50,6 @@ import common
 from bench_ceiling import ceiling_table, run_ceiling
 
 LUA = Path(__file__).resolve().with_name("wrk_leads.lua")
-RECEIVER = Path(__file__).resolve().with_name("receiver.py")
 
 
 class WrkFailed(Exception):
@@ -72,30 +71,9 @@ def run_wrk(url: str, key: str, *, clients: int, seconds: float, run: int) -> di
 
 # --- Delivery modes (--delivery) ----------------------------------------------------------
 DELIVERY_MODES = ("off", "on", "queued", "hang", "one-hangs")
-HANG_SECONDS = 15.0  # longer than DELIVERY_TIMEOUT_SECONDS (10 s): the attempt times out
 
 
-class Receiver:
-    """The webhook receivers (bench/receiver.py, a process of its own, so that its CPU is
-    counted apart): ``fast`` answers 200 at once, ``hang`` holds each request HANG_SECONDS
-    before answering (the delivery's timeout fires first)."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(RECEIVER), str(HANG_SECONDS)], stdout=subprocess.PIPE, text=True
-        )
-        fast, hang = self.process.stdout.readline().split()
-        self.ports = {"fast": int(fast), "hang": int(hang)}
-
-    def url(self, kind: str) -> str:
-        return f"http://127.0.0.1:{self.ports[kind]}/hook"
-
-    def cpu_seconds(self) -> float:
-        return common._tree_ticks(common._processes(), [self.process.pid]) / common.CLOCK_TICKS
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+Receiver = common.Receiver
 
 
 def set_endpoints(db_url: str, url: str | None, *, hanging: tuple[int, str] | None = None) -> None:
@@ -173,17 +151,14 @@ def wait_for_others(db_url: str, since_id: int, hanging: int | None, limit: floa
 
 
 def delivery_counts(db_url: str) -> tuple[int, int]:
-    """(deliveries delivered, delivery jobs running or due now; retries later are left out)."""
+    """(deliveries delivered, deliveries in flight or due now; retries later are left out)."""
     with common.connect(db_url) as conn:
-        delivered = conn.execute(
-            "SELECT count(*) FROM delivery_delivery WHERE status = 'delivered'"
-        ).fetchone()[0]
-        queued = conn.execute(
-            "SELECT count(*) FROM procrastinate_jobs WHERE queue_name = 'deliveries'"
-            " AND (status = 'doing' OR status = 'todo'"
-            " AND (scheduled_at IS NULL OR scheduled_at <= now()))"
-        ).fetchone()[0]
-    return delivered, queued
+        return conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'delivered'),"
+            " count(*) FILTER (WHERE status IN ('pending', 'retrying')"
+            " AND (worker_id IS NOT NULL OR next_attempt_at <= now()))"
+            " FROM delivery_delivery"
+        ).fetchone()
 
 
 def wait_for_queue(db_url: str, limit: float = 120.0) -> float:
@@ -197,7 +172,8 @@ def wait_for_queue(db_url: str, limit: float = 120.0) -> float:
 
 
 def delivery_workers(server_pid: int) -> list[int]:
-    """The launcher's delivery worker processes (`procrastinate worker --queues deliveries`)."""
+    """The launcher's delivery worker processes (`manage.py deliver_leads`; before it,
+    `procrastinate worker --queues deliveries`)."""
     procs = common._processes()
     roots = []
     for pid in procs:
@@ -206,7 +182,7 @@ def delivery_workers(server_pid: int) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"deliveries" in argv and b"procrastinate" in argv:
+        if b"deliver_leads" in argv or (b"deliveries" in argv and b"procrastinate" in argv):
             roots.append(pid)
     return [pid for pid in roots if _descends(procs, pid, server_pid)]
 

@@ -320,6 +320,49 @@ def stop_server(server: Server) -> None:
         server.process.wait(timeout=5)
 
 
+# --- The providers' webhook receiver ------------------------------------------------------------
+RECEIVER = Path(__file__).resolve().with_name("receiver.py")
+HANG_SECONDS = 15.0  # longer than DELIVERY_TIMEOUT_SECONDS (10 s): the attempt times out
+
+
+class Receiver:
+    """The webhook receivers (bench/receiver.py, a process of its own, so that its CPU is
+    counted apart): ``fast`` answers 200 at once, ``hang`` holds each request HANG_SECONDS
+    before answering (the delivery's timeout fires first), ``slow`` answers after ``slow``
+    seconds. With ``record``, :meth:`close` returns every receipt: (Unix time, webhook-id,
+    path)."""
+
+    def __init__(self, *, slow: float = 1.0, record: bool = False) -> None:
+        self.record = None
+        command = [sys.executable, str(RECEIVER), str(HANG_SECONDS), "--slow", str(slow)]
+        if record:
+            import tempfile
+
+            self.record = Path(tempfile.mkstemp(prefix="leaddist-receipts-")[1])
+            command += ["--record", str(self.record)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        fast, hang, slow_port = self.process.stdout.readline().split()
+        self.ports = {"fast": int(fast), "hang": int(hang), "slow": int(slow_port)}
+
+    def url(self, kind: str, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.ports[kind]}{path}"
+
+    def cpu_seconds(self) -> float:
+        return _tree_ticks(_processes(), [self.process.pid]) / CLOCK_TICKS
+
+    def close(self) -> list[tuple[float, str, str]]:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        if self.record is None:
+            return []
+        receipts = []
+        for line in self.record.read_text().splitlines():
+            at, webhook_id, path = line.split(" ")
+            receipts.append((float(at), webhook_id, path))
+        self.record.unlink()
+        return receipts
+
+
 # --- CPU ------------------------------------------------------------------------------------
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
