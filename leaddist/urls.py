@@ -30,4 +30,5 @@ urlpatterns = [
     path("api/", api.urls),
     path("", include("intake.urls")),
     path("", include("dashboard.urls")),
+    path("", include("portal.urls")),
 ]
