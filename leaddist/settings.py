@@ -78,6 +78,8 @@ INSTALLED_APPS = [
     # After providers: its admin adds the delivery endpoint to the provider's page.
     "delivery",
     "dashboard",
+    # Lead returns by providers, and the quota they credit back (SPEC §9).
+    "returns",
     # The provider portal (SPEC §9): provider accounts, their pages, API and stream.
     "portal",
 ]
@@ -325,6 +327,11 @@ for _name, _value in (
 ):
     if not re.fullmatch(r"0|[1-9][0-9]*/[smh]", _value):
         raise ImproperlyConfigured(f'{_name} must look like "10/h" (per s, m or h) or be "0".')
+# Returns: a provider may return a lead this many days after it got it. Returns for a wrong
+# number, a duplicate or spam are approved at once while the provider's approved returns this
+# cycle stay within the larger of 3 and this percentage of its leads this cycle.
+RETURN_WINDOW_DAYS = env.int("RETURN_WINDOW_DAYS", default=7)
+RETURN_AUTO_APPROVE_PERCENT = env.int("RETURN_AUTO_APPROVE_PERCENT", default=10)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
