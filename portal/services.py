@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
@@ -12,8 +14,11 @@ from django.urls import reverse
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
+from leaddist.http.audit import log_event
+from portal.delivery import change_endpoint
 from portal.models import ProviderUser
 from providers.models import Provider
+from providers.services import pause_provider, resume_provider
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,50 @@ def set_provider_user_active(account: ProviderUser, *, active: bool) -> Provider
         user.is_active = active
         user.save(update_fields=["is_active"])
     return account
+
+
+def _history(account: ProviderUser, message: str) -> None:
+    """An entry in the provider's admin history ("History" on its admin page), made by the
+    account: staff see there which provider user did what."""
+    LogEntry.objects.log_actions(
+        account.user_id,
+        Provider.objects.filter(pk=account.provider_id),
+        CHANGE,
+        message,
+        single_object=True,
+    )
+
+
+def _audit(account: ProviderUser, action: str, started: float, **fields: object) -> None:
+    log_event(action, started=started, who=account.actor, provider_id=account.provider_id, **fields)
+
+
+def set_provider_paused(
+    account: ProviderUser, *, paused: bool, seen_version: int | None = None
+) -> Provider:
+    """Pause or resume the account's provider through the catalogue's own service (its locks,
+    its version check, its drain on resume), then record who did it."""
+    started = time.monotonic()
+    provider = account.provider
+    changed = (
+        pause_provider(provider, expected_version=seen_version)
+        if paused
+        else resume_provider(provider, expected_version=seen_version)
+    )
+    _history(account, "Paused from the portal" if paused else "Resumed from the portal")
+    _audit(account, "provider_status", started, status=changed.status)
+    return changed
+
+
+def set_provider_endpoint(
+    account: ProviderUser, *, url: str | None, email: str | None, rotate_secret: bool = False
+) -> str | None:
+    """Change the account's provider's webhook URL and email, or rotate its secret, through
+    delivery's service (SSRF guard, audit line as provider:<username>); return a new secret,
+    shown once."""
+    new_secret = change_endpoint(
+        account.provider, url=url, email=email, rotate_secret=rotate_secret, who=account.actor
+    )
+    what = "Rotated the webhook secret" if rotate_secret else "Changed the delivery endpoint"
+    _history(account, f"{what} from the portal")
+    return new_secret

@@ -175,14 +175,18 @@ def update_provider(
     return locked
 
 
-def pause_provider(provider: Provider) -> Provider:
+def pause_provider(provider: Provider, *, expected_version: int | None = None) -> Provider:
     """Stop sending leads to the provider; its quota is kept for when it resumes."""
-    return update_provider(provider, status=Provider.Status.PAUSED)
+    return update_provider(
+        provider, status=Provider.Status.PAUSED, expected_version=expected_version
+    )
 
 
-def resume_provider(provider: Provider) -> Provider:
+def resume_provider(provider: Provider, *, expected_version: int | None = None) -> Provider:
     """Send the provider leads again; waiting leads of its services are drained after commit."""
-    return update_provider(provider, status=Provider.Status.ACTIVE)
+    return update_provider(
+        provider, status=Provider.Status.ACTIVE, expected_version=expected_version
+    )
 
 
 def check_service_edit(
