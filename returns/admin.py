@@ -15,7 +15,7 @@ from returns.services import decide_returns
 class ReturnAdmin(admin.ModelAdmin):
     list_display = [
         "id",
-        "lead",
+        "lead_shown",
         "provider",
         "reason",
         "status",
@@ -23,7 +23,6 @@ class ReturnAdmin(admin.ModelAdmin):
         "returned_by",
         "decided_by",
         "created_at",
-        "decided_at",
     ]
     list_filter = ["status", "reason", "provider"]
     list_select_related = ["lead", "provider"]
@@ -44,6 +43,10 @@ class ReturnAdmin(admin.ModelAdmin):
         "created_at",
         "decided_at",
     ]
+
+    @admin.display(description="lead", ordering="lead_id")
+    def lead_shown(self, ret: Return) -> str:
+        return f"#{ret.lead_id}"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # providers return leads from the portal

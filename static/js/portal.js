@@ -73,6 +73,12 @@
       }
       fresh.classList.add("row-new");
       rows.insertBefore(fresh, rows.firstElementChild);
+      var count = document.querySelector("[data-lead-count]");
+      if (count) {
+        var n = Number(count.getAttribute("data-lead-count")) + 1;
+        count.setAttribute("data-lead-count", String(n));
+        count.textContent = n + (n === 1 ? " lead" : " leads");
+      }
     });
   }
 
