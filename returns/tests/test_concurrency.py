@@ -84,13 +84,22 @@ def test_concurrent_returns_and_approvals_credit_each_return_once(seeded_tx):
     assert Counter(type(e) for e in errors) == {AlreadyDecided: 6, AlreadyReturned: 4}
     returns = Return.objects.filter(provider_id=1)
     assert returns.count() == 10
+    # Auto-approval counts every approval of the cycle (staff's too), and is capped at 3 for a
+    # provider with 10 leads: decisions are serialized on the provider's row, so each spam
+    # return auto-approved was at most the 3rd approval in decision order; the others wait.
+    order = list(
+        returns.filter(status="approved")
+        .order_by("decided_at")
+        .values_list("decided_by", flat=True)
+    )
+    auto = [position for position, who in enumerate(order, start=1) if who == "auto"]
+    assert max(auto, default=0) <= 3
     spam = returns.filter(reason="spam")
-    # Auto-approval is capped at 3 for a provider with 10 leads this cycle, whatever the timing.
-    assert Counter(spam.values_list("status", flat=True)) == {"approved": 3, "pending": 1}
+    assert spam.filter(status="pending").count() == 4 - len(auto)
     assert set(decisions_per_return().values()) == {1}
-    assert len(decisions_per_return()) == 9
+    assert len(decisions_per_return()) == 6 + len(auto)
     credited = returns.filter(credited=True).count()
-    assert credited == 9
+    assert credited == 6 + len(auto)
     provider = Provider.objects.get(pk=1)
     assert provider.remaining_quota == credited
     assert provider.remaining_quota <= provider.quota
