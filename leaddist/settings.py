@@ -334,6 +334,8 @@ RETURN_WINDOW_DAYS = env.int("RETURN_WINDOW_DAYS", default=7)
 RETURN_AUTO_APPROVE_PERCENT = env.int("RETURN_AUTO_APPROVE_PERCENT", default=10)
 
 LANGUAGE_CODE = "en-us"
+# Dates and times to the second everywhere, the admin included (leaddist/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["leaddist.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

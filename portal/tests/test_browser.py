@@ -7,6 +7,8 @@ unless REQUIRE_BROWSER=1. Screenshots go to test-artifacts/ (docs/img/portal-*.p
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
@@ -14,11 +16,13 @@ from django.contrib.auth import get_user_model
 from credentials.services import create_api_key
 from dashboard.tests.support import STAFF_PASSWORD
 from dashboard.tests.test_browser import _console_errors, _in_thread, launch_chromium  # noqa: F401
+from delivery.tests.support import plain_endpoint
 from leaddist.tests.asgi_server import ARTIFACTS
 from portal.services import create_provider_user
 from portal.tests.conftest import PROVIDER_PASSWORD
 from providers.models import Provider
 from returns.models import Return
+from returns.tests.support import allocated_lead
 
 LIVE_MS = 2000
 
@@ -121,3 +125,53 @@ def test_a_provider_sees_a_lead_live_returns_it_and_gets_its_quota_back(
     assert errors == []
     provider_context.close()
     staff_context.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_and_the_api_docs_look_like_one_product(
+    seeded_tx,
+    asgi_server_factory,
+    launch_chromium,  # noqa: F811
+):
+    get_user_model().objects.create_superuser(username="operator", password=STAFF_PASSWORD)
+    plain_endpoint(2, email="ops@p2.example")
+    lead = allocated_lead()
+    server = asgi_server_factory()
+    browser = launch_chromium()
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors = _console_errors(page)
+
+    # The admin carries the product's name, colours and navigation.
+    page.goto(server.url + "/admin/")
+    _sign_in(page, "operator", STAFF_PASSWORD, server.url + "/admin/")
+    assert page.inner_text("#site-name").strip() == "leaddist administration"
+    assert "API DOCS" in page.inner_text("#user-tools").upper()
+    header = page.eval_on_selector("#header", "(e) => getComputedStyle(e).backgroundColor")
+    assert header == "rgb(31, 41, 51)"  # the dashboard's bar
+    page.screenshot(path=ARTIFACTS / "one-product-admin.png")
+
+    # Times to the second in the delivery list.
+    page.goto(server.url + f"/admin/delivery/delivery/?q={lead.pk}")
+    row = page.inner_text("#result_list tbody tr")
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row), row
+    # Every column fits at 1,400 px: the list does not scroll sideways.
+    assert page.eval_on_selector("#changelist .results", "(e) => e.scrollWidth <= e.clientWidth"), (
+        "the delivery list hides columns"
+    )
+    page.screenshot(path=ARTIFACTS / "one-product-deliveries.png", full_page=True)
+
+    # A provider's page: its webhook URL field shows a whole URL.
+    page.goto(server.url + "/admin/providers/provider/2/change/")
+    url_field = page.locator("#provider_form input[type=url]")
+    assert url_field.evaluate("(e) => e.getBoundingClientRect().width") >= 400
+    page.screenshot(path=ARTIFACTS / "one-product-provider.png", full_page=True)
+
+    # The API docs under the same header.
+    page.goto(server.url + "/api/docs")
+    page.wait_for_selector(".swagger-ui .info", timeout=10000)
+    assert page.inner_text(".topbar .brand").strip() == "leaddist"
+    page.screenshot(path=ARTIFACTS / "one-product-api-docs.png")
+
+    assert errors == []
+    context.close()
