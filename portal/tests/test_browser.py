@@ -130,6 +130,7 @@ def test_a_provider_sees_a_lead_live_returns_it_and_gets_its_quota_back(
 @pytest.mark.django_db(transaction=True)
 def test_the_admin_and_the_api_docs_look_like_one_product(
     seeded_tx,
+    jobs,  # the lead's delivery job is cleared afterwards
     asgi_server_factory,
     launch_chromium,  # noqa: F811
 ):
