@@ -1,5 +1,7 @@
 """The portal's JSON for scripts (SPEC §9), on the portal's session: GET /portal/api/leads,
-/portal/api/leads/{id}, /portal/api/provider, POST /portal/api/leads/{id}/return.
+/portal/api/leads/{id}, /portal/api/provider, POST /portal/api/leads/{id}/return, and
+self-service: POST /portal/api/pause and /resume, GET and PUT /portal/api/endpoint,
+POST /portal/api/endpoint/rotate-secret.
 
 Every answer reads or writes the signed-in account's provider only: another provider's lead
 is exactly as unknown as a lead that does not exist (404). Errors have SPEC §3's shape.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from allocation.services import Busy
@@ -16,7 +19,8 @@ from leaddist.http.db import MAX_BIGINT
 from leaddist.http.errors import Rejected, busy_response, error_response
 from leaddist.http.json_body import parse_json_body
 from portal.access import provider_api
-from portal.forms import ReturnForm, json_type_errors
+from portal.delivery import UnsafeTarget, endpoint_of
+from portal.forms import EndpointForm, ReturnForm, json_type_errors
 from portal.selectors import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -25,6 +29,8 @@ from portal.selectors import (
     provider_leads,
     provider_summary,
 )
+from portal.services import set_provider_endpoint, set_provider_paused
+from providers.models import Provider
 from returns.models import Return
 from returns.services import AlreadyReturned, OutsideWindow, return_lead
 
@@ -134,6 +140,79 @@ def return_one(request: HttpRequest, lead_id: int) -> HttpResponse:
     except Busy:
         return busy_response("Too busy to record the return right now; retry in a moment.")
     return JsonResponse(return_answer(ret), status=201)
+
+
+def _endpoint_answer(provider: Provider, new_secret: str | None = None) -> dict[str, Any]:
+    shown = endpoint_of(provider)
+    return {
+        "url": shown.url,
+        "email": shown.email,
+        "has_secret": shown.has_secret,
+        "new_secret": new_secret,
+    }
+
+
+def _set_paused(request: HttpRequest, *, paused: bool) -> HttpResponse:
+    provider = set_provider_paused(request.account, paused=paused)
+    return JsonResponse({"status": provider.status})
+
+
+@provider_api("POST")
+def pause(request: HttpRequest) -> HttpResponse:
+    """Pause this provider: no new leads until it resumes (its quota is kept)."""
+    return _set_paused(request, paused=True)
+
+
+@provider_api("POST")
+def resume(request: HttpRequest) -> HttpResponse:
+    """Resume this provider; waiting leads of its services are drained."""
+    return _set_paused(request, paused=False)
+
+
+@provider_api("GET", "PUT")
+def endpoint(request: HttpRequest) -> HttpResponse:
+    """GET: the webhook URL and email (never the secret). PUT {"url", "email"} sets them ("" or
+    null removes one); a first URL gets a secret, returned once as "new_secret"."""
+    provider = request.account.provider
+    if request.method == "GET":
+        return JsonResponse(_endpoint_answer(provider))
+    try:
+        data: Any = parse_json_body(request)
+        if not isinstance(data, dict):
+            raise _invalid({"request": ["The body must be a JSON object."]})
+        errors = {name: ["Unknown field."] for name in sorted(set(data) - {"url", "email"})}
+        errors |= json_type_errors(data, strings=("url", "email"))
+        if errors:
+            raise _invalid(errors)
+        form = EndpointForm({"url": data.get("url") or "", "email": data.get("email") or ""})
+        if not form.is_valid():
+            raise _invalid({name: list(messages) for name, messages in form.errors.items()})
+        new_secret = set_provider_endpoint(
+            request.account, url=form.cleaned_data["url"], email=form.cleaned_data["email"]
+        )
+    except Rejected as rejected:
+        return rejected.response()
+    except UnsafeTarget as exc:
+        return _invalid({"url": [str(exc)]}).response()
+    except ValidationError as exc:
+        return _invalid({"request": exc.messages}).response()
+    response = JsonResponse(_endpoint_answer(provider, new_secret))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@provider_api("POST")
+def rotate_secret(request: HttpRequest) -> HttpResponse:
+    """A new webhook signing secret, returned once; the old one stops at once."""
+    provider = request.account.provider
+    if not endpoint_of(provider).has_secret:
+        return error_response(
+            409, "no_webhook", "Set a webhook URL first: only webhooks are signed."
+        )
+    new_secret = set_provider_endpoint(request.account, url=None, email=None, rotate_secret=True)
+    response = JsonResponse(_endpoint_answer(provider, new_secret))
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @provider_api("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -23,5 +23,9 @@ urlpatterns = [
     path("portal/api/leads/<int:lead_id>/return", api.return_one, name="api_return"),
     path("portal/api/provider", api.provider, name="api_provider"),
     path("portal/api/events", sse.events_stream, name="events"),
+    path("portal/api/pause", api.pause, name="api_pause"),
+    path("portal/api/resume", api.resume, name="api_resume"),
+    path("portal/api/endpoint", api.endpoint, name="api_endpoint"),
+    path("portal/api/endpoint/rotate-secret", api.rotate_secret, name="api_rotate_secret"),
     path("portal/api/<path:rest>", api.unknown_route, name="api_unknown"),
 ]

@@ -136,10 +136,16 @@ def test_writes_need_their_csrf_token(provider_account, seeded_tx):
     )
     page = client.post(f"/portal/leads/{lead.pk}/return", {"reason": "spam"})
     pause = client.post("/portal/pause")
+    api_pause = client.post("/portal/api/pause")
+    api_endpoint = client.put(
+        "/portal/api/endpoint", {"email": "x@y.test"}, content_type="application/json"
+    )
 
     assert api.status_code == 403
     assert api.json()["error"]["code"] == "forbidden"
     assert page.status_code == 403
     assert pause.status_code == 403
+    assert api_pause.status_code == 403
+    assert api_endpoint.status_code == 403
     assert not Return.objects.exists()
     assert Provider.objects.get(pk=2).status == "active"

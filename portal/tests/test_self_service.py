@@ -125,3 +125,69 @@ def test_rotating_without_a_webhook_url_explains_why_not(provider_client):
     response = provider_client.post("/portal/endpoint/rotate", follow=True)
 
     assert "Set a webhook URL first" in response.content.decode()
+
+
+# --- The same for scripts, in JSON -----------------------------------------------------------
+
+
+def test_scripts_pause_and_resume_in_json(provider_client, provider_account):
+    paused = provider_client.post("/portal/api/pause")
+    resumed = provider_client.post("/portal/api/resume")
+
+    assert paused.json() == {"status": "paused"}
+    assert resumed.json() == {"status": "active"}
+    assert Provider.objects.get(pk=2).status == "active"
+    assert LogEntry.objects.filter(object_id="2", user_id=provider_account.user_id).count() == 2
+
+
+def test_scripts_read_and_set_the_endpoint_in_json(provider_client, settings):
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = True
+
+    before = provider_client.get("/portal/api/endpoint").json()
+    changed = provider_client.put(
+        "/portal/api/endpoint",
+        {"url": "http://127.0.0.1:9/hook", "email": "ops@p2.test"},
+        content_type="application/json",
+    )
+    after = provider_client.get("/portal/api/endpoint").json()
+    rotated = provider_client.post("/portal/api/endpoint/rotate-secret")
+
+    assert before == {"url": "", "email": "", "has_secret": False, "new_secret": None}
+    assert changed.status_code == 200
+    assert changed["Cache-Control"] == "no-store"
+    first_secret = changed.json()["new_secret"]
+    assert first_secret.startswith("whsec_")
+    assert after == {
+        "url": "http://127.0.0.1:9/hook",
+        "email": "ops@p2.test",
+        "has_secret": True,
+        "new_secret": None,
+    }
+    assert rotated.json()["new_secret"] not in (None, first_secret)
+    assert Endpoint.objects.get(provider_id=2).signing_secret == rotated.json()["new_secret"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "https://169.254.169.254/x"}, "url"),
+        ({"email": "not an email"}, "email"),
+        ({"url": 5}, "url"),
+        ({"webhook": "x"}, "webhook"),
+    ],
+)
+def test_a_refused_endpoint_is_422_by_field(provider_client, settings, body, field):
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = False
+
+    response = provider_client.put("/portal/api/endpoint", body, content_type="application/json")
+
+    assert response.status_code == 422
+    assert field in response.json()["error"]["fields"]
+    assert not Endpoint.objects.filter(provider_id=2).exists()
+
+
+def test_rotating_without_a_webhook_is_409(provider_client):
+    response = provider_client.post("/portal/api/endpoint/rotate-secret")
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "no_webhook"
