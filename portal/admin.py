@@ -26,8 +26,10 @@ class ProviderUserCreationForm(forms.ModelForm):
         fields = ["provider"]
 
     def clean_username(self) -> str:
-        username = self.cleaned_data["username"]
-        if get_user_model().objects.filter(username=username).exists():
+        User = get_user_model()
+        username = User.normalize_username(self.cleaned_data["username"])
+        User.username_validator(username)  # the rule create_provider_user applies
+        if User.objects.filter(username=username).exists():
             raise ValidationError("A user with that username already exists.")
         return username
 

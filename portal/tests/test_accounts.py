@@ -204,3 +204,16 @@ def test_successful_sign_ins_are_never_limited(provider_account, settings):
 def test_an_account_is_tied_to_one_provider(provider_account):
     assert get_user_model().objects.get(username="p2-owner").provider_account.provider_id == 2
     assert provider_account.actor == "provider:p2-owner"
+
+
+def test_the_admin_refuses_an_invalid_or_taken_username_with_a_form_error(
+    seeded, admin_client, provider_account
+):
+    for username in ("has space", "p2-owner"):
+        response = admin_client.post(
+            "/admin/portal/provideruser/add/", {"provider": "5", "username": username}
+        )
+
+        assert response.status_code == 200
+        assert response.context["adminform"].form.errors["username"]
+    assert ProviderUser.objects.count() == 1
