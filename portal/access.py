@@ -52,6 +52,23 @@ def provider_page(view: View) -> View:
     return wrapper
 
 
+def provider_fragment(view: View) -> View:
+    """For pieces a portal page's script fetches: 401 or 403 in the error shape, never a
+    redirect (the script would get the sign-in page's 200 and insert it as a row)."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return error_response(401, "unauthorized", "The session has ended: sign in again.")
+        account = account_of(request.user)
+        if account is None:
+            return error_response(403, "forbidden", NOT_A_PROVIDER)
+        request.account = account
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
 def _csrf_view(request: HttpRequest) -> None:
     """Stands for the view in the CSRF check."""
 

@@ -26,7 +26,7 @@ from allocation.services import Busy
 from events.hub import current_position, stream_id
 from leaddist.http.db import MAX_BIGINT
 from portal import signin
-from portal.access import account_of, provider_page
+from portal.access import account_of, provider_fragment, provider_page
 from portal.delivery import UnsafeTarget, endpoint_of
 from portal.forms import EndpointForm, ProviderSignInForm, ReturnForm, VersionForm
 from portal.selectors import provider_allocation, provider_lead, provider_leads, provider_summary
@@ -143,7 +143,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @require_http_methods(["GET"])
-@provider_page
+@provider_fragment
 def lead_row(request: HttpRequest, lead_id: int) -> HttpResponse:
     """One lead's row, for the page to insert or refresh when an event names it."""
     item = provider_lead(request.account.provider, lead_id) if lead_id <= MAX_BIGINT else None
@@ -155,7 +155,7 @@ def lead_row(request: HttpRequest, lead_id: int) -> HttpResponse:
 
 @never_cache
 @require_http_methods(["GET"])
-@provider_page
+@provider_fragment
 def summary(request: HttpRequest) -> HttpResponse:
     """The numbers, for the page to refresh when an event changes them."""
     context = {"summary": provider_summary(request.account.provider_id)}

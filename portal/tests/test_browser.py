@@ -156,6 +156,7 @@ def test_the_admin_and_the_api_docs_look_like_one_product(
     page.goto(server.url + f"/admin/delivery/delivery/?q={lead.pk}")
     row = page.inner_text("#result_list tbody tr")
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row), row
+    page.screenshot(path=ARTIFACTS / "one-product-deliveries.png", full_page=True)
     # Every column fits at 1,400 px: the list does not scroll sideways.
     assert page.eval_on_selector("#changelist .results", "(e) => e.scrollWidth <= e.clientWidth"), (
         "the delivery list hides columns"

@@ -108,6 +108,9 @@ def test_anonymous_visitors_are_sent_to_the_portal_sign_in_or_get_401(seeded_tx)
 
     assert client.get("/portal/")["Location"] == "/portal/login/?next=/portal/"
     assert client.get("/portal/api/leads").status_code == 401
+    # What the page's script fetches answers 401, never the sign-in page's 200.
+    assert client.get("/portal/summary").status_code == 401
+    assert client.get("/portal/leads/1/row").status_code == 401
     assert client.get("/portal/api/events").status_code == 401
     assert client.post("/portal/api/leads/1/return", {}).status_code == 401
 

@@ -27,6 +27,9 @@
   function fetchText(url) {
     return fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } }).then(
       function (response) {
+        if (response.status === 401 || response.status === 403) {
+          showState("signed-out", "signed out: reload the page");
+        }
         if (!response.ok) {
           throw new Error("HTTP " + response.status);
         }
@@ -42,13 +45,15 @@
   }
 
   function refreshSummary() {
-    fetchText(summaryUrl).then(function (html) {
-      var old = document.getElementById("portal-summary");
-      var fresh = fromHtml(html);
-      if (old && fresh) {
-        old.replaceWith(fresh);
-      }
-    });
+    fetchText(summaryUrl)
+      .then(function (html) {
+        var old = document.getElementById("portal-summary");
+        var fresh = fromHtml(html);
+        if (old && fresh) {
+          old.replaceWith(fresh);
+        }
+      })
+      .catch(function () {});
   }
 
   // Insert a new lead's row at the top (first page only), or refresh a row already shown.
@@ -57,7 +62,9 @@
     if (!existing && !(isNew && firstPage)) {
       return;
     }
-    fetchText(rowUrl.replace("/0/", "/" + Number(leadId) + "/")).then(function (html) {
+    fetchText(rowUrl.replace("/0/", "/" + Number(leadId) + "/")).catch(function () {
+      return "";
+    }).then(function (html) {
       var fresh = fromHtml(html);
       if (!fresh) {
         return;
