@@ -54,10 +54,16 @@ TRIM_EVERY_SECONDS = 600.0
 
 @dataclass(frozen=True)
 class Frame:
-    """One event as every stream sends it: the SSE bytes, with its stream position."""
+    """One event as every stream sends it: the SSE bytes, with its stream position.
+
+    ``event_type`` and ``payload`` are the event as logged, for streams that send each of
+    their clients only some events, reshaped (the provider portal's).
+    """
 
     seq: int
     data: bytes
+    event_type: str = ""
+    payload: Any = None
 
 
 def stream_id(seq: int) -> str:
@@ -67,7 +73,7 @@ def stream_id(seq: int) -> str:
 
 def encode(seq: int, event_type: str, data: Any) -> Frame:
     text = sse_encode_event(event_type, json.dumps(data), event_id=stream_id(seq))
-    return Frame(seq, text.encode())
+    return Frame(seq, text.encode(), event_type, data)
 
 
 # --- Reads from the log (blocking; the hub runs them in a thread) ------------------------------

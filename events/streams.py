@@ -18,6 +18,7 @@ from django.conf import settings
 from django_eventstream.utils import parse_last_event_id, sse_encode_error, sse_encode_event
 
 from events.hub import (
+    Frame,
     Hub,
     current_position,
     frames_after,
@@ -65,13 +66,20 @@ async def _starting_position(position: int | None) -> tuple[int, bool]:
 
 
 async def follow(
-    position: int | None, *, still_allowed: Callable[[], Awaitable[bool]]
+    position: int | None,
+    *,
+    still_allowed: Callable[[], Awaitable[bool]],
+    scope: Callable[[Frame], bytes | None] | None = None,
 ) -> AsyncIterator[bytes]:
     """The stream's text: everything after ``position``, then each new event as it commits.
 
     ``still_allowed`` is asked every SESSION_RECHECK_SECONDS, on a quiet stream too; when it
     says no, the stream sends django-eventstream's ``stream-error`` and ends, and the client's
     reconnection is refused.
+
+    ``scope``, if given, decides what this client gets of each event: the bytes to send (the
+    frame's own, or a reshaped frame with the same id), or None to skip it. Positions still
+    advance over skipped events, so a reconnection resumes after them.
     """
     hub: Hub = start_hub()
     hub.streams += 1
@@ -98,7 +106,12 @@ async def follow(
             if frames or pending:
                 if frames:
                     position = frames[-1].seq
-                yield pending + b"".join(frame.data for frame in frames)
+                if scope is None:
+                    body = b"".join(frame.data for frame in frames)
+                else:
+                    body = b"".join(filter(None, map(scope, frames)))
+                if pending or body:
+                    yield pending + body
                 pending = b""
                 continue
             ticks = hub.ticks

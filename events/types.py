@@ -6,6 +6,9 @@ and the providers of a ``quota.reset`` (``null``: all of them) are back to their
 ``delivery.updated`` is sent when an attempt to deliver a lead to a provider ends (past the
 first few, a repeated failure only every Nth: docs/DELIVERY.md), or a resend starts one:
 {delivery_id, lead_id, provider_id, channel, status, attempts}.
+``lead.returned`` is sent when a provider returns a lead, and ``return.decided`` when the
+return is approved or rejected (at once, for an auto-approved one): both
+{return_id, lead_id, provider_id, reason, status}, and ``credited`` on return.decided.
 """
 
 CHANNEL = "dashboard"
@@ -15,6 +18,16 @@ LEAD_WAITING = "lead.waiting"
 QUOTA_RESET = "quota.reset"
 PROVIDER_UPDATED = "provider.updated"
 DELIVERY_UPDATED = "delivery.updated"
-EVENT_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET, PROVIDER_UPDATED, DELIVERY_UPDATED)
+LEAD_RETURNED = "lead.returned"
+RETURN_DECIDED = "return.decided"
+EVENT_TYPES = (
+    LEAD_ALLOCATED,
+    LEAD_WAITING,
+    QUOTA_RESET,
+    PROVIDER_UPDATED,
+    DELIVERY_UPDATED,
+    LEAD_RETURNED,
+    RETURN_DECIDED,
+)
 # The types the dashboard's live feed lists; provider.updated only refreshes a row.
-FEED_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET)
+FEED_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET, LEAD_RETURNED, RETURN_DECIDED)

@@ -35,6 +35,7 @@ from leaddist.http.metrics import count_lead
 from leaddist.http.ratelimit import RateLimited, client_ip
 from providers.models import Provider, Service
 from providers.selectors import provider_list, service_list
+from returns.selectors import lead_returns
 
 router = Router(auth=ApiKeyOrStaffSession(), tags=["leads"])
 
@@ -283,9 +284,20 @@ class DeliveryOut(Schema):
     updated_at: datetime
 
 
+class ReturnOut(Schema):
+    id: int
+    provider_id: int
+    reason: Literal["wrong_number", "duplicate", "spam", "out_of_area", "other"]
+    note: str
+    status: Literal["pending", "approved", "rejected"]
+    created_at: datetime
+    decided_at: datetime | None
+
+
 class LeadDetailOut(LeadItemOut):
     trace: list[TraceEntryOut]
     deliveries: list[DeliveryOut]
+    returns: list[ReturnOut]
 
 
 class LeadListOut(Schema):
@@ -382,7 +394,7 @@ def list_leads(
     "/leads/{int:lead_id}",
     response={200: LeadDetailOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
     operation_id="get_lead",
-    summary="A lead, its providers, its decision trace and its deliveries",
+    summary="A lead, its providers, its decision trace, its deliveries and its returns",
 )
 def get_lead(request: HttpRequest, lead_id: int) -> HttpResponse | dict[str, Any]:
     try:
@@ -392,7 +404,11 @@ def get_lead(request: HttpRequest, lead_id: int) -> HttpResponse | dict[str, Any
     lead: Lead | None = lead_detail(lead_id) if lead_id <= MAX_BIGINT else None
     if lead is None:
         return error_response(404, "not_found", f"No lead with id {lead_id}.")
-    return lead_summary(lead) | {"trace": lead_trace(lead), "deliveries": lead_deliveries(lead.pk)}
+    return lead_summary(lead) | {
+        "trace": lead_trace(lead),
+        "deliveries": lead_deliveries(lead.pk),
+        "returns": lead_returns(lead.pk),
+    }
 
 
 def _page(

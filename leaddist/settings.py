@@ -78,6 +78,10 @@ INSTALLED_APPS = [
     # After providers: its admin adds the delivery endpoint to the provider's page.
     "delivery",
     "dashboard",
+    # Lead returns by providers, and the quota they credit back (SPEC §9).
+    "returns",
+    # The provider portal (SPEC §9): provider accounts, their pages, API and stream.
+    "portal",
 ]
 
 # Under ASGI, leaddist.asgi loads async-native twins of Django's middleware in place of these
@@ -301,8 +305,32 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "admin:login"
+# The one-time link that lets a new provider account set its password (Django's password-reset
+# token; Django's own default, stated here because the portal promises it).
+PASSWORD_RESET_TIMEOUT = 72 * 3600
+
+# --- Provider portal (SPEC §9) ----------------------------------------------------------------
+# Failed sign-ins to /portal/login/ per username and per client address ("<count>/<s|m|h>", "0"
+# off); past either, attempts are refused until the window ends (portal/signin.py).
+PORTAL_SIGN_IN_FAILURES_PER_USERNAME = env.str(
+    "PORTAL_SIGN_IN_FAILURES_PER_USERNAME", default="10/h"
+)
+PORTAL_SIGN_IN_FAILURES_PER_CLIENT = env.str("PORTAL_SIGN_IN_FAILURES_PER_CLIENT", default="30/h")
+for _name, _value in (
+    ("PORTAL_SIGN_IN_FAILURES_PER_USERNAME", PORTAL_SIGN_IN_FAILURES_PER_USERNAME),
+    ("PORTAL_SIGN_IN_FAILURES_PER_CLIENT", PORTAL_SIGN_IN_FAILURES_PER_CLIENT),
+):
+    if not re.fullmatch(r"0|[1-9][0-9]*/[smh]", _value):
+        raise ImproperlyConfigured(f'{_name} must look like "10/h" (per s, m or h) or be "0".')
+# Returns: a provider may return a lead this many days after it got it. Returns for a wrong
+# number, a duplicate or spam are approved at once while the provider's approved returns this
+# cycle stay within the larger of 3 and this percentage of its leads this cycle.
+RETURN_WINDOW_DAYS = env.int("RETURN_WINDOW_DAYS", default=7)
+RETURN_AUTO_APPROVE_PERCENT = env.int("RETURN_AUTO_APPROVE_PERCENT", default=10)
 
 LANGUAGE_CODE = "en-us"
+# Dates and times to the second everywhere, the admin included (leaddist/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["leaddist.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -23,6 +23,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok", "database": "ok", "redis": redis})
 
 
+# The admin carries the product's name, as the dashboard and the portal do.
+admin.site.site_header = "leaddist administration"
+admin.site.site_title = "leaddist admin"
+admin.site.index_title = "Catalogue, leads, deliveries, returns and accounts"
+# No app list down the side of every page: the breadcrumbs and the index already lead there,
+# and its 280 px hid the last columns of the wider lists (deliveries) at 1,400 px.
+admin.site.enable_nav_sidebar = False
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
@@ -30,4 +38,5 @@ urlpatterns = [
     path("api/", api.urls),
     path("", include("intake.urls")),
     path("", include("dashboard.urls")),
+    path("", include("portal.urls")),
 ]

@@ -175,14 +175,18 @@ def update_provider(
     return locked
 
 
-def pause_provider(provider: Provider) -> Provider:
+def pause_provider(provider: Provider, *, expected_version: int | None = None) -> Provider:
     """Stop sending leads to the provider; its quota is kept for when it resumes."""
-    return update_provider(provider, status=Provider.Status.PAUSED)
+    return update_provider(
+        provider, status=Provider.Status.PAUSED, expected_version=expected_version
+    )
 
 
-def resume_provider(provider: Provider) -> Provider:
+def resume_provider(provider: Provider, *, expected_version: int | None = None) -> Provider:
     """Send the provider leads again; waiting leads of its services are drained after commit."""
-    return update_provider(provider, status=Provider.Status.ACTIVE)
+    return update_provider(
+        provider, status=Provider.Status.ACTIVE, expected_version=expected_version
+    )
 
 
 def check_service_edit(
@@ -515,3 +519,23 @@ def seed_catalogue() -> dict[str, int]:
                     f"GREATEST((SELECT MAX(id) FROM {table}), 1))"
                 )
     return created
+
+
+def credit_quota(provider: Provider) -> bool:
+    """Give one unit of quota back to the provider's current cycle (an approved lead return),
+    never above its quota; return whether it did.
+
+    Under the engine's lock order: the cursors of the provider's services, then the provider
+    (a caller that locked them already in its transaction takes them again at no cost). A
+    credit adds capacity, so waiting leads of those services are drained after the commit.
+    """
+    with transaction.atomic():
+        service_ids, locked = _lock_provider(provider.pk)
+        if locked.remaining_quota >= locked.quota:
+            return False
+        locked.remaining_quota += 1
+        locked.save(update_fields=["remaining_quota"])
+        _announce_change(locked)
+        if locked.is_eligible:
+            _announce_capacity(service_ids)
+    return True

@@ -426,8 +426,8 @@ def test_lead_detail_query_count_does_not_grow(
         MembershipFactory(service=service, position=position)
     lead = submit(service.pk, 1)
 
-    # session + user, then the lead with its allocations, and its deliveries
-    with django_assert_num_queries(2 + 3):
+    # session + user, then the lead with its allocations, its deliveries and its returns
+    with django_assert_num_queries(2 + 4):
         response = admin_client.get(f"/api/leads/{lead.pk}")
 
     assert len(response.json()["providers"]) == 3

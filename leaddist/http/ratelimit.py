@@ -123,6 +123,24 @@ class Counters:
         redis_client.breaker.succeeded()
         return int(shared)
 
+    def current(self, key: str, *, now: float) -> int:
+        """The window's count as this process knows it, with Redis's when it answers; counts
+        nothing."""
+        with self._lock:
+            window = self._windows.get(key)
+            local = 0 if window is None or window.expires <= now else window.shared + window.pending
+        client = redis_client.sync_client()
+        if client is None or not redis_client.breaker.allow():
+            return local
+        try:
+            shared = client.get(key)
+        except Exception as exc:
+            redis_client.breaker.failed(exc)
+            return local
+        redis_client.breaker.succeeded()
+        pending = 0 if window is None else window.pending
+        return max(local, int(shared or 0) + pending)
+
     def clear(self) -> None:
         with self._lock:
             self._windows.clear()
@@ -146,6 +164,19 @@ def hit(identity: str, rate: Rate | None, *, now: float | None = None) -> None:
     )
     if count > rate.count:
         raise RateLimited(max(1, math.ceil((window + 1) * rate.seconds - now)))
+
+
+def exceeded(identity: str, rate: Rate | None, *, now: float | None = None) -> RateLimited | None:
+    """What ``hit`` would raise if ``identity`` were already past ``rate``, without counting a
+    request: for limits on failures, checked before the attempt and counted only after one."""
+    if rate is None:
+        return None
+    now = time.time() if now is None else now
+    window = int(now // rate.seconds)
+    count = counters.current(f"ratelimit:{identity}:{rate.seconds}:{window}", now=now)
+    if count >= rate.count:
+        return RateLimited(max(1, math.ceil((window + 1) * rate.seconds - now)))
+    return None
 
 
 def client_ip(request: HttpRequest) -> str:

@@ -25,9 +25,20 @@ ALLOWED: dict[str, set[str]] = {
     "webhooks": {"leaddist.http", "events", "providers", "allocation"},
     # Lead delivery to providers (a row before the app exists costs nothing).
     "delivery": {"leaddist.http", "events", "providers", "allocation", "webhooks"},
-    "intake": {"leaddist.http", "events", "providers", "allocation", "credentials", "delivery"},
+    # Returns of leads by their providers (SPEC §9): quota credits through providers.
+    "returns": {"leaddist.http", "events", "providers", "allocation"},
+    "intake": {
+        "leaddist.http",
+        "events",
+        "providers",
+        "allocation",
+        "credentials",
+        "delivery",
+        "returns",
+    },
     "dashboard": {
         "leaddist.http",
+        "returns",
         "events",
         "providers",
         "allocation",
@@ -35,7 +46,18 @@ ALLOWED: dict[str, set[str]] = {
         "webhooks",
         "delivery",
     },
+    # The provider portal (SPEC §9): provider accounts, their pages, JSON and stream.
+    "portal": {
+        "leaddist.http",
+        "events",
+        "providers",
+        "allocation",
+        "delivery",
+        "returns",
+    },
     "leaddist": {
+        "portal",
+        "returns",
         "leaddist.http",
         "events",
         "providers",

@@ -14,7 +14,7 @@ from credentials.models import ApiKey
 from credentials.services import create_api_key
 from intake.tests.support import LEAD, post_lead, stored_state
 from leaddist.http import ratelimit, redis_client
-from leaddist.http.ratelimit import Rate, RateLimited, client_ip, hit, parse_rate
+from leaddist.http.ratelimit import Rate, RateLimited, client_ip, exceeded, hit, parse_rate
 
 
 @pytest.fixture
@@ -299,3 +299,29 @@ def test_all_processes_together_overshoot_by_at_most_a_tenth_of_the_limit_each(s
         passed += count <= rate.count
 
     assert rate.count <= passed <= rate.count + 2 * rate.count // 10
+
+
+def test_exceeded_reads_a_window_without_counting(settings):
+    rate = Rate(2, 60)
+
+    assert exceeded("test:peek", rate) is None
+    assert exceeded("test:peek", rate) is None  # reading counted nothing
+    hit("test:peek", rate)
+    assert exceeded("test:peek", rate) is None
+    hit("test:peek", rate)
+
+    limited = exceeded("test:peek", rate)
+    assert isinstance(limited, RateLimited)
+    assert 1 <= limited.retry_after <= 60
+    assert exceeded("test:peek", None) is None
+
+
+def test_exceeded_sees_the_counts_of_other_processes_through_redis(settings, redis_url):
+    settings.REDIS_URL = redis_url
+    redis_client.sync_client().flushdb()
+    rate = Rate(3, 60)
+    for _ in range(3):
+        hit("test:peek-shared", rate)
+    ratelimit.counters.clear()  # another process would not have these counts
+
+    assert isinstance(exceeded("test:peek-shared", rate), RateLimited)

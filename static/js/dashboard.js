@@ -31,6 +31,8 @@
     "quota.reset",
     "provider.updated",
     "delivery.updated",
+    "lead.returned",
+    "return.decided",
   ];
   var FEED_MAX = 60;
   var BATCH_MS = 60;
@@ -222,6 +224,10 @@
       });
       pending.events[seq] = true;
     } else if (event.type === "lead.waiting") {
+      pending.events[seq] = true;
+    } else if (event.type === "lead.returned" || event.type === "return.decided") {
+      // A return is listed in the feed; an approval may credit its provider's quota.
+      pending.providers[data.provider_id] = true;
       pending.events[seq] = true;
     } else if (event.type === "quota.reset") {
       if (Array.isArray(data.provider_ids)) {
