@@ -71,6 +71,19 @@ class ProviderWithEndpointAdmin(ProviderAdmin):
     def get_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
         return [*super().get_fields(request, obj), *DELIVERY_FIELDS]
 
+    def get_fieldsets(self, request: HttpRequest, obj: Provider | None = None) -> list[Any]:
+        """The catalogue's fields, then delivery's in a section of their own."""
+        catalogue = [f for f in self.get_fields(request, obj) if f not in DELIVERY_FIELDS]
+        delivery = (
+            "Delivery",
+            {
+                "fields": DELIVERY_FIELDS,
+                "description": "Where this provider's leads are sent: a signed webhook "
+                "(https), an email, or both. A new or rotated signing secret is shown once.",
+            },
+        )
+        return [(None, {"fields": catalogue}), delivery]
+
     def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if not form.delivery_changed():

@@ -152,7 +152,9 @@ def test_the_lead_api_lists_its_deliveries(admin_client, seeded):
     body = admin_client.get(f"/api/leads/{lead.pk}").json()
 
     ids = list(Delivery.objects.order_by("id").values_list("pk", flat=True))
-    assert [{k: v for k, v in d.items() if k != "updated_at"} for d in body["deliveries"]] == [
+    due = lead.allocated_at.isoformat().replace("+00:00", "Z")
+    timed = {"updated_at", "next_attempt_at"}
+    assert [{k: v for k, v in d.items() if k not in timed} for d in body["deliveries"]] == [
         {
             "id": ids[1],
             "provider_id": 2,
@@ -160,6 +162,7 @@ def test_the_lead_api_lists_its_deliveries(admin_client, seeded):
             "status": "pending",
             "attempts": 0,
             "last_status_code": None,
+            "last_error": "",
         },
         {
             "id": ids[0],
@@ -168,6 +171,9 @@ def test_the_lead_api_lists_its_deliveries(admin_client, seeded):
             "status": "pending",
             "attempts": 0,
             "last_status_code": None,
+            "last_error": "",
         },
     ]
+    # Due at once: at the lead's allocation.
+    assert {d["next_attempt_at"][:19] for d in body["deliveries"]} == {due[:19]}
     assert all(d["updated_at"] for d in body["deliveries"])
