@@ -1,16 +1,23 @@
 """Surviving a lost database connection: recognise one, and get a good one back.
 
 A pooled connection can die while it waits in the pool (PostgreSQL restarted, an operator's
-``pg_terminate_backend``, a network blip). Checking every connection before lending it costs a
-round trip per request; instead the first statement on a dead connection fails, and the caller
-(the engine, the key lookup) calls :func:`recover` and tries once more on a fresh connection.
-:func:`recover` also checks the connections still idle in the pool, so a whole pool killed at
-once costs one retry, not one failure per connection.
+``pg_terminate_backend``, a network blip). Two defences:
+
+- Before a connection is lent, :func:`usable` asks whether it died while it waited, without a
+  round trip: PostgreSQL tells a client when it ends its session, and that notice (and the end
+  of the stream) waits on the idle socket, where a zero-timeout poll sees it. The database
+  engine (leaddist.http.postgresql) and the background workers' pool (leaddist.background)
+  lend only connections that pass, so a request or a job never starts on a dead one.
+- A connection cut silently (a network partition) passes, and its first statement fails; the
+  callers that must not fail (the engine, the key lookup, the health check) then call
+  :func:`recover` and try once more on a fresh connection. :func:`recover` also checks the
+  connections still idle in the pool, so a whole pool lost at once costs one retry.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -44,6 +51,52 @@ def connection_lost(exc: BaseException) -> bool:
         # is closed", a failed connect.
         return isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError)
     return sqlstate.startswith("08") or sqlstate in LOST_SQLSTATES
+
+
+def lost_while_idle(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool | None:
+    """Has this idle connection been lost? Told without a round trip where possible: True if it
+    is closed, False if nothing has arrived on it since its last statement, None if something
+    has (a termination notice, or a harmless notification) and only a round trip can tell."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        arrived = poller.poll(0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return None if arrived else False
+
+
+def usable(conn: psycopg.Connection) -> bool:
+    """May this idle pooled connection be lent? A connection that fails is closed, so that the
+    pool it goes back to discards it and opens another in its place."""
+    lost = lost_while_idle(conn)
+    if lost is None:
+        try:
+            conn.execute("")
+        except psycopg.Error:
+            lost = True
+        else:
+            lost = False
+    if lost:
+        conn.close()
+    return not lost
+
+
+async def usable_async(conn: psycopg.AsyncConnection) -> bool:
+    """:func:`usable`, for an asyncio connection."""
+    lost = lost_while_idle(conn)
+    if lost is None:
+        try:
+            await conn.execute("")
+        except psycopg.Error:
+            lost = True
+        else:
+            lost = False
+    if lost:
+        await conn.close()
+    return not lost
 
 
 def recover() -> None:
