@@ -1,0 +1,143 @@
+"""The background worker (drains, housekeeping) under database faults, as production runs it: a
+process of its own (leaddist.serve's background command) on the test database, its connections
+terminated by PostgreSQL, and the outcome read from the database.
+
+- A drain started right after its connections were terminated succeeds.
+- A drain that fails (here: a lock it may not wait for) runs again within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from allocation.models import Lead
+from allocation.services import LeadInput, submit_lead
+from allocation.tasks import drain_waiting_leads
+from leaddist import serve
+from leaddist.tests.asgi_server import database_url_for_tests, wait_for_disconnect
+from leaddist.tests.test_faults import terminate_backends
+from providers.models import Provider
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
+
+
+@contextmanager
+def background_worker(**environment: str) -> Iterator[SimpleNamespace]:
+    """The background worker, started as leaddist.serve starts it; stopped on exit."""
+    name = f"leaddist-test-background-{os.getpid()}"
+    env = os.environ | {
+        "DATABASE_URL": database_url_for_tests(name),
+        "DEBUG": "true",
+        "LOG_LEVEL": "WARNING",
+        **environment,
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        log = Path(directory) / "worker.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                serve.background_command(),
+                cwd=settings.BASE_DIR,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        worker = SimpleNamespace(
+            process=process, name=name, output=lambda: log.read_text(errors="replace")
+        )
+        try:
+            yield worker
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(timeout=40)
+            wait_for_disconnect(name)
+
+
+def wait_until(condition: Callable[[], bool], *, seconds: float, what: str, worker) -> float:
+    """Poll ``condition`` until it holds; return how long that took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < seconds, f"{what}:\n{worker.output()}"
+        assert worker.process.poll() is None, f"the worker exited:\n{worker.output()}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def drains() -> list[tuple[str, int]]:
+    """(status, attempts) of every drain_waiting_leads job, oldest first."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT status, attempts FROM procrastinate_jobs"
+            " WHERE task_name = 'drain_waiting_leads' ORDER BY id"
+        )
+        return cursor.fetchall()
+
+
+def waiting_leads(count: int) -> None:
+    """``count`` leads left waiting (no provider had quota), then quota for all of them back,
+    without the drain that adding capacity would start."""
+    Provider.objects.update(remaining_quota=0)
+    for n in range(count):
+        submit_lead(LeadInput(service_id=1, name="Ada", phone=f"+1555070{n:04d}", city="Paris"))
+    Provider.objects.update(remaining_quota=10)
+
+
+def none_waiting() -> bool:
+    return not Lead.objects.waiting().exists()
+
+
+def warmed_up(worker) -> None:
+    """A first drain has run: the worker is up, and its pools hold connections."""
+    drain_waiting_leads.defer()
+    wait_until(
+        lambda: drains() == [("succeeded", 1)], seconds=60, what="the first drain", worker=worker
+    )
+
+
+def test_a_drain_right_after_the_workers_connections_were_killed_succeeds(seeded_tx, jobs):
+    with background_worker() as worker:
+        warmed_up(worker)
+        waiting_leads(3)
+        killed = terminate_backends(worker.name)
+
+        drain_waiting_leads.defer()
+        took = wait_until(none_waiting, seconds=10, what="the leads drained", worker=worker)
+
+    assert killed >= 2, killed
+    assert drains() == [("succeeded", 1), ("succeeded", 1)]
+    assert Lead.objects.filter(status="allocated").count() == 3
+    print(f"\ndrained {took:.2f} s after the kill")
+
+
+def test_a_drain_that_fails_runs_again_within_seconds(seeded_tx, jobs):
+    with background_worker(DB_LOCK_TIMEOUT_MS="100") as worker:
+        warmed_up(worker)
+        waiting_leads(2)
+        blocker = psycopg.connect(database_url_for_tests("leaddist-test-blocker"))
+        try:
+            # The drain's first read waits for this lock, past its lock_timeout: it fails.
+            blocker.execute(f"LOCK TABLE {Lead._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+            drain_waiting_leads.defer()
+            wait_until(
+                lambda: drains()[-1][1] >= 1, seconds=10, what="the drain failing", worker=worker
+            )
+            failed = drains()[-1]
+        finally:
+            blocker.close()  # the lock goes with it
+        took = wait_until(none_waiting, seconds=10, what="the retried drain", worker=worker)
+
+    assert failed == ("todo", 1)  # failed once, and scheduled again
+    assert drains()[-1] == ("succeeded", 2)
+    print(f"\nthe retried drain finished {took:.2f} s after the lock was released")
