@@ -10,7 +10,9 @@ DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 DELIVERY_CONCURRENCY ?= 20
 # Delivery jobs are inserted without NOTIFY (docs/DELIVERY.md): their workers ask this often.
 DELIVERY_POLL_SECONDS ?= 0.5
-DRAIN_WORKER := --queues drains,default --concurrency 1 --shutdown-graceful-timeout 25
+# The drain worker: procrastinate's, waiting out database outages (leaddist/background.py).
+DRAIN_WORKER := -m leaddist.background --queues drains,default --concurrency 1 \
+	--shutdown-graceful-timeout 25 --fetch-job-polling-interval 1
 DELIVERY_WORKER := --queues deliveries --concurrency $(DELIVERY_CONCURRENCY) \
 	--fetch-job-polling-interval $(DELIVERY_POLL_SECONDS) --shutdown-graceful-timeout 25
 
@@ -49,7 +51,7 @@ run: install
 	$(PY) manage.py collectstatic --no-input --verbosity 0
 	$(PY) manage.py demo_setup
 	@# The background workers (drains; deliveries) run beside daphne and stop with it (Ctrl-C).
-	$(PY) manage.py procrastinate worker $(DRAIN_WORKER) & drains=$$!; \
+	$(PY) $(DRAIN_WORKER) & drains=$$!; \
 	$(PY) manage.py procrastinate worker $(DELIVERY_WORKER) & deliveries=$$!; \
 	trap 'kill $$drains $$deliveries 2>/dev/null; wait $$drains $$deliveries' EXIT; \
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) leaddist.asgi:application
@@ -68,7 +70,7 @@ serve: install
 # a process of their own, DELIVERY_CONCURRENCY async attempts at once, so neither waits for the
 # other and an endpoint that hangs holds one delivery slot for at most its timeout.
 worker: install
-	$(PY) manage.py procrastinate worker $(DRAIN_WORKER) & drains=$$!; \
+	$(PY) $(DRAIN_WORKER) & drains=$$!; \
 	trap 'kill $$drains 2>/dev/null; wait $$drains' EXIT; \
 	$(PY) manage.py procrastinate worker $(DELIVERY_WORKER)
 

@@ -370,5 +370,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # procrastinate logs every job at INFO; its warnings and errors are what operators need.
-    "loggers": {"pgserver": {"level": "WARNING"}, "procrastinate": {"level": "WARNING"}},
+    "loggers": {
+        "pgserver": {"level": "WARNING"},
+        "procrastinate": {"level": "WARNING"},
+        # psycopg_pool warns once per dead connection it discards; leaddist.http.db says it
+        # once a minute instead (a PostgreSQL restart kills every pooled connection at once).
+        "psycopg.pool": {"level": "ERROR"},
+    },
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,6 +35,10 @@ T = TypeVar("T")
 # admin_shutdown, crash_shutdown, cannot_connect_now, idle_session_timeout; and class 08,
 # connection exceptions.
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P05"})
+# Dead pooled connections are logged once in this long per process, not one line each: a
+# restart of PostgreSQL kills every connection of every pool at once.
+DEAD_LOG_SECONDS = 60.0
+_dead_logged_at: float | None = None
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -81,7 +86,20 @@ def usable(conn: psycopg.Connection) -> bool:
             lost = False
     if lost:
         conn.close()
+        _dead_found()
     return not lost
+
+
+def _dead_found() -> None:
+    global _dead_logged_at
+    now = time.monotonic()
+    if _dead_logged_at is None or now - _dead_logged_at >= DEAD_LOG_SECONDS:
+        _dead_logged_at = now
+        logger.warning(
+            "a pooled database connection had died (PostgreSQL restarted, or its session was "
+            "terminated); replaced. Others in the next %g s are replaced without a word",
+            DEAD_LOG_SECONDS,
+        )
 
 
 async def usable_async(conn: psycopg.AsyncConnection) -> bool:
@@ -96,6 +114,7 @@ async def usable_async(conn: psycopg.AsyncConnection) -> bool:
             lost = False
     if lost:
         await conn.close()
+        _dead_found()
     return not lost
 
 

@@ -4,16 +4,22 @@ terminated by PostgreSQL, and the outcome read from the database.
 
 - A drain started right after its connections were terminated succeeds.
 - A drain that fails (here: a lock it may not wait for) runs again within seconds.
+- Connections terminated again and again for seconds do not stop the worker, and it drains
+  within seconds once the kills stop.
+- PostgreSQL unreachable for seconds (a proxy between them cuts every connection and refuses
+  new ones): the worker waits, says so once, and drains within seconds of its return.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,11 +40,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
 
 @contextmanager
-def background_worker(**environment: str) -> Iterator[SimpleNamespace]:
+def background_worker(database_url: str = "", **environment: str) -> Iterator[SimpleNamespace]:
     """The background worker, started as leaddist.serve starts it; stopped on exit."""
     name = f"leaddist-test-background-{os.getpid()}"
     env = os.environ | {
-        "DATABASE_URL": database_url_for_tests(name),
+        "DATABASE_URL": database_url or database_url_for_tests(name),
         "DEBUG": "true",
         "LOG_LEVEL": "WARNING",
         **environment,
@@ -141,3 +147,113 @@ def test_a_drain_that_fails_runs_again_within_seconds(seeded_tx, jobs):
     assert failed == ("todo", 1)  # failed once, and scheduled again
     assert drains()[-1] == ("succeeded", 2)
     print(f"\nthe retried drain finished {took:.2f} s after the lock was released")
+
+
+def test_connections_killed_again_and_again_never_stop_the_worker(seeded_tx, jobs):
+    with background_worker() as worker:
+        warmed_up(worker)
+        kills = 0
+        stop_at = time.monotonic() + 3
+        while time.monotonic() < stop_at:
+            kills += terminate_backends(worker.name)
+            time.sleep(0.05)
+        waiting_leads(3)
+
+        drain_waiting_leads.defer()
+        took = wait_until(none_waiting, seconds=10, what="a drain after the kills", worker=worker)
+        alive = worker.process.poll() is None
+
+    assert kills >= 10, kills
+    assert alive, worker.output()
+    assert drains()[-1][0] == "succeeded"
+    print(f"\n{kills} connections killed in 3 s; drained {took:.2f} s after the last kill")
+
+
+class Outage:
+    """A TCP proxy in front of PostgreSQL that can cut every connection and refuse new ones
+    (PostgreSQL unreachable), then accept them again."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.start()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed: the outage began
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for end in (source, target):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def begin(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+        with self.lock:
+            for end in self.sockets:
+                with suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+            self.sockets.clear()
+
+    def end(self) -> None:
+        self.start()
+
+
+def test_the_worker_waits_out_an_unreachable_database_and_says_so_once(seeded_tx, jobs):
+    db = connection.settings_dict
+    if str(db.get("HOST") or "").startswith("/"):
+        pytest.skip("the embedded PostgreSQL listens on a Unix socket: no TCP to cut")
+    proxy = Outage((db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432)))
+    direct = database_url_for_tests(f"leaddist-test-background-{os.getpid()}")
+    host_port = f"{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}"
+    through_proxy = direct.replace(host_port, f"127.0.0.1:{proxy.port}", 1)
+    assert through_proxy != direct
+
+    with background_worker(through_proxy) as worker:
+        warmed_up(worker)
+        proxy.begin()
+        time.sleep(3)  # PostgreSQL unreachable for 3 s
+        alive_during = worker.process.poll() is None
+        waiting_leads(3)
+        drain_waiting_leads.defer()
+        proxy.end()
+        took = wait_until(none_waiting, seconds=15, what="a drain after the outage", worker=worker)
+        output = worker.output()
+
+    assert alive_during, output
+    assert output.count("background worker stopped on a database error") == 1, output
+    assert output.count("background worker started again") == 1, output
+    assert drains()[-1][0] == "succeeded"
+    print(f"\ndrained {took:.2f} s after the database came back")
