@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -170,23 +171,28 @@ def test_connections_killed_again_and_again_never_stop_the_worker(seeded_tx, job
 
 
 class Outage:
-    """A TCP proxy in front of PostgreSQL that can cut every connection and refuse new ones
-    (PostgreSQL unreachable), then accept them again."""
+    """A proxy in front of PostgreSQL (TCP, or the embedded server's Unix socket) that can cut
+    every connection and refuse new ones (PostgreSQL unreachable), then accept them again."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, listen: str | tuple[str, int], upstream: str | tuple[str, int]) -> None:
+        self.family = socket.AF_UNIX if isinstance(upstream, str) else socket.AF_INET
+        self.address = listen
         self.upstream = upstream
-        self.port = 0
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         self.listener: socket.socket | None = None
         self.start()
 
     def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener = socket.socket(self.family)
+        if self.family == socket.AF_UNIX:
+            with suppress(FileNotFoundError):
+                os.unlink(self.address)
+        else:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(self.address)
         listener.listen(64)
-        self.port = listener.getsockname()[1]
+        self.address = listener.getsockname()  # the port chosen, for TCP
         self.listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
@@ -197,7 +203,8 @@ class Outage:
             except OSError:
                 return  # closed: the outage began
             try:
-                server = socket.create_connection(self.upstream)
+                server = socket.socket(self.family)
+                server.connect(self.upstream)
             except OSError:
                 client.close()
                 continue
@@ -231,15 +238,27 @@ class Outage:
         self.start()
 
 
-def test_the_worker_waits_out_an_unreachable_database_and_says_so_once(seeded_tx, jobs):
+def proxied(directory: str) -> tuple[Outage, str]:
+    """A proxy to the test database, and the DATABASE_URL that goes through it."""
     db = connection.settings_dict
-    if str(db.get("HOST") or "").startswith("/"):
-        pytest.skip("the embedded PostgreSQL listens on a Unix socket: no TCP to cut")
-    proxy = Outage((db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432)))
+    host = str(db.get("HOST") or db["OPTIONS"].get("host") or "127.0.0.1")
+    port = int(db.get("PORT") or db["OPTIONS"].get("port") or 5432)
     direct = database_url_for_tests(f"leaddist-test-background-{os.getpid()}")
-    host_port = f"{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}"
-    through_proxy = direct.replace(host_port, f"127.0.0.1:{proxy.port}", 1)
-    assert through_proxy != direct
+    if host.startswith("/"):  # the embedded PostgreSQL: a Unix socket in that directory
+        name = f".s.PGSQL.{port}"
+        proxy = Outage(os.path.join(directory, name), os.path.join(host, name))
+        through = direct.replace(
+            f"host={quote(host, safe='')}", f"host={quote(directory, safe='')}", 1
+        )
+    else:
+        proxy = Outage(("127.0.0.1", 0), (host, port))
+        through = direct.replace(f"{host}:{port}", f"127.0.0.1:{proxy.address[1]}", 1)
+    assert through != direct
+    return proxy, through
+
+
+def test_the_worker_waits_out_an_unreachable_database_and_says_so_once(seeded_tx, jobs, tmp_path):
+    proxy, through_proxy = proxied(str(tmp_path))
 
     with background_worker(through_proxy) as worker:
         warmed_up(worker)
