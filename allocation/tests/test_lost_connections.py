@@ -114,6 +114,29 @@ def test_connections_killed_while_idle_in_the_pool_are_never_lent(
     assert "connection lost" not in caplog.text  # no statement ever ran on a dead one
 
 
+def test_a_read_whose_connection_dies_under_it_is_answered_from_a_fresh_one(
+    client, seeded_tx, api_key
+):
+    stored = post_lead(client, key=api_key).json()["id"]
+
+    with killed_before('FROM "allocation_lead"', times=1) as cut:
+        response = client.get("/api/leads", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    assert len(cut) == 1
+    assert response.status_code == 200, response.content
+    assert [lead["id"] for lead in response.json()["items"]] == [stored]
+
+
+def test_a_read_whose_connection_dies_twice_answers_503(client, seeded_tx, api_key):
+    with killed_before('FROM "allocation_lead"', times=2) as cut:
+        response = client.get("/api/leads", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    connection.close()  # died twice: not for the test's teardown (a request's end closes it)
+    assert len(cut) == 2
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "busy"
+
+
 def test_the_api_answers_503_when_the_database_stays_away(client, seeded_tx, api_key):
     with killed_before("INSERT INTO allocation_lead", times=10):
         response = post_lead(client, key=api_key)
