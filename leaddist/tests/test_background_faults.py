@@ -122,10 +122,11 @@ def test_a_drain_right_after_the_workers_connections_were_killed_succeeds(seeded
         drain_waiting_leads.defer()
         took = wait_until(none_waiting, seconds=10, what="the leads drained", worker=worker)
 
+    # Succeeded within seconds, at its first attempt or (a connection lost in flight) a retry.
     assert killed >= 2, killed
-    assert drains() == [("succeeded", 1), ("succeeded", 1)]
+    assert [status for status, _ in drains()] == ["succeeded", "succeeded"]
     assert Lead.objects.filter(status="allocated").count() == 3
-    print(f"\ndrained {took:.2f} s after the kill")
+    print(f"\ndrained {took:.2f} s after the kill, attempts {drains()[-1][1]}")
 
 
 def test_a_drain_that_fails_runs_again_within_seconds(seeded_tx, jobs):
@@ -260,7 +261,9 @@ def proxied(directory: str) -> tuple[Outage, str]:
 def test_the_worker_waits_out_an_unreachable_database_and_says_so_once(seeded_tx, jobs, tmp_path):
     proxy, through_proxy = proxied(str(tmp_path))
 
-    with background_worker(through_proxy) as worker:
+    # An outage shorter than DB_POOL_TIMEOUT is ridden out by waiting for a connection; with
+    # 1 s, the worker's next poll for jobs (each second) fails for sure within the 3 s.
+    with background_worker(through_proxy, DB_POOL_TIMEOUT="1") as worker:
         warmed_up(worker)
         proxy.begin()
         time.sleep(3)  # PostgreSQL unreachable for 3 s
