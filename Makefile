@@ -7,7 +7,9 @@ PORT ?= 8000
 # A demo secret for the quota-reset webhook, for local use only (`make run` prints it).
 DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 
-DRAIN_WORKER := --queues drains,default --concurrency 1 --shutdown-graceful-timeout 25
+# The drain worker: procrastinate's, waiting out database outages (leaddist/background.py).
+DRAIN_WORKER := -m leaddist.background --queues drains,default --concurrency 1 \
+	--shutdown-graceful-timeout 25 --fetch-job-polling-interval 1
 
 .PHONY: run serve worker test lint format install install-dev clean-db
 
@@ -47,7 +49,7 @@ run: install
 	$(PY) manage.py collectstatic --no-input --verbosity 0
 	$(PY) manage.py demo_setup
 	@# The background workers (drains; deliveries) run beside daphne and stop with it (Ctrl-C).
-	$(PY) manage.py procrastinate worker $(DRAIN_WORKER) & drains=$$!; \
+	$(PY) $(DRAIN_WORKER) & drains=$$!; \
 	$(PY) manage.py deliver_leads & deliveries=$$!; \
 	trap 'kill $$drains $$deliveries 2>/dev/null; wait $$drains $$deliveries' EXIT; \
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) leaddist.asgi:application
@@ -67,7 +69,7 @@ serve: install
 # attempts at once), so neither waits for the other and an endpoint that hangs holds one
 # delivery place for at most its timeout.
 worker: install
-	$(PY) manage.py procrastinate worker $(DRAIN_WORKER) & drains=$$!; \
+	$(PY) $(DRAIN_WORKER) & drains=$$!; \
 	trap 'kill $$drains 2>/dev/null; wait $$drains' EXIT; \
 	$(PY) manage.py deliver_leads
 

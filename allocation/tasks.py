@@ -11,6 +11,7 @@ import time
 
 from django.conf import settings
 from django.dispatch import receiver
+from procrastinate import RetryStrategy
 from procrastinate.contrib.django import app
 from procrastinate.exceptions import AlreadyEnqueued
 
@@ -22,9 +23,15 @@ DRAINS = "drains"
 # Finished jobs stay this long (the admin shows them under Procrastinate), then go; failed
 # ones stay until someone looks.
 JOB_HISTORY_HOURS = 72
+# A job that fails for any reason (a connection cut mid-job, PostgreSQL restarting, a lock
+# timeout) runs again 1 s later, then 2 s, 3 s... for 10 attempts in about a minute: drains and
+# housekeeping are safe to run twice, and none should wait for the next periodic run.
+RETRY_SOON = RetryStrategy(max_attempts=10, wait=1, linear_wait=1)
 
 
-@app.task(name="drain_waiting_leads", queue=DRAINS, queueing_lock="drain_waiting_leads")
+@app.task(
+    name="drain_waiting_leads", queue=DRAINS, queueing_lock="drain_waiting_leads", retry=RETRY_SOON
+)
 def drain_waiting_leads() -> int:
     """Allocate every waiting lead that can be allocated, oldest first; return how many.
 
@@ -35,14 +42,16 @@ def drain_waiting_leads() -> int:
 
 
 @app.periodic(cron="* * * * *", periodic_id="drain")
-@app.task(name="drain_every_minute", queue=DRAINS, queueing_lock="drain_every_minute")
+@app.task(
+    name="drain_every_minute", queue=DRAINS, queueing_lock="drain_every_minute", retry=RETRY_SOON
+)
 def drain_every_minute(timestamp: int) -> int:
     """A drain a minute, so one that a dying process cut off is finished within a minute."""
     return allocate_waiting_leads()
 
 
 @app.periodic(cron="* * * * *", periodic_id="stalled")
-@app.task(name="retry_stalled_jobs", queueing_lock="retry_stalled_jobs")
+@app.task(name="retry_stalled_jobs", queueing_lock="retry_stalled_jobs", retry=RETRY_SOON)
 async def retry_stalled_jobs(timestamp: int) -> int:
     """Run again the jobs whose worker stopped sending heartbeats (killed, or its host gone);
     return how many."""
@@ -53,7 +62,7 @@ async def retry_stalled_jobs(timestamp: int) -> int:
 
 
 @app.periodic(cron="17 * * * *", periodic_id="remove_old_jobs")
-@app.task(name="remove_old_jobs", queueing_lock="remove_old_jobs")
+@app.task(name="remove_old_jobs", queueing_lock="remove_old_jobs", retry=RETRY_SOON)
 async def remove_old_jobs(timestamp: int) -> None:
     """Keep the job table small: every job that succeeded more than JOB_HISTORY_HOURS ago
     goes, once an hour."""

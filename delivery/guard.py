@@ -75,9 +75,14 @@ def check_url_syntax(url: str) -> tuple[str, str, int]:
     if parts.username or parts.password:
         raise UnsafeTarget("The webhook URL may not carry a user name or password.")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
     except ValueError as exc:
         raise UnsafeTarget("The webhook URL has an invalid port.") from exc
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    elif not 1 <= port <= 65535:
+        # urlsplit accepts port 0, which no server listens on and some stacks read as "any".
+        raise UnsafeTarget("The webhook URL has an invalid port (1 to 65535).")
     if not parts.hostname:
         raise UnsafeTarget("The webhook URL has no host.")
     return parts.scheme, parts.hostname, port

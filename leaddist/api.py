@@ -6,16 +6,20 @@ import logging
 
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
+from django.urls import resolve
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 
 from credentials.auth import ApiKeyOrStaffSession, Unauthorized, api_credential_required
 from intake.api import router as intake_router
-from leaddist.http.db import connection_lost
+from leaddist.http.db import connection_lost, recover
 from leaddist.http.errors import busy_response, error_response
 from webhooks.api import router as webhook_router
 
 logger = logging.getLogger(__name__)
+
+# Read methods commit nothing, so one cut off by a lost connection runs again on a fresh one.
+RETRIED_READS = frozenset({"GET", "HEAD"})
 
 api = NinjaAPI(
     title="leaddist API",
@@ -65,6 +69,13 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 def on_database_error(request: HttpRequest, exc: DatabaseError) -> HttpResponse:
     if not connection_lost(exc):
         return on_unexpected_error(request, exc)
+    if request.method in RETRIED_READS and not getattr(request, "leaddist_read_retried", False):
+        # The connection died under the read (between the pool's check and its first
+        # statement, or in flight). Writes have their own retries (the engine's).
+        request.leaddist_read_retried = True
+        recover()
+        match = resolve(request.path_info)
+        return match.func(request, *match.args, **match.kwargs)
     # Nothing was stored: whatever could not reach the database did not commit. A committed
     # lead is answered from what the engine decided, and never reaches this.
     logger.warning("database unreachable in %s %s: %s", request.method, request.path, exc)

@@ -9,7 +9,7 @@ one core at a time, so a core per worker. All workers share PostgreSQL, whose ro
 the engine correct across processes and hosts.
 
 ``--background`` (default BACKGROUND_WORKERS, else 1) is how many background workers
-(procrastinate, `manage.py procrastinate worker`) run beside the web server: they finish the
+(procrastinate, `python -m leaddist.background`) run beside the web server: they finish the
 drains a request leaves over and run the periodic jobs. Each comes with a delivery worker
 (`manage.py deliver_leads`, DELIVERY_CONCURRENCY attempts at once), so drains and lead deliveries
 never wait for each other; the delivery worker runs at a lower priority (nice 10, or
@@ -146,11 +146,16 @@ def server_command(args: argparse.Namespace) -> list[str]:
 
 def background_command() -> list[str]:
     return [
-        *(sys.executable, str(MANAGE), "procrastinate", "worker"),
+        # procrastinate's worker, waiting out database outages instead of exiting
+        # (leaddist.background).
+        *(sys.executable, "-m", "leaddist.background"),
         # Drains and housekeeping. One job at a time: a drain is a loop of short transactions,
         # and two drains of the same queue would only wait for each other's cursor locks.
         *("--queues", "drains,default"),
         *("--concurrency", "1", "--shutdown-graceful-timeout", "25"),
+        # A job retried after a failure is due 1 s later, and no NOTIFY says so: look each
+        # second (one small query).
+        *("--fetch-job-polling-interval", "1"),
     ]
 
 

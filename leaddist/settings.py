@@ -143,6 +143,11 @@ DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=20)
 DB_POOL_TIMEOUT = env.float("DB_POOL_TIMEOUT", default=10.0)
 # A lock wait longer than this fails the attempt; the engine retries, then answers 503 busy.
 DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
+# The pool checks a connection before lending it, and replaces one that died while it waited
+# (PostgreSQL restarted, pg_terminate_backend): a request or a background job never starts on a
+# dead connection (leaddist.http.postgresql). The check needs no round trip; its cost per
+# request is measured in docs/PERFORMANCE.md ("Checking pooled connections").
+DB_POOL_CHECK = env.bool("DB_POOL_CHECK", default=True)
 
 _db.setdefault("OPTIONS", {})
 _db["OPTIONS"].update(
@@ -164,6 +169,8 @@ _db["OPTIONS"].update(
     }
 )
 _db["CONN_MAX_AGE"] = 0  # the pool owns connection reuse
+if DB_POOL_CHECK:
+    _db["ENGINE"] = "leaddist.http.postgresql"
 DATABASES = {"default": _db}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -391,5 +398,8 @@ LOGGING = {
         "pgserver": {"level": "WARNING"},
         "procrastinate": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        # psycopg_pool warns once per dead connection it discards; leaddist.http.db says it
+        # once a minute instead (a PostgreSQL restart kills every pooled connection at once).
+        "psycopg.pool": {"level": "ERROR"},
     },
 }

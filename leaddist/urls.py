@@ -10,10 +10,11 @@ from leaddist.scrape import metrics
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database answers, 503 otherwise; Redis is reported, never failed on.
+    """200 when the database answers (on a fresh connection if the pooled one died), 503
+    otherwise; Redis is reported, never failed on.
 
     Without Redis the app still takes leads (rate limits count per process, live events arrive
-    by polling), so a degraded Redis must not take a process out of its load balancer.
+    by polling), so an unavailable Redis must not take a process out of its load balancer.
     """
     redis = redis_health()
     if not database_ok():

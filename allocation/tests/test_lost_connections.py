@@ -32,8 +32,9 @@ def terminate_all() -> int:
     """Terminate every backend of the test database but the killer's; return how many."""
     url = database_url_for_tests("leaddist-test-killer")
     with psycopg.connect(url, autocommit=True) as killer:
+        # Each waits (up to 5 s) until the backend has ended and told its client.
         rows = killer.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchall()
     return len(rows)
@@ -92,6 +93,48 @@ def test_a_pool_killed_while_idle_costs_the_next_request_nothing(client, seeded_
     assert killed >= 1
     assert response.status_code == 201
     assert Lead.objects.count() == 1
+
+
+def test_connections_killed_while_idle_in_the_pool_are_never_lent(
+    client, seeded_tx, api_key, caplog
+):
+    pool = connection.pool
+    idle = [pool.getconn() for _ in range(4)]
+    for conn in idle:
+        pool.putconn(conn)
+    connection.close()
+    killed = terminate_all()
+
+    reads = [client.get("/api/leads", HTTP_AUTHORIZATION=f"Bearer {api_key}") for _ in range(4)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+    assert killed >= 4
+    assert [r.status_code for r in reads] == [200] * 4
+    assert "connection lost" not in caplog.text  # no statement ever ran on a dead one
+
+
+def test_a_read_whose_connection_dies_under_it_is_answered_from_a_fresh_one(
+    client, seeded_tx, api_key
+):
+    stored = post_lead(client, key=api_key).json()["id"]
+
+    with killed_before('FROM "allocation_lead"', times=1) as cut:
+        response = client.get("/api/leads", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    assert len(cut) == 1
+    assert response.status_code == 200, response.content
+    assert [lead["id"] for lead in response.json()["items"]] == [stored]
+
+
+def test_a_read_whose_connection_dies_twice_answers_503(client, seeded_tx, api_key):
+    with killed_before('FROM "allocation_lead"', times=2) as cut:
+        response = client.get("/api/leads", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    connection.close()  # died twice: not for the test's teardown (a request's end closes it)
+    assert len(cut) == 2
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "busy"
 
 
 def test_the_api_answers_503_when_the_database_stays_away(client, seeded_tx, api_key):

@@ -109,6 +109,38 @@ def test_only_https_without_credentials_is_accepted(settings, dns, url):
         check_url(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://93.184.215.14:0/",
+        "https://93.184.215.14:00/hook",
+        "https://93.184.215.14:65536/",
+        "https://93.184.215.14:-1/",
+        "https://93.184.215.14:99999999/",
+        "https://93.184.215.14:x/",
+    ],
+)
+def test_a_port_outside_1_to_65535_is_refused(settings, url):
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = False
+
+    with pytest.raises(UnsafeTarget, match="invalid port"):
+        check_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("https://93.184.215.14:1/", 1),
+        ("https://93.184.215.14:65535/", 65535),
+        ("https://93.184.215.14/", 443),
+    ],
+)
+def test_ports_from_1_to_65535_are_accepted(settings, url, port):
+    settings.ALLOW_PRIVATE_DELIVERY_TARGETS = False
+
+    assert check_url(url).port == port
+
+
 def test_the_setting_allows_local_http_targets_for_tests(settings):
     settings.ALLOW_PRIVATE_DELIVERY_TARGETS = True
 

@@ -1,16 +1,24 @@
 """Surviving a lost database connection: recognise one, and get a good one back.
 
 A pooled connection can die while it waits in the pool (PostgreSQL restarted, an operator's
-``pg_terminate_backend``, a network blip). Checking every connection before lending it costs a
-round trip per request; instead the first statement on a dead connection fails, and the caller
-(the engine, the key lookup) calls :func:`recover` and tries once more on a fresh connection.
-:func:`recover` also checks the connections still idle in the pool, so a whole pool killed at
-once costs one retry, not one failure per connection.
+``pg_terminate_backend``, a network blip). Two defences:
+
+- Before a connection is lent, :func:`usable` asks whether it died while it waited, without a
+  round trip: PostgreSQL tells a client when it ends its session, and that notice (and the end
+  of the stream) waits on the idle socket, where a zero-timeout poll sees it. The database
+  engine (leaddist.http.postgresql) and the background workers' pool (leaddist.background)
+  lend only connections that pass, so a request or a job never starts on a dead one.
+- A connection cut silently (a network partition) passes, and its first statement fails; the
+  callers that must not fail (the engine, the key lookup, the health check) then call
+  :func:`recover` and try once more on a fresh connection. :func:`recover` also checks the
+  connections still idle in the pool, so a whole pool lost at once costs one retry.
 """
 
 from __future__ import annotations
 
 import logging
+import select
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -27,6 +35,10 @@ T = TypeVar("T")
 # admin_shutdown, crash_shutdown, cannot_connect_now, idle_session_timeout; and class 08,
 # connection exceptions.
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P05"})
+# Dead pooled connections are logged once in this long per process, not one line each: a
+# restart of PostgreSQL kills every connection of every pool at once.
+DEAD_LOG_SECONDS = 60.0
+_dead_logged_at: float | None = None
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -44,6 +56,66 @@ def connection_lost(exc: BaseException) -> bool:
         # is closed", a failed connect.
         return isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError)
     return sqlstate.startswith("08") or sqlstate in LOST_SQLSTATES
+
+
+def lost_while_idle(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool | None:
+    """Has this idle connection been lost? Told without a round trip where possible: True if it
+    is closed, False if nothing has arrived on it since its last statement, None if something
+    has (a termination notice, or a harmless notification) and only a round trip can tell."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        arrived = poller.poll(0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return None if arrived else False
+
+
+def usable(conn: psycopg.Connection) -> bool:
+    """May this idle pooled connection be lent? A connection that fails is closed, so that the
+    pool it goes back to discards it and opens another in its place."""
+    lost = lost_while_idle(conn)
+    if lost is None:
+        try:
+            conn.execute("")
+        except psycopg.Error:
+            lost = True
+        else:
+            lost = False
+    if lost:
+        conn.close()
+        _dead_found()
+    return not lost
+
+
+def _dead_found() -> None:
+    global _dead_logged_at
+    now = time.monotonic()
+    if _dead_logged_at is None or now - _dead_logged_at >= DEAD_LOG_SECONDS:
+        _dead_logged_at = now
+        logger.warning(
+            "a pooled database connection had died (PostgreSQL restarted, or its session was "
+            "terminated); replaced. Others in the next %g s are replaced without a word",
+            DEAD_LOG_SECONDS,
+        )
+
+
+async def usable_async(conn: psycopg.AsyncConnection) -> bool:
+    """:func:`usable`, for an asyncio connection."""
+    lost = lost_while_idle(conn)
+    if lost is None:
+        try:
+            await conn.execute("")
+        except psycopg.Error:
+            lost = True
+        else:
+            lost = False
+    if lost:
+        await conn.close()
+        _dead_found()
+    return not lost
 
 
 def recover() -> None:

@@ -14,8 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psycopg
 import pytest
 from django.conf import settings as django_settings
+from django.db import connection
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -271,6 +273,32 @@ def test_the_database_down_reads_0_and_the_scrape_still_answers(db, monkeypatch,
 
     assert value(samples, "leaddist_database_up") == 0
     assert not any(name == "leaddist_leads_waiting" for name, _ in samples)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_database_reads_1_when_its_pooled_connection_was_killed(scrape):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    with psycopg.connect(database_url_for_tests("killer"), autocommit=True) as killer:
+        killer.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    samples = scrape()
+
+    assert value(samples, "leaddist_database_up") == 1
+    assert value(samples, "leaddist_delivery_workers") is not None  # read from the database
+
+
+def test_redis_reads_1_as_soon_as_it_answers_though_the_breaker_is_open(
+    db, settings, scrape, redis_url
+):
+    settings.REDIS_URL = redis_url
+    redis_client.breaker.failed(ConnectionError("a call failed a moment ago"))
+
+    samples = scrape()
+
+    assert value(samples, "leaddist_redis_up") == 1
+    assert not redis_client.breaker.is_open
 
 
 def test_a_failed_wake_up_publish_is_counted(db, settings, scrape):

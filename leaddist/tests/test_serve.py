@@ -187,9 +187,10 @@ def test_the_launcher_serves_production_with_one_worker_per_core_and_a_backgroun
             while len(workers) < expected_workers and time.monotonic() < deadline:
                 time.sleep(0.2)  # the first worker may answer before the others are up
                 workers = web_workers(process.pid)
-            background = children(process.pid, b"procrastinate") + children(
-                process.pid, b"deliver_leads"
-            )
+            background = [
+                *children(process.pid, b"leaddist.background"),  # drains
+                *children(process.pid, b"deliver_leads"),  # deliveries
+            ]
             niceness = sorted(
                 (b"deliver_leads" in Path(f"/proc/{pid}/cmdline").read_bytes(), nice_of(pid))
                 for pid in background
