@@ -212,7 +212,8 @@ woken AS (
      CROSS JOIN LATERAL (
            SELECT id FROM {DELIVERY}
             WHERE provider_id = freed.provider_id AND held_back AND status IN {OPEN}
-              AND worker_id IS NULL AND NOT id = ANY(%(deliveries)s::bigint[])
+              AND worker_id IS NULL AND next_attempt_at > %(now)s
+              AND NOT id = ANY(%(deliveries)s::bigint[])
             ORDER BY next_attempt_at
             LIMIT freed.places
               FOR UPDATE SKIP LOCKED

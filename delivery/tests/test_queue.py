@@ -210,3 +210,28 @@ def test_queue_health_counts_deliveries_by_status_and_the_oldest_due(seeded):
     assert (health.pending, health.retrying, health.failed) == (2, 1, 0)
     assert 29 <= health.oldest_due_seconds <= 40
     assert (health.stranded, health.workers) == (0, 1)
+
+
+@pytest.mark.django_db
+def test_a_held_back_delivery_is_due_again_as_soon_as_its_provider_frees_a_place(seeded, settings):
+    settings.DELIVERY_PER_PROVIDER_CONCURRENCY = 1
+    deliveries_to([1], leads=3)
+    worker = register_worker()
+    [first] = claim(worker, take=5).sends
+    # Its attempt has been going on for 4 s: the others are held back until it must be over.
+    Delivery.objects.filter(pk=first.delivery_id).update(
+        next_attempt_at=timezone.now() + timedelta(seconds=queue.lease_seconds() - 4)
+    )
+    Delivery.objects.filter(worker_id__isnull=True).update(next_attempt_at=timezone.now())
+    assert claim(worker, take=5).put_back == 2
+    held = Delivery.objects.filter(held_back=True)
+    assert all(d.next_attempt_at > timezone.now() + timedelta(seconds=4) for d in held)
+
+    record_attempts(
+        [Record(first.delivery_id, 0, Outcome(True, 5, 200), timezone.now())], worker_id=worker
+    )
+
+    # One place freed: one held-back delivery is due now, the other still waits its turn.
+    due = Delivery.objects.filter(worker_id__isnull=True, next_attempt_at__lte=timezone.now())
+    assert due.count() == 1
+    assert [s.provider_id for s in claim(worker, take=5).sends] == [1]

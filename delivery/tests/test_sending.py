@@ -17,7 +17,15 @@ from standardwebhooks import Webhook
 import delivery.sending
 from delivery import guard
 from delivery.models import Endpoint
-from delivery.sending import post_webhook
+from delivery.sending import close_clients, post_webhook
+
+
+async def post_once(*args: object, **kwargs: object):
+    """post_webhook, its event loop's sessions closed after it (the loop ends with the call)."""
+    try:
+        return await post_webhook(*args, **kwargs)
+    finally:
+        await close_clients()
 
 
 def certificate(tmp_path, name: str) -> tuple[str, str]:
@@ -88,7 +96,7 @@ def test_https_goes_to_the_checked_address_with_the_name_in_sni_host_and_certifi
     trust(monkeypatch, cert)
     secret = Endpoint.generate_secret()
 
-    outcome = async_to_sync(post_webhook)(
+    outcome = async_to_sync(post_once)(
         f"https://hooks.test:{port}/hook", b'{"type":"x"}', secret=secret, webhook_id="7"
     )
 
@@ -107,7 +115,7 @@ def test_a_certificate_for_another_name_is_refused(
     other, _ = certificate(tmp_path, "other.test")
     trust(monkeypatch, other)  # trusts a CA that did not sign hooks.test's certificate
 
-    outcome = async_to_sync(post_webhook)(
+    outcome = async_to_sync(post_once)(
         f"https://hooks.test:{port}/hook", b"{}", secret=Endpoint.generate_secret(), webhook_id="8"
     )
 
@@ -161,6 +169,7 @@ def test_attempts_to_one_name_reuse_its_connection_and_another_name_gets_its_own
             )
             outcomes.append(outcome.succeeded)
         server.close()
+        await close_clients()
         return outcomes
 
     assert async_to_sync(attempts)() == [True] * 4
