@@ -153,10 +153,16 @@ def wait_for_others(db_url: str, since_id: int, hanging: int | None, limit: floa
 def delivery_counts(db_url: str) -> tuple[int, int]:
     """(deliveries delivered, deliveries in flight or due now; retries later are left out)."""
     with common.connect(db_url) as conn:
+        # An earlier version (LEADDIST_APP_DIR) has no worker_id: there, open and due.
+        held = conn.execute(
+            "SELECT count(*) FROM information_schema.columns"
+            " WHERE table_name = 'delivery_delivery' AND column_name = 'worker_id'"
+        ).fetchone()[0]
+        in_flight = "worker_id IS NOT NULL OR " if held else ""
         return conn.execute(
             "SELECT count(*) FILTER (WHERE status = 'delivered'),"
             " count(*) FILTER (WHERE status IN ('pending', 'retrying')"
-            " AND (worker_id IS NOT NULL OR next_attempt_at <= now()))"
+            f" AND ({in_flight}next_attempt_at <= now()))"
             " FROM delivery_delivery"
         ).fetchone()
 
