@@ -35,6 +35,9 @@ class Lead(models.Model):
     name = models.CharField(max_length=120)
     phone = models.CharField(max_length=16, help_text="Normalised: digits, with an optional +.")
     city = models.CharField(max_length=120)
+    # The city as routing compares it (SPEC §2a): normalised, through the staff's aliases, as
+    # resolved under the lock at intake. The waiting queue is per (service, city_key).
+    city_key = models.CharField(max_length=120, blank=True, default="", db_default="")
     description = models.TextField(max_length=2000, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices)
     wait_reason = models.CharField(max_length=32, choices=WaitReason.choices, blank=True)
@@ -57,9 +60,10 @@ class Lead(models.Model):
             ),
         ]
         indexes = [
-            # The waiting queue: "does this service have waiting leads" and the drain's order.
+            # The waiting queue, per service and city: "does a lead of this service and city
+            # wait", "does this service have waiting leads", and the drain's order.
             models.Index(
-                fields=["service", "id"],
+                fields=["service", "city_key", "id"],
                 condition=Q(status="waiting"),
                 name="lead_waiting_queue",
             ),

@@ -6,14 +6,30 @@ walks SPEC §2 itself. Over a sequence of leads at advancing instants they must 
 picks, the cursor and every line of the trace.
 """
 
+import os
 from datetime import UTC, date, datetime, timedelta
+from unittest import mock
 from zoneinfo import ZoneInfo
 
-from hypothesis import given, settings
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from allocation.engine import Candidate, choose_providers
-from providers.routing import Routing, Usage, WeeklyHours, routing_reason, with_usage_day
+from allocation.services import LeadInput, intake_lead
+from providers.models import Membership, PoolCursor, Provider, Service
+from providers.routing import (
+    Routing,
+    Usage,
+    WeeklyHours,
+    format_hours,
+    routing_reason,
+    time_off_to_json,
+    with_usage_day,
+)
+from providers.services import refresh_routing
 
 CITIES = ("oslo", "bergen", "pune")
 ZONES = ("UTC", "Europe/Oslo", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe")
@@ -90,7 +106,7 @@ def reference(mandatory, pool, cursor, providers, city, at, taken):
     return chosen, last, trace[:50]
 
 
-interval = st.tuples(st.integers(0, 1439), st.integers(1, 1440)).filter(lambda ab: ab[0] < ab[1])
+interval = st.integers(0, 1439).flatmap(lambda a: st.tuples(st.just(a), st.integers(a + 1, 1440)))
 
 
 @st.composite
@@ -98,7 +114,9 @@ def providers_with_rules(draw, pid, start):
     hours = draw(
         st.one_of(
             st.none(),
-            st.lists(st.lists(interval, max_size=2), min_size=7, max_size=7).filter(any),
+            st.lists(st.lists(interval, max_size=2), min_size=7, max_size=7).map(
+                lambda week: week if any(week) else [[(480, 1080)], *week[1:]]
+            ),
         )
     )
     time_off = []
@@ -216,3 +234,115 @@ def test_the_reference_counts_caps_in_local_days_across_midnight():
     assert reference_reason(p, "x", datetime(2026, 1, 5, 18, 29, tzinfo=UTC), taken) == "daily_cap"
     assert reference_reason(p, "x", datetime(2026, 1, 5, 18, 30, tzinfo=UTC), taken) is None
     assert date(2026, 1, 5).weekday() == 0
+
+
+# --- The same, stored: the engine's SQL walk (per-city index, bounded reads) and its writes ---
+
+
+@st.composite
+def db_scenarios(draw):
+    start = draw(st.sampled_from(STARTS)) + timedelta(minutes=draw(st.integers(0, 7 * 24 * 60)))
+    n_pool = draw(st.integers(0, 60))
+    n_mandatory = draw(st.integers(0, 3))
+    providers = [draw(providers_with_rules(i, start)) for i in range(n_mandatory + n_pool)]
+    positions = draw(st.lists(st.integers(1, 400), min_size=n_pool, max_size=n_pool, unique=True))
+    cursor = draw(st.one_of(st.none(), st.integers(0, 401)))
+    leads = draw(
+        st.lists(
+            st.tuples(st.sampled_from((*CITIES, "tromsø")), st.integers(0, 30 * 60)),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    return n_mandatory, providers, positions, cursor, start, leads
+
+
+class _Rollback(Exception):
+    pass
+
+
+@pytest.mark.django_db
+@settings(
+    max_examples=int(os.environ.get("ENGINE_DB_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(db_scenarios())
+def test_stored_routed_allocations_match_the_reference(scenario):
+    n_mandatory, specs, positions, cursor, at, leads = scenario
+    clock = {"at": at}
+
+    try:
+        with (
+            transaction.atomic(),
+            mock.patch.object(timezone, "now", side_effect=lambda: clock["at"]),
+        ):
+            service = Service.objects.create(slug="prop", name="Prop")
+            PoolCursor.objects.create(service=service, position=cursor)
+            providers = {}
+            for spec in specs:
+                row = Provider.objects.create(
+                    name=f"P{spec['id']}",
+                    quota=4,
+                    remaining_quota=spec["remaining"],
+                    status="active" if spec["active"] else "paused",
+                    cities=sorted(spec["cities"]),
+                    timezone=spec["tz"],
+                    hours=format_hours(rules_of(spec).hours),
+                    time_off=time_off_to_json(spec["time_off"]),
+                    daily_cap=spec["daily_cap"],
+                    weekly_cap=spec["weekly_cap"],
+                )
+                providers[row.pk] = spec
+                spec["pk"] = row.pk
+            mandatory = [(s["pk"], pos) for pos, s in enumerate(specs[:n_mandatory], start=1)]
+            pool = [(s["pk"], pos) for s, pos in zip(specs[n_mandatory:], positions, strict=True)]
+            Membership.objects.bulk_create(
+                [
+                    Membership(service=service, provider_id=p, role="mandatory", position=pos)
+                    for p, pos in mandatory
+                ]
+                + [
+                    Membership(service=service, provider_id=p, role="pool", position=pos)
+                    for p, pos in pool
+                ]
+            )
+            refresh_routing(provider_ids=list(providers), now=clock["at"])
+            taken = {pid: [] for pid in providers}
+            ref_cursor = cursor
+            waiting_cities = set()
+
+            for n, (city, minutes_later) in enumerate(leads):
+                clock["at"] += timedelta(minutes=minutes_later)
+                refresh_routing(now=clock["at"])  # the transition refresh, on time
+                intake = intake_lead(
+                    LeadInput(service_id=service.pk, name="x", phone=f"+1555{n:07d}", city=city)
+                )
+                expected, ref_cursor, ref_trace = reference(
+                    mandatory, pool, ref_cursor, providers, city, clock["at"], taken
+                )
+                if city in waiting_cities:
+                    expected, ref_trace = None, []  # queued behind its city's waiting lead
+                got = [p.id for p in intake.providers]
+                event(intake.lead.status)
+                for entry in intake.lead.trace:
+                    event(entry.get("reason") or entry["outcome"])
+
+                assert got == (expected or [])
+                assert intake.lead.status == ("allocated" if expected else "waiting")
+                if expected is not None or city not in waiting_cities:
+                    trace = [
+                        (e["provider_id"], e["role"], e["outcome"], e.get("reason"))
+                        for e in intake.lead.trace
+                    ]
+                    assert trace == ref_trace
+                if expected is None:
+                    ref_cursor = PoolCursor.objects.get(service=service).position
+                    waiting_cities.add(city)
+                assert PoolCursor.objects.get(service=service).position == ref_cursor
+                for pid in got:
+                    providers[pid]["remaining"] -= 1
+                    taken[pid].append(clock["at"])
+            raise _Rollback
+    except _Rollback:
+        pass
