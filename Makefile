@@ -10,7 +10,7 @@ DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 DELIVERY_CONCURRENCY ?= 20
 # Delivery jobs are inserted without NOTIFY (docs/DELIVERY.md): their workers ask this often.
 DELIVERY_POLL_SECONDS ?= 0.5
-DRAIN_WORKER := --queues drains,default --concurrency 1 --shutdown-graceful-timeout 25
+DRAIN_WORKER := --queues drains,routing,default --concurrency 1 --shutdown-graceful-timeout 25
 DELIVERY_WORKER := --queues deliveries --concurrency $(DELIVERY_CONCURRENCY) \
 	--fetch-job-polling-interval $(DELIVERY_POLL_SECONDS) --shutdown-graceful-timeout 25
 

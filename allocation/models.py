@@ -17,6 +17,9 @@ class LeadQuerySet(models.QuerySet["Lead"]):
     def allocated(self) -> LeadQuerySet:
         return self.filter(status=Lead.Status.ALLOCATED)
 
+    def expired(self) -> LeadQuerySet:
+        return self.filter(status=Lead.Status.EXPIRED)
+
     def for_service(self, service_id: int) -> LeadQuerySet:
         return self.filter(service_id=service_id)
 
@@ -25,6 +28,8 @@ class Lead(models.Model):
     class Status(models.TextChoices):
         WAITING = "waiting", "Waiting"
         ALLOCATED = "allocated", "Allocated"
+        # Waited longer than LEAD_MAX_WAIT (SPEC §2a): never allocated after that.
+        EXPIRED = "expired", "Expired"
 
     class WaitReason(models.TextChoices):
         NONE = "", "—"
@@ -45,6 +50,7 @@ class Lead(models.Model):
     trace = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     allocated_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
 
     objects = LeadQuerySet.as_manager()
 
@@ -55,7 +61,7 @@ class Lead(models.Model):
                 fields=["phone", "service"], name="allocation_lead_unique_phone_per_service"
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["waiting", "allocated"]),
+                condition=Q(status__in=["waiting", "allocated", "expired"]),
                 name="allocation_lead_status_valid",
             ),
         ]

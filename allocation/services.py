@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from django.conf import settings
@@ -937,3 +937,55 @@ def allocate_waiting_leads(*, deadline: float | None = None) -> int:
                 heapq.heappush(heads, (behind, service_id, city_key))
         if not progressed:
             return allocated
+
+
+# Expire the waiting leads of one service that arrived before the cutoff, and announce each.
+# Run under the service's cursor lock: the drain, the only other writer of waiting leads, holds
+# it too, so a lead is either allocated or expired, never both.
+EXPIRE_SQL = """
+WITH expired AS (
+    UPDATE allocation_lead
+       SET status = 'expired', wait_reason = '', expired_at = %(now)s
+     WHERE service_id = %(service)s AND status = 'waiting' AND created_at < %(cutoff)s
+    RETURNING id
+),
+event AS (
+    INSERT INTO events_event (type, data, created_at)
+    SELECT 'lead.expired', jsonb_build_object('lead_id', id, 'service_id', %(service)s), %(now)s
+      FROM expired
+)
+SELECT count(*) FROM expired
+"""
+
+
+def expire_waiting_leads(*, now: datetime | None = None) -> int:
+    """Mark every lead that has waited longer than LEAD_MAX_WAIT ``expired``; return how many.
+
+    One transaction per service, under its cursor lock. An expired lead is never allocated:
+    the engine allocates only waiting leads. The leads queued behind an expired one are drained
+    by the caller (allocation.tasks), since they may now go through.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.LEAD_MAX_WAIT)
+    service_ids = sorted(
+        set(
+            Lead.objects.waiting()
+            .filter(created_at__lt=cutoff)
+            .values_list("service_id", flat=True)
+        )
+    )
+    expired = 0
+    for service_id in service_ids:
+        with transaction.atomic():
+            _lock_cursor(service_id)
+            with connection.cursor() as db:
+                db.execute(EXPIRE_SQL, {"service": service_id, "cutoff": cutoff, "now": now})
+                count = db.fetchone()[0]
+            if count:
+                announce_after_commit()
+            expired += count
+    if expired:
+        logger.info(
+            "expired %d lead(s) that waited longer than %ss", expired, settings.LEAD_MAX_WAIT
+        )
+    return expired

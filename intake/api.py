@@ -55,7 +55,7 @@ class ProviderOut(Schema):
 
 class LeadOut(Schema):
     id: int
-    status: Literal["allocated", "waiting"]
+    status: Literal["allocated", "waiting", "expired"]
     service: ServiceOut
     providers: list[ProviderOut]
     created_at: datetime
@@ -255,17 +255,31 @@ class TraceEntryOut(Schema):
     provider_id: int
     role: Literal["mandatory", "pool"]
     outcome: Literal["selected", "skipped"]
-    reason: Literal["no_quota", "paused", "already_selected"] | None
+    reason: (
+        Literal[
+            "paused",
+            "no_quota",
+            "out_of_area",
+            "time_off",
+            "off_hours",
+            "weekly_cap",
+            "daily_cap",
+            "already_selected",
+        ]
+        | None
+    )
 
 
 class LeadItemOut(LeadOut):
     name: str
     phone: str
     city: str
+    city_key: str
     description: str
     source: str
     wait_reason: Literal["not_enough_providers", "queued"] | None
     allocated_at: datetime | None
+    expired_at: datetime | None
 
 
 class DeliveryOut(Schema):
@@ -357,7 +371,7 @@ def list_leads(
     limit: int = LIMIT,
     offset: int = OFFSET,
     service: str | None = Query(None, min_length=1, description="A service id or slug."),
-    status: Literal["allocated", "waiting"] | None = Query(None),
+    status: Literal["allocated", "waiting", "expired"] | None = Query(None),
     provider: int | None = Query(None, ge=1, le=MAX_BIGINT, description="A provider id."),
 ) -> HttpResponse | dict[str, Any]:
     try:

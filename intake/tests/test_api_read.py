@@ -63,10 +63,12 @@ def test_lead_list_is_newest_first_with_the_count_and_every_field(client, seeded
         "name": "Customer 1",
         "phone": "+15550000001",
         "city": "Springfield",
+        "city_key": "springfield",
         "description": "call after 5",
         "source": "test",
         "wait_reason": None,
         "allocated_at": iso(Lead.objects.get(pk=first.pk).allocated_at),
+        "expired_at": None,
     }
 
 

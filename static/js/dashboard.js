@@ -28,6 +28,7 @@
   var EVENT_TYPES = [
     "lead.allocated",
     "lead.waiting",
+    "lead.expired",
     "quota.reset",
     "provider.updated",
     "delivery.updated",
@@ -221,7 +222,7 @@
         pending.providers[id] = true;
       });
       pending.events[seq] = true;
-    } else if (event.type === "lead.waiting") {
+    } else if (event.type === "lead.waiting" || event.type === "lead.expired") {
       pending.events[seq] = true;
     } else if (event.type === "quota.reset") {
       if (Array.isArray(data.provider_ids)) {
