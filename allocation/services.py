@@ -82,6 +82,8 @@ DUPLICATE_CONSTRAINT = "allocation_lead_unique_phone_per_service"
 # Eligible pool candidates read beyond the slots still open, on the first attempt. Each retry
 # caused by a stolen candidate doubles it.
 INITIAL_SLACK = 3
+# Larger than any membership position (a PostgreSQL integer).
+MAX_POSITION = 2**31 - 1
 
 
 class Busy(Exception):
@@ -235,26 +237,31 @@ locked AS MATERIALIZED (
      ORDER BY p.id
        FOR UPDATE
 ),
--- Where the trace's window ends: the last eligible row read, or the end of the walk (lap 2)
--- when the read found fewer than it asked for, and so every eligible one.
+-- Where the trace's window ends, as an upper position for each lap (index conditions, so that
+-- no scan runs past it): up to the last eligible row read, or to the end of the walk when the
+-- read found fewer than it asked for, and so every eligible one.
 bound AS (
-    SELECT CASE WHEN (SELECT count(*) FROM eligible) < %(wanted)s THEN 2 ELSE e.lap END AS lap,
-           e.position
-      FROM (SELECT lap, position FROM eligible ORDER BY lap DESC, position DESC LIMIT 1) AS e
-    UNION ALL
-    SELECT 2, 0 WHERE NOT EXISTS (SELECT FROM eligible)
+    SELECT CASE WHEN last.lap > 0 OR NOT f.got_all THEN %(max_position)s ELSE last.position END
+               AS lap0,
+           CASE WHEN NOT f.got_all THEN %(cursor)s
+                WHEN last.lap = 1 THEN LEAST(last.position, %(cursor)s)
+                ELSE -1 END
+               AS lap1
+      FROM (SELECT (SELECT count(*) FROM eligible) >= %(wanted)s AS got_all) AS f
+      LEFT JOIN LATERAL (SELECT lap, position FROM eligible
+                          ORDER BY lap DESC, position DESC LIMIT 1) AS last ON true
 ),
 seen AS (
     (SELECT m.provider_id, m.position, p.name, p.status, p.remaining_quota, p.cycle, {routing}
-       FROM bound b, providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+       FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
       WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.position > %(cursor)s
-        AND (b.lap > 0 OR m.position <= b.position)
+        AND m.position <= (SELECT lap0 FROM bound)
       ORDER BY m.position LIMIT %(seen)s)
     UNION ALL
     (SELECT m.provider_id, m.position, p.name, p.status, p.remaining_quota, p.cycle, {routing}
-       FROM bound b, providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-      WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.position <= %(cursor)s
-        AND (b.lap > 1 OR (b.lap = 1 AND m.position <= b.position))
+       FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
+      WHERE m.service_id = %(service)s AND m.role = 'pool'
+        AND m.position <= (SELECT lap1 FROM bound)
       ORDER BY m.position LIMIT %(seen)s)
 )
 SELECT 'mandatory', m.provider_id, m.position, l.name, l.status, l.remaining_quota, l.cycle,
@@ -392,6 +399,7 @@ def _read_candidates(
         "wanted": wanted,
         "seen": TRACE_LIMIT,
         "intake": intake,
+        "max_position": MAX_POSITION,
     }
     found: dict[str, list[tuple]] = {
         kind: [] for kind in ("unavailable", "queued", "key", "mandatory", "eligible", "seen")

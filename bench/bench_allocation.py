@@ -58,6 +58,19 @@ def time_leads(
     return timings
 
 
+def interleaved(
+    first: int, second: int, count: int, phone_base: int, cities: list[str]
+) -> tuple[list[float], list[float]]:
+    """Leads of two services one after the other, ``count`` of each: on a shared, noisy machine
+    both see the same load, so the ratio of their medians is steadier than between two runs."""
+    a: list[float] = []
+    b: list[float] = []
+    for n in range(count):
+        a += time_leads(first, 1, phone_base + 2 * n)
+        b += time_leads(second, 1, phone_base + 2 * n + 1, [cities[n % len(cities)]])
+    return a, b
+
+
 def build_big_pool(exhausted_share: float) -> int:
     """A service with 1 mandatory provider and a pool of BIG_POOL providers.
 
@@ -117,7 +130,7 @@ def build_routed_pool() -> int:
                  created_at, cities, hours, timezone, routing_changes_at)
             SELECT 'Routed ' || g, 1000000, 1000000, 'active', 1, 0, 0, now(),
                    ARRAY(SELECT 'city ' || ((g * 7 + k * 20) %% 100) FROM generate_series(0, 4) k),
-                   (%s::text[])[1 + g %% 5], (%s::text[])[1 + g %% 5], now()
+                   (%s::text[])[1 + (g / 100) %% 5], (%s::text[])[1 + (g / 100) %% 5], now()
             FROM generate_series(1, %s) g
             RETURNING id
             """,
@@ -148,7 +161,13 @@ def explain(service_id: int) -> None:
     an index scan with a bounded number of rows (docs/PERFORMANCE.md)."""
     from django.db import transaction
 
-    from allocation.services import CANDIDATES_SQL, INITIAL_SLACK, SLOTS, TRACE_LIMIT
+    from allocation.services import (
+        CANDIDATES_SQL,
+        INITIAL_SLACK,
+        MAX_POSITION,
+        SLOTS,
+        TRACE_LIMIT,
+    )
 
     cursor_position = PoolCursor.objects.get(service_id=service_id).position
     params = {
@@ -159,6 +178,7 @@ def explain(service_id: int) -> None:
         "wanted": SLOTS + INITIAL_SLACK,
         "seen": TRACE_LIMIT,
         "intake": True,
+        "max_position": MAX_POSITION,
     }
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + CANDIDATES_SQL, params)
@@ -229,7 +249,12 @@ def main() -> None:
             time_leads(routed, args.leads, 70_000_000, CITIES),
             base,
         )
+        seed_again, routed_again = interleaved(1, routed, args.leads, 80_000_000, CITIES)
+        pair = summary("interleaved: seed catalogue, service 1", seed_again, None)
+        summary("interleaved: pool of 10,000, 5 of 100 cities, with hours", routed_again, pair)
         if args.explain:
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")
             explain(routed)
         summary("seed catalogue again (drift check)", time_leads(2, args.leads, 60_000_000), base)
         url = common.database_url(connection.settings_dict["NAME"], common.base_database_url())

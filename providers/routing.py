@@ -408,3 +408,16 @@ def next_change(
 def with_usage_day(rules: Routing, usage: Usage, at: datetime) -> Usage:
     """The usage after one lead taken at ``at``, counted in the provider's local day."""
     return usage.plus_one(local_time(rules, at).date())
+
+
+def open_again_at(rules: Routing, usage: Usage, at: datetime) -> datetime | None:
+    """The first instant after ``at`` at which the time rules let the provider take leads again
+    (if nothing else changes meanwhile); None if they do now, or never within the horizon."""
+    if time_reason(rules, usage, at) is None:
+        return None
+    instant = at
+    for _ in range(16):  # each step passes one change: time off, then hours, then a cap...
+        instant = next_change(rules, usage, instant)
+        if instant is None or time_reason(rules, usage, instant) is None:
+            return instant
+    return None
