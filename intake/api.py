@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from ninja import Query, Router, Schema
 
 from allocation.models import Lead
@@ -34,7 +35,7 @@ from leaddist.http.json_body import parse_json_body
 from leaddist.http.metrics import count_lead
 from leaddist.http.ratelimit import RateLimited, client_ip
 from providers.models import Provider, Service
-from providers.selectors import provider_list, service_list
+from providers.selectors import provider_list, provider_routing, service_list
 
 router = Router(auth=ApiKeyOrStaffSession(), tags=["leads"])
 
@@ -302,6 +303,17 @@ class LeadListOut(Schema):
     count: int
 
 
+class RoutingOut(Schema):
+    cities: list[str]
+    timezone: str
+    hours: str
+    time_off: list[list[str]]
+    daily_cap: int | None
+    weekly_cap: int | None
+    leads_today: int
+    leads_this_week: int
+
+
 class ProviderItemOut(Schema):
     id: int
     name: str
@@ -311,6 +323,12 @@ class ProviderItemOut(Schema):
     cycle: int
     leads_this_cycle: int
     leads_total: int
+    routing: RoutingOut
+    eligible_now: bool
+    not_eligible_reason: (
+        Literal["paused", "no_quota", "time_off", "off_hours", "weekly_cap", "daily_cap"] | None
+    )
+    eligible_again_at: datetime | None
 
 
 class ProviderListOut(Schema):
@@ -429,7 +447,46 @@ def _page(
 def list_providers(
     request: HttpRequest, limit: int = LIMIT, offset: int = OFFSET
 ) -> HttpResponse | dict[str, Any]:
-    return _page(request, provider_list, limit=limit, offset=offset)
+    page = _page(request, provider_list, limit=limit, offset=offset)
+    if isinstance(page, dict):
+        now = timezone.now()
+        page["items"] = [_provider_item(provider, now) for provider in page["items"]]
+    return page
+
+
+def _provider_item(provider: Provider, now: datetime) -> dict[str, Any]:
+    return {
+        "id": provider.pk,
+        "name": provider.name,
+        "status": provider.status,
+        "quota": provider.quota,
+        "remaining_quota": provider.remaining_quota,
+        "cycle": provider.cycle,
+        "leads_this_cycle": provider.leads_this_cycle,
+        "leads_total": provider.leads_total,
+    } | provider_routing(provider, now)
+
+
+@router.get(
+    "/providers/{int:provider_id}",
+    response={200: ProviderItemOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
+    operation_id="get_provider",
+    summary="A provider, its routing rules, and whether it can take a lead now",
+    description="`eligible_now` leaves the area out (it depends on the lead's city). When it is "
+    "false, `not_eligible_reason` says why and `eligible_again_at` when the time rules let the "
+    "provider take leads again (null: not by time alone, e.g. paused or out of quota).",
+)
+def get_provider(request: HttpRequest, provider_id: int) -> HttpResponse | dict[str, Any]:
+    try:
+        _reject_unknown_params(request)
+    except Rejected as rejected:
+        return rejected.response()
+    provider = (
+        Provider.objects.filter(pk=provider_id).first() if provider_id <= MAX_BIGINT else None
+    )
+    if provider is None:
+        return error_response(404, "not_found", f"No provider with id {provider_id}.")
+    return _provider_item(provider, timezone.now())
 
 
 @router.get(
