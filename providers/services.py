@@ -690,6 +690,18 @@ def clean_routing(
     )
 
 
+def routing_values(rules: RoutingRules) -> dict[str, Any]:
+    """The provider columns these rules are stored in."""
+    return {
+        "cities": rules.cities,
+        "timezone": rules.timezone,
+        "hours": rules.hours,
+        "time_off": time_off_to_json(rules.time_off),
+        "daily_cap": rules.daily_cap,
+        "weekly_cap": rules.weekly_cap,
+    }
+
+
 def set_routing(
     provider: Provider,
     rules: RoutingRules,
@@ -706,14 +718,7 @@ def set_routing(
     time off changed may all let some through.
     """
     now = now or timezone.now()
-    values = {
-        "cities": rules.cities,
-        "timezone": rules.timezone,
-        "hours": rules.hours,
-        "time_off": time_off_to_json(rules.time_off),
-        "daily_cap": rules.daily_cap,
-        "weekly_cap": rules.weekly_cap,
-    }
+    values = routing_values(rules)
     with transaction.atomic():
         service_ids, locked = _lock_provider(provider.pk)
         _check_version(f"Provider “{locked.name}”", locked, expected_version, values)
