@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import (
     DEFAULT_DB_ALIAS,
     IntegrityError,
@@ -55,8 +56,8 @@ from allocation.models import Lead
 from events.services import announce_after_commit
 from leaddist.http.db import MAX_BIGINT, connection_lost, recover
 from leaddist.http.metrics import ALLOCATION_SECONDS
-from providers.locks import lock_cursors
-from providers.models import PoolCursor, Provider, Service
+from providers.locks import lock_cursors, lock_providers
+from providers.models import CityAlias, PoolCursor, Provider, Service
 from providers.routing import (
     OFF_HOURS,
     TIME_REASONS,
@@ -71,6 +72,7 @@ from providers.routing import (
     with_usage_day,
 )
 from providers.services import refresh_routing
+from providers.signals import capacity_added
 
 logger = logging.getLogger(__name__)
 
@@ -997,3 +999,49 @@ def expire_waiting_leads(*, now: datetime | None = None) -> int:
             "expired %d lead(s) that waited longer than %ss", expired, settings.LEAD_MAX_WAIT
         )
     return expired
+
+
+def add_city_alias(alias: str, city: str) -> CityAlias:
+    """Declare that ``alias`` names ``city`` (SPEC §2a), and apply it to what is stored.
+
+    Both are normalised; a city that is itself an alias resolves to its canonical name, and an
+    alias may not be a canonical city of other aliases (no chains). In one transaction, under
+    every service's cursor lock (a city may be served and awaited anywhere): the providers that
+    list the alias get the canonical city instead (their pool rows follow, by trigger), and the
+    leads waiting under the alias join the canonical city's queue, in their order of arrival.
+    Their services are drained after the commit. ValidationError says what is wrong.
+    """
+    alias_key, city_key = normalise_city(alias), normalise_city(city)
+    errors: dict[str, list[str]] = {}
+    if not alias_key:
+        errors["alias"] = ["An alias needs a name."]
+    if not city_key:
+        errors["city"] = ["The city needs a name."]
+    with transaction.atomic():
+        service_ids = list(Service.objects.order_by("pk").values_list("pk", flat=True))
+        lock_cursors(service_ids)
+        city_key = (
+            CityAlias.objects.filter(alias=city_key).values_list("city", flat=True).first()
+            or city_key
+        )
+        if alias_key and alias_key == city_key:
+            errors.setdefault("alias", []).append("A city is not an alias of itself.")
+        if CityAlias.objects.filter(city=alias_key).exists():
+            errors.setdefault("alias", []).append(
+                f"“{alias_key}” is the canonical name of other aliases; alias those to "
+                f"“{city_key}” instead."
+            )
+        if errors:
+            raise ValidationError(errors)
+        saved, _ = CityAlias.objects.update_or_create(alias=alias_key, defaults={"city": city_key})
+        listing = Provider.objects.filter(cities__contains=[alias_key]).values_list("pk", flat=True)
+        for provider in lock_providers(listing).values():
+            cities = [city_key if c == alias_key else c for c in provider.cities]
+            Provider.objects.filter(pk=provider.pk).update(cities=list(dict.fromkeys(cities)))
+        Lead.objects.waiting().filter(city_key=alias_key).update(city_key=city_key)
+
+        def drain() -> None:
+            capacity_added.send(sender=CityAlias, service_ids=service_ids)
+
+        transaction.on_commit(drain, robust=True)
+    return saved

@@ -3,10 +3,16 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from allocation.models import Lead
-from allocation.services import LeadInput, allocate_waiting_leads, intake_lead
+from allocation.services import (
+    LeadInput,
+    add_city_alias,
+    allocate_waiting_leads,
+    intake_lead,
+)
 from providers.models import CityAlias, PoolCity, Provider
 from providers.routing import parse_date_range
 from providers.services import clean_routing, pause_provider, refresh_routing, set_routing
@@ -233,3 +239,47 @@ def test_an_area_added_drains_the_citys_waiting_leads_in_order(seeded, clock):
     assert first.lead.status == Lead.Status.ALLOCATED
     assert second.lead.status == Lead.Status.ALLOCATED
     assert first.lead.allocated_at == MONDAY_10
+
+
+def test_an_alias_added_joins_the_providers_and_the_waiting_leads_of_both_names(
+    seeded, clock, django_capture_on_commit_callbacks
+):
+    route(2, cities=["Bangalore"])
+    route(3, cities=["Bengaluru", "Mysuru"])
+    route(4, cities=["Bengaluru"])
+    waiting = lead(city="Bangalore")
+    assert waiting.lead.status == Lead.Status.WAITING
+
+    with django_capture_on_commit_callbacks(execute=True):
+        add_city_alias(" BANGALORE ", "Bengaluru")
+
+    waiting.lead.refresh_from_db()
+    assert Provider.objects.get(pk=2).cities == ["bengaluru"]
+    assert waiting.lead.city_key == "bengaluru"
+    assert waiting.lead.status == Lead.Status.ALLOCATED
+    assert CityAlias.objects.get().city == "bengaluru"
+
+
+def test_aliases_refuse_chains_and_themselves(seeded):
+    add_city_alias("Bombay", "Mumbai")
+
+    with pytest.raises(ValidationError, match="itself"):
+        add_city_alias("Mumbai", "mumbai ")
+    with pytest.raises(ValidationError, match="canonical name"):
+        add_city_alias("Mumbai", "Bom")
+    assert add_city_alias("Bambai", "Bombay").city == "mumbai"  # through the alias
+
+
+def test_staff_manage_city_aliases_in_the_admin(admin_client, seeded):
+    from django.urls import reverse
+
+    add_url = reverse("admin:providers_cityalias_add")
+
+    saved = admin_client.post(add_url, {"alias": "Bangalore", "city": " Bengaluru"})
+    refused = admin_client.post(add_url, {"alias": "bengaluru", "city": "Pune"})
+
+    assert saved.status_code == 302
+    assert list(CityAlias.objects.values_list("alias", "city")) == [("bangalore", "bengaluru")]
+    assert refused.status_code == 200
+    assert "canonical name of other aliases" in refused.content.decode()
+    assert admin_client.get(reverse("admin:providers_cityalias_changelist")).status_code == 200
