@@ -184,10 +184,11 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
 # - those providers, locked FOR UPDATE in primary-key order (``locked``), so services sharing
 #   providers can neither oversell a quota nor deadlock each other; their state as locked;
 # - for the trace, the pool memberships the walk passes up to the last eligible one read (at
-#   most ``seen`` per lap), with their providers' state, unlocked: whatever kept them out of the
-#   eligible rows (paused, no quota, another city, closed by their time rules) cannot be
-#   lifted while we hold the cursor, since everything that adds capacity takes the cursors of
-#   the provider's services first.
+#   most ``seen`` per lap) that are not both eligible and everywhere (partial index
+#   membership_skippable_walk: empty in a catalogue without routing rules), with their
+#   providers' state, unlocked: whatever kept them out of the eligible rows (paused, no quota,
+#   another city, closed by their time rules) cannot be lifted while we hold the cursor, since
+#   everything that adds capacity takes the cursors of the provider's services first.
 CANDIDATES_SQL = """
 WITH
 key AS (
@@ -258,12 +259,14 @@ seen AS (
        FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
       WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.position > %(cursor)s
         AND m.position <= (SELECT lap0 FROM bound)
+        AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
       ORDER BY m.position LIMIT %(seen)s)
     UNION ALL
     (SELECT m.provider_id, m.position, p.name, p.status, p.remaining_quota, p.cycle, {routing}
        FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
       WHERE m.service_id = %(service)s AND m.role = 'pool'
         AND m.position <= (SELECT lap1 FROM bound)
+        AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
       ORDER BY m.position LIMIT %(seen)s)
 )
 SELECT 'mandatory', m.provider_id, m.position, l.name, l.status, l.remaining_quota, l.cycle,

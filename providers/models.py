@@ -183,6 +183,11 @@ class Membership(models.Model):
     # providers 0002). It lets the engine find the next eligible pool providers through a
     # partial index, so the work per lead does not grow with the pool or with exhaustion.
     provider_eligible = models.BooleanField(default=True, editable=False)
+    # Mirror of "provider serves every city" (no cities listed), kept by the same triggers
+    # (migration providers 0007). The trace's walk reads only the memberships that are not
+    # both eligible and everywhere (membership_skippable_walk): none in a catalogue without
+    # routing rules, so its cost there is what it was before them.
+    provider_everywhere = models.BooleanField(default=True, editable=False)
     # Counts edits of service, provider, role and position; not of provider_eligible.
     version = version_field()
 
@@ -219,6 +224,12 @@ class Membership(models.Model):
                 fields=["service", "role", "position"],
                 condition=Q(provider_eligible=False),
                 name="membership_ineligible_walk",
+            ),
+            # The memberships a lead's walk may skip: ineligible, or serving some cities only.
+            models.Index(
+                fields=["service", "role", "position"],
+                condition=Q(provider_eligible=False) | Q(provider_everywhere=False),
+                name="membership_skippable_walk",
             ),
         ]
 

@@ -13,7 +13,7 @@ from allocation.services import (
     allocate_waiting_leads,
     intake_lead,
 )
-from providers.models import CityAlias, PoolCity, Provider
+from providers.models import CityAlias, Membership, PoolCity, Provider
 from providers.routing import parse_date_range
 from providers.services import clean_routing, pause_provider, refresh_routing, set_routing
 
@@ -106,8 +106,17 @@ def test_pool_city_rows_follow_cities_memberships_and_eligibility(seeded, clock)
             )
         )
 
+    def everywhere(provider_id):
+        return set(
+            Membership.objects.filter(provider_id=provider_id).values_list(
+                "provider_everywhere", flat=True
+            )
+        )
+
     assert rows(2) == [(1, "", True), (3, "", True)]
+    assert everywhere(2) == {True}
     route(2, cities=["Oslo", "Bergen"])
+    assert everywhere(2) == {False}
     assert rows(2) == [
         (1, "bergen", True),
         (1, "oslo", True),
@@ -123,6 +132,7 @@ def test_pool_city_rows_follow_cities_memberships_and_eligibility(seeded, clock)
     ]
     route(2, cities=[])
     assert rows(2) == [(1, "", False), (3, "", False)]
+    assert everywhere(2) == {True}
     assert rows(1) == []  # mandatory memberships walk no pool
 
 
