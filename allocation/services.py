@@ -240,9 +240,6 @@ locked AS MATERIALIZED (
      ORDER BY p.id
        FOR UPDATE
 ),
--- Where the trace's window ends, as an upper position for each lap (index conditions, so that
--- no scan runs past it): up to the last eligible row read, or to the end of the walk when the
--- read found fewer than it asked for, and so every eligible one.
 bound AS (
     SELECT CASE WHEN last.lap > 0 OR NOT f.got_all THEN %(max_position)s ELSE last.position END
                AS lap0,
@@ -255,37 +252,28 @@ bound AS (
                           ORDER BY lap DESC, position DESC LIMIT 1) AS last ON true
 ),
 seen AS (
-    (SELECT m.provider_id, m.position, p.name, p.status, p.remaining_quota, p.cycle, {routing}
-       FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-      WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.position > %(cursor)s
-        AND m.position <= (SELECT lap0 FROM bound)
-        AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
-      ORDER BY m.position LIMIT %(seen)s)
-    UNION ALL
-    (SELECT m.provider_id, m.position, p.name, p.status, p.remaining_quota, p.cycle, {routing}
-       FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-      WHERE m.service_id = %(service)s AND m.role = 'pool'
-        AND m.position <= (SELECT lap1 FROM bound)
-        AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
-      ORDER BY m.position LIMIT %(seen)s)
+    SELECT w.position, p.id, p.name, p.status, p.remaining_quota, p.cycle, {routing}
+      FROM ((SELECT m.provider_id, m.position FROM providers_membership m
+              WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.position > %(cursor)s
+                AND m.position <= (SELECT lap0 FROM bound)
+                AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
+              ORDER BY m.position LIMIT %(seen)s)
+            UNION ALL
+            (SELECT m.provider_id, m.position FROM providers_membership m
+              WHERE m.service_id = %(service)s AND m.role = 'pool'
+                AND m.position <= (SELECT lap1 FROM bound)
+                AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
+              ORDER BY m.position LIMIT %(seen)s)) AS w
+      JOIN providers_provider p ON p.id = w.provider_id
 )
-SELECT 'mandatory', m.provider_id, m.position, l.name, l.status, l.remaining_quota, l.cycle,
-       {routing_l}
-  FROM mandatory m JOIN locked l ON l.id = m.provider_id
+SELECT 'mandatory', m.position, l.* FROM mandatory m JOIN locked l ON l.id = m.provider_id
 UNION ALL
-SELECT 'eligible', e.provider_id, e.position, l.name, l.status, l.remaining_quota, l.cycle,
-       {routing_l}
-  FROM eligible e JOIN locked l ON l.id = e.provider_id
+SELECT 'eligible', e.position, l.* FROM eligible e JOIN locked l ON l.id = e.provider_id
 UNION ALL
-SELECT 'seen', s.provider_id, s.position, s.name, s.status, s.remaining_quota, s.cycle,
-       {routing_s}
-  FROM seen s
+SELECT 'seen', s.* FROM seen s
 UNION ALL
-SELECT 'unavailable', 0, 0, '', '', 0, 0, {nulls} FROM blocked WHERE NOT active
-UNION ALL
-SELECT 'queued', 0, 0, '', '', 0, 0, {nulls} FROM blocked WHERE queued
-UNION ALL
-SELECT 'key', 0, 0, city, '', 0, 0, {nulls} FROM key
+SELECT 'key', 0, 0, k.city, CASE WHEN b.active THEN '' ELSE 'unavailable' END, b.queued::int, 0,
+       {nulls} FROM key k, blocked b
 """
 # The provider columns the routing rules need, in this order (LockedProvider.of reads them).
 ROUTING_COLUMNS = (
@@ -303,12 +291,18 @@ ROUTING_COLUMNS = (
     "routing_reason",
     "routing_changes_at",
 )
+# ``bound``: where the trace's window ends, as an upper position for each lap (index conditions,
+# so that no scan runs past it): up to the last eligible row read, or to the end of the walk
+# when the read found fewer than it asked for, and so every eligible one.
+#
+# The statement is sent with its whitespace collapsed: psycopg keeps its parsed form of a
+# statement only up to 4,096 characters (MAX_CACHED_STATEMENT_LENGTH), and parsing a longer one
+# for every lead cost intake a third more CPU per lead.
 CANDIDATES_SQL = CANDIDATES_SQL.format(
     routing=", ".join(f"p.{c}" for c in ROUTING_COLUMNS),
-    routing_l=", ".join(f"l.{c}" for c in ROUTING_COLUMNS),
-    routing_s=", ".join(f"s.{c}" for c in ROUTING_COLUMNS),
     nulls=", ".join("NULL" for _ in ROUTING_COLUMNS),
 )
+CANDIDATES_SQL = " ".join(CANDIDATES_SQL.split())  # it has no comments or quoted spaces
 
 _NO_RULES: dict[str, Routing] = {}
 
@@ -406,21 +400,22 @@ def _read_candidates(
         "intake": intake,
         "max_position": MAX_POSITION,
     }
-    found: dict[str, list[tuple]] = {
-        kind: [] for kind in ("unavailable", "queued", "key", "mandatory", "eligible", "seen")
-    }
+    found: dict[str, list[tuple]] = {kind: [] for kind in ("key", "mandatory", "eligible", "seen")}
     with connection.cursor() as db:
         db.execute(CANDIDATES_SQL, params)
-        for kind, *row in db.fetchall():
-            found[kind].append(tuple(row))
+        # Each row: kind, position, provider id, then the provider's columns (LockedProvider).
+        for kind, position, pid, *rest in db.fetchall():
+            found[kind].append((pid, position, *rest))
     locked = {
         row[0]: LockedProvider.of(row[0], row[2:]) for row in found["mandatory"] + found["eligible"]
     }
     unlocked = {row[0]: LockedProvider.of(row[0], row[2:]) for row in found["seen"]}
+    # The one 'key' row: the lead's canonical city, the service unavailable, a lead ahead.
+    _, _, city_key, unavailable, queued, *_ = found["key"][0]
     return Candidates(
-        unavailable=bool(found["unavailable"]),
-        queued=bool(found["queued"]),
-        city_key=found["key"][0][2] if found["key"] else city,
+        unavailable=bool(unavailable),
+        queued=bool(queued),
+        city_key=city_key,
         mandatory=sorted(((row[0], row[1]) for row in found["mandatory"]), key=lambda r: r[1]),
         eligible=sorted(
             ((row[0], row[1]) for row in found["eligible"]),
