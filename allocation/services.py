@@ -60,6 +60,7 @@ from providers.locks import lock_cursors, lock_providers
 from providers.models import CityAlias, PoolCursor, Provider, Service
 from providers.routing import (
     OFF_HOURS,
+    OUT_OF_AREA,
     TIME_REASONS,
     Routing,
     Usage,
@@ -374,7 +375,7 @@ class Candidates:
     eligible: list[tuple[int, int]]  # the first ``wanted`` eligible in walk order
     seen: list[tuple[int, int]]  # the pool the walk passes up to the last eligible read
     locked: dict[int, LockedProvider]
-    unlocked: dict[int, LockedProvider]  # the state of the ``seen`` ones, as read
+    unlocked: dict[int, tuple]  # the ``seen`` ones' rows as read (LockedProvider.of's input)
 
 
 def _read_candidates(
@@ -409,7 +410,7 @@ def _read_candidates(
     locked = {
         row[0]: LockedProvider.of(row[0], row[2:]) for row in found["mandatory"] + found["eligible"]
     }
-    unlocked = {row[0]: LockedProvider.of(row[0], row[2:]) for row in found["seen"]}
+    unlocked = {row[0]: row[2:] for row in found["seen"]}
     # The one 'key' row: the lead's canonical city, the service unavailable, a lead ahead.
     _, _, city_key, unavailable, queued, *_ = found["key"][0]
     return Candidates(
@@ -490,7 +491,8 @@ def _decide(
     if found.queued:
         return Decided(choose_providers([], [], cursor=cursor, queued=True), {}, found.city_key)
     covers_all_eligible = len(found.eligible) < wanted
-    key = found.city_key or None
+    # '' (a lead whose city is blank once normalised) is served only by those serving everywhere.
+    key = found.city_key
 
     def reason(state: LockedProvider) -> str | None:
         if not state.takes_leads:
@@ -506,7 +508,15 @@ def _decide(
     def as_read(provider_id: int, position: int) -> Candidate:
         if provider_id in found.locked:
             return under_lock(provider_id, position)
-        state = found.unlocked[provider_id]
+        row = found.unlocked[provider_id]
+        _, status, remaining, _, cities, *_ = row
+        active = status == Provider.Status.ACTIVE
+        if not active or remaining <= 0:
+            return Candidate(provider_id, position, active, remaining)  # paused, no_quota
+        if cities and key not in cities:
+            # Most of a routed walk's trace: said without building the rules.
+            return Candidate(provider_id, position, active, remaining, OUT_OF_AREA)
+        state = LockedProvider.of(provider_id, row)
         blocked = reason(state)
         if state.takes_leads and blocked is None:
             # Open by its rules at ``now`` but not locked: its time rules opened after they

@@ -304,3 +304,13 @@ def test_the_candidates_statement_is_short_enough_for_psycopgs_statement_cache()
     assert len(CANDIDATES_SQL) <= MAX_CACHED_STATEMENT_LENGTH
     assert len(NEW_ALLOCATED_LEAD_SQL) <= MAX_CACHED_STATEMENT_LENGTH
     assert "--" not in CANDIDATES_SQL
+
+
+def test_a_lead_whose_city_is_blank_goes_only_to_providers_serving_everywhere(seeded, clock):
+    route(1, cities=["Oslo"])
+
+    intake = lead(city="   ")
+
+    assert intake.lead.city_key == ""
+    assert picked(intake) == [2, 3, 4]
+    assert skipped(intake) == {1: "out_of_area"}
