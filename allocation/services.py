@@ -64,6 +64,7 @@ from providers.routing import (
     TIME_REASONS,
     Routing,
     Usage,
+    local_time,
     next_change,
     normalise_city,
     parse_hours,
@@ -590,14 +591,17 @@ quotas AS (
        SET remaining_quota = p.remaining_quota - 1,
            leads_this_cycle = p.leads_this_cycle + 1,
            leads_total = p.leads_total + 1,
-           cap_day = c.day, cap_day_count = c.day_count,
-           cap_week = c.week, cap_week_count = c.week_count,
-           routing_open = c.open, routing_reason = c.reason, routing_changes_at = c.changes_at
-      FROM unnest(%(providers)s::bigint[], %(cap_days)s::date[], %(cap_day_counts)s::integer[],
-                  %(cap_weeks)s::date[], %(cap_week_counts)s::integer[],
-                  %(routing_open)s::boolean[], %(routing_reason)s::varchar[],
-                  %(routing_changes_at)s::timestamptz[])
-           AS c(id, day, day_count, week, week_count, open, reason, changes_at)
+           cap_day = c.day,
+           cap_day_count = CASE WHEN p.cap_day = c.day THEN p.cap_day_count + 1 ELSE 1 END,
+           cap_week = c.week,
+           cap_week_count = CASE WHEN p.cap_week = c.week THEN p.cap_week_count + 1 ELSE 1 END,
+           routing_open = p.routing_open AND x.id IS NULL,
+           routing_reason = COALESCE(x.reason, p.routing_reason),
+           routing_changes_at = CASE WHEN x.id IS NULL THEN p.routing_changes_at ELSE x.at END
+      FROM (SELECT d.id, d.day, date_trunc('week', d.day)::date AS week
+              FROM unnest(%(providers)s::bigint[], %(cap_days)s::date[]) AS d(id, day)) AS c
+      LEFT JOIN jsonb_to_recordset(%(closing)s::jsonb) AS x(id bigint, reason text,
+                                                             at timestamptz) ON x.id = c.id
      WHERE p.id = c.id
 ),
 pool_cursor AS (
@@ -680,14 +684,19 @@ def _write(sql: str, params: dict[str, object]) -> int:
     return lead_id
 
 
-def _counted(state: LockedProvider, now: datetime) -> tuple[Usage, bool, str, datetime | None]:
-    """A picked provider after this lead: its cap counts, and its time rules' state (a cap
-    may now be reached), as the allocation's UPDATE writes them."""
-    usage = with_usage_day(state.routing, state.usage, now)
-    reason = time_reason(state.routing, usage, now)
-    if state.routing_open and not state.routing_reason and reason is None:
-        return usage, True, "", state.routing_changes_at  # unchanged: nothing to recompute
-    return usage, reason is None, reason or "", next_change(state.routing, usage, now)
+def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
+    """If this lead brings the picked provider to one of its caps: the routing state the
+    allocation's UPDATE writes for it (closed, why, until when may it change). The UPDATE
+    counts the lead itself, in the local day ``now`` falls on (cap_days)."""
+    rules = state.routing
+    if rules.daily_cap is None and rules.weekly_cap is None:
+        return None
+    usage = with_usage_day(rules, state.usage, now)
+    reason = time_reason(rules, usage, now)
+    if reason is None:
+        return None
+    until = next_change(rules, usage, now)
+    return {"id": state.id, "reason": reason, "at": until.isoformat() if until else None}
 
 
 def _allocation_params(
@@ -697,19 +706,16 @@ def _allocation_params(
     *,
     now: datetime,
 ) -> dict[str, object]:
-    counted = [_counted(locked[pick.provider_id], now) for pick in decision.picks]
+    states = [locked[pick.provider_id] for pick in decision.picks]
+    closing = [c for c in (_closing(state, now) for state in states) if c is not None]
     return {
         "service": service_id,
         "providers": [pick.provider_id for pick in decision.picks],
         "roles": [pick.role for pick in decision.picks],
-        "cycles": [locked[pick.provider_id].cycle for pick in decision.picks],
-        "cap_days": [usage.day for usage, *_ in counted],
-        "cap_day_counts": [usage.day_count for usage, *_ in counted],
-        "cap_weeks": [usage.week for usage, *_ in counted],
-        "cap_week_counts": [usage.week_count for usage, *_ in counted],
-        "routing_open": [c[1] for c in counted],
-        "routing_reason": [c[2] for c in counted],
-        "routing_changes_at": [c[3] for c in counted],
+        "cycles": [state.cycle for state in states],
+        # The local day of each pick, for its cap counts (the UPDATE derives the ISO week).
+        "cap_days": [local_time(state.routing, now).date() for state in states],
+        "closing": json.dumps(closing),
         "cursor": decision.cursor,
         "trace": json.dumps(_trace(decision)),
         "now": now,
