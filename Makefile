@@ -7,8 +7,9 @@ PORT ?= 8000
 # A demo secret for the quota-reset webhook, for local use only (`make run` prints it).
 DEMO_WEBHOOK_SECRET := whsec_bGVhZGRpc3QtZGVtby1zZWNyZXQtbG9jYWwtb25seSE=
 
-# The drain worker: procrastinate's, waiting out database outages (leaddist/background.py).
-DRAIN_WORKER := -m leaddist.background --queues drains,default --concurrency 1 \
+# The drain worker: procrastinate's, waiting out database outages (leaddist/background.py); it
+# also applies the routing rules' time transitions (the routing queue).
+DRAIN_WORKER := -m leaddist.background --queues drains,routing,default --concurrency 1 \
 	--shutdown-graceful-timeout 25 --fetch-job-polling-interval 1
 
 .PHONY: run serve worker test lint format install install-dev clean-db

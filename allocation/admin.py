@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from allocation.models import Allocation, Lead
-from providers.models import Provider
+from allocation.services import add_city_alias
+from providers.models import CityAlias, Provider
+from providers.routing import normalise_city
 
 
 class ReadOnlyAdminMixin:
@@ -107,3 +111,48 @@ class AllocationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ["lead__id__exact", "provider__name"]
     list_select_related = ["lead", "provider"]
     show_full_result_count = False
+
+
+class CityAliasForm(forms.ModelForm):
+    class Meta:
+        model = CityAlias
+        fields = ["alias", "city"]
+        help_texts = {
+            "alias": "Another name of the city, e.g. Bangalore.",
+            "city": "The name providers and leads are compared by, e.g. Bengaluru.",
+        }
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        # The checks the service makes, shown on the form: it runs them again under its locks.
+        alias = normalise_city(cleaned.get("alias") or "")
+        city = normalise_city(cleaned.get("city") or "")
+        if alias and alias == city:
+            raise ValidationError({"alias": "A city is not an alias of itself."})
+        if alias and CityAlias.objects.filter(alias=alias).exists():
+            raise ValidationError({"alias": f"“{alias}” is an alias already."})
+        if alias and CityAlias.objects.filter(city=alias).exists():
+            raise ValidationError({"alias": f"“{alias}” is the canonical name of other aliases."})
+        return cleaned
+
+
+@admin.register(CityAlias)
+class CityAliasAdmin(admin.ModelAdmin):
+    """Staff declare which city names are the same city (SPEC §2a).
+
+    Saving an alias applies it at once (allocation.services.add_city_alias): providers listing
+    the alias serve the canonical city, and leads waiting under it join that city's queue.
+    Removing an alias does not split anything back; new leads of that name are then a city of
+    their own.
+    """
+
+    form = CityAliasForm
+    list_display = ["alias", "city"]
+    search_fields = ["alias", "city"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None  # remove and add again instead: see the docstring
+
+    def save_model(self, request: HttpRequest, obj: CityAlias, form: Any, change: bool) -> None:
+        saved = add_city_alias(obj.alias, obj.city)
+        obj.pk, obj.alias, obj.city = saved.pk, saved.alias, saved.city

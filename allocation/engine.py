@@ -1,7 +1,14 @@
 """The allocation rule of SPEC §2 as a pure function: plain values in, a decision out.
 
 Nothing here touches the database. The service layer loads and locks the rows, hands their
-state to :func:`choose_providers` and writes back what it decided.
+state to :func:`choose_providers` and writes back what it decided. SPEC §2a's routing rules
+reach it as each candidate's ``blocked`` reason, which the caller computes with
+:func:`providers.routing.routing_reason` at the lead's time; a candidate without one is decided
+exactly as before the routing rules existed.
+
+One reason per skipped candidate, the first that applies: ``already_selected``, ``paused``,
+``no_quota``, then the routing reason (``out_of_area``, ``time_off``, ``off_hours``,
+``weekly_cap``, ``daily_cap``, in that order: providers/routing.py).
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ class Candidate:
     position: int
     active: bool = True
     remaining_quota: int = 1
+    # Why its routing rules refuse this lead (providers.routing), or None.
+    blocked: str | None = None
 
     @property
     def eligible(self) -> bool:
-        return self.active and self.remaining_quota > 0
+        return self.active and self.remaining_quota > 0 and self.blocked is None
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ def _skip_reason(candidate: Candidate, selected: set[int]) -> str | None:
         return PAUSED
     if candidate.remaining_quota <= 0:
         return NO_QUOTA
-    return None
+    return candidate.blocked
 
 
 def walk_key(position: int, cursor: int | None) -> tuple[bool, int]:

@@ -17,6 +17,9 @@ class LeadQuerySet(models.QuerySet["Lead"]):
     def allocated(self) -> LeadQuerySet:
         return self.filter(status=Lead.Status.ALLOCATED)
 
+    def expired(self) -> LeadQuerySet:
+        return self.filter(status=Lead.Status.EXPIRED)
+
     def for_service(self, service_id: int) -> LeadQuerySet:
         return self.filter(service_id=service_id)
 
@@ -25,6 +28,8 @@ class Lead(models.Model):
     class Status(models.TextChoices):
         WAITING = "waiting", "Waiting"
         ALLOCATED = "allocated", "Allocated"
+        # Waited longer than LEAD_MAX_WAIT (SPEC §2a): never allocated after that.
+        EXPIRED = "expired", "Expired"
 
     class WaitReason(models.TextChoices):
         NONE = "", "—"
@@ -35,6 +40,9 @@ class Lead(models.Model):
     name = models.CharField(max_length=120)
     phone = models.CharField(max_length=16, help_text="Normalised: digits, with an optional +.")
     city = models.CharField(max_length=120)
+    # The city as routing compares it (SPEC §2a): normalised, through the staff's aliases, as
+    # resolved under the lock at intake. The waiting queue is per (service, city_key).
+    city_key = models.CharField(max_length=120, blank=True, default="", db_default="")
     description = models.TextField(max_length=2000, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices)
     wait_reason = models.CharField(max_length=32, choices=WaitReason.choices, blank=True)
@@ -42,6 +50,7 @@ class Lead(models.Model):
     trace = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     allocated_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
 
     objects = LeadQuerySet.as_manager()
 
@@ -52,14 +61,15 @@ class Lead(models.Model):
                 fields=["phone", "service"], name="allocation_lead_unique_phone_per_service"
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["waiting", "allocated"]),
+                condition=Q(status__in=["waiting", "allocated", "expired"]),
                 name="allocation_lead_status_valid",
             ),
         ]
         indexes = [
-            # The waiting queue: "does this service have waiting leads" and the drain's order.
+            # The waiting queue, per service and city: "does a lead of this service and city
+            # wait", "does this service have waiting leads", and the drain's order.
             models.Index(
-                fields=["service", "id"],
+                fields=["service", "city_key", "id"],
                 condition=Q(status="waiting"),
                 name="lead_waiting_queue",
             ),

@@ -98,10 +98,12 @@ def lead_summary(lead: Lead) -> dict[str, Any]:
         "name": lead.name,
         "phone": lead.phone,
         "city": lead.city,
+        "city_key": lead.city_key,
         "description": lead.description,
         "source": lead.source,
         "wait_reason": lead.wait_reason or None,
         "allocated_at": lead.allocated_at,
+        "expired_at": lead.expired_at,
     }
 
 

@@ -27,10 +27,11 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import (
     DEFAULT_DB_ALIAS,
     IntegrityError,
@@ -55,8 +56,25 @@ from allocation.models import Lead
 from events.services import announce_after_commit
 from leaddist.http.db import MAX_BIGINT, connection_lost, recover
 from leaddist.http.metrics import ALLOCATION_SECONDS
-from providers.locks import lock_cursors
-from providers.models import PoolCursor, Provider, Service
+from providers.locks import lock_cursors, lock_providers
+from providers.models import CityAlias, PoolCursor, Provider, Service
+from providers.routing import (
+    OFF_HOURS,
+    OUT_OF_AREA,
+    TIME_REASONS,
+    Routing,
+    Usage,
+    local_time,
+    next_change,
+    normalise_city,
+    parse_hours,
+    routing_reason,
+    time_off_from_json,
+    time_reason,
+    with_usage_day,
+)
+from providers.services import refresh_routing
+from providers.signals import capacity_added
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +86,8 @@ DUPLICATE_CONSTRAINT = "allocation_lead_unique_phone_per_service"
 # Eligible pool candidates read beyond the slots still open, on the first attempt. Each retry
 # caused by a stolen candidate doubles it.
 INITIAL_SLACK = 3
+# Larger than any membership position (a PostgreSQL integer).
+MAX_POSITION = 2**31 - 1
 
 
 class Busy(Exception):
@@ -98,7 +118,12 @@ class DuplicateLead(Exception):
 
 
 class _CandidatesTaken(Exception):
-    """Providers read as eligible lost their quota before we locked them; read wider."""
+    """Providers read as eligible lost their quota before we locked them, or were closed by
+    their time rules (``stale``: their materialised state is behind); read wider."""
+
+    def __init__(self, stale: list[int] | None = None) -> None:
+        super().__init__("candidates taken")
+        self.stale = stale or []
 
 
 @dataclass(frozen=True)
@@ -127,9 +152,13 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
     for number in range(1, attempts + 1):
         try:
             return attempt(slack)
-        except _CandidatesTaken:
+        except _CandidatesTaken as taken:
             logger.debug("candidates taken by another service, attempt %d/%d", number, attempts)
             slack *= 2
+            if taken.stale:
+                # Bring their materialised state up to date (it only closes them: no capacity
+                # is added), so that the next read passes them by.
+                refresh_routing(provider_ids=taken.stale)
         except (OperationalError, InterfaceError) as exc:
             if connection_lost(exc):
                 if reconnected:
@@ -148,22 +177,32 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
 
 # Steps 2 and 3 in one round trip. Under the cursor lock (step 1) this statement's snapshot is
 # fresh for this service; each part goes through an index:
-# - whether the service is active, and whether an older lead of it waits (partial index
-#   lead_waiting_queue): then nothing is locked;
-# - the mandatory providers, and the first ``wanted`` eligible pool providers in walk order
-#   (after the cursor, then from the start; partial index membership_eligible_walk);
+# - the lead's canonical city (``key``: its normalised city through the staff's aliases);
+# - whether the service is active, and whether an older lead of it and of this city waits
+#   (partial index lead_waiting_queue): then nothing is locked;
+# - the mandatory providers, and the first ``wanted`` pool providers eligible for this city in
+#   walk order (after the cursor, then from the start): the city's rows and the everywhere rows
+#   ('') of providers_poolcity, through its partial index poolcity_eligible_walk, merged;
 # - those providers, locked FOR UPDATE in primary-key order (``locked``), so services sharing
 #   providers can neither oversell a quota nor deadlock each other; their state as locked;
-# - the ineligible pool providers the walk passes, for the trace (membership_ineligible_walk),
-#   unlocked: nothing can make them eligible while we hold the cursor, since everything that
-#   adds capacity takes the cursors of the provider's services first.
+# - for the trace, the pool memberships the walk passes up to the last eligible one read (at
+#   most ``seen`` per lap) that are not both eligible and everywhere (partial index
+#   membership_skippable_walk: empty in a catalogue without routing rules), with their
+#   providers' state, unlocked: whatever kept them out of the eligible rows (paused, no quota,
+#   another city, closed by their time rules) cannot be lifted while we hold the cursor, since
+#   everything that adds capacity takes the cursors of the provider's services first.
 CANDIDATES_SQL = """
 WITH
+key AS (
+    SELECT COALESCE((SELECT city FROM providers_cityalias WHERE alias = %(city)s), %(city)s)
+               AS city
+),
 blocked AS (
     SELECT EXISTS (SELECT FROM providers_service WHERE id = %(service)s AND active)
                AS active,
            EXISTS (SELECT FROM allocation_lead
-                    WHERE service_id = %(service)s AND status = 'waiting' AND id < %(before)s)
+                    WHERE service_id = %(service)s AND status = 'waiting'
+                      AND city_key = (SELECT city FROM key) AND id < %(before)s)
                AS queued
 ),
 mandatory AS (
@@ -171,121 +210,224 @@ mandatory AS (
      WHERE m.service_id = %(service)s AND m.role = 'mandatory'
 ),
 eligible AS (
-    SELECT provider_id, position FROM (
-        (SELECT m.provider_id, m.position, 0 AS lap FROM providers_membership m
-          WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.provider_eligible
-            AND m.position > %(cursor)s
-          ORDER BY m.position LIMIT %(wanted)s)
+    SELECT provider_id, position, lap FROM (
+        (SELECT a.provider_id, a.position, 0 AS lap FROM providers_poolcity a
+          WHERE a.service_id = %(service)s AND a.city = '' AND a.provider_eligible
+            AND a.position > %(cursor)s
+          ORDER BY a.position LIMIT %(wanted)s)
         UNION ALL
-        (SELECT m.provider_id, m.position, 1 AS lap FROM providers_membership m
-          WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.provider_eligible
-            AND m.position <= %(cursor)s
-          ORDER BY m.position LIMIT %(wanted)s)
+        (SELECT a.provider_id, a.position, 0 AS lap FROM providers_poolcity a
+          WHERE a.service_id = %(service)s AND a.city = NULLIF((SELECT city FROM key), '')
+            AND a.provider_eligible AND a.position > %(cursor)s
+          ORDER BY a.position LIMIT %(wanted)s)
+        UNION ALL
+        (SELECT a.provider_id, a.position, 1 AS lap FROM providers_poolcity a
+          WHERE a.service_id = %(service)s AND a.city = '' AND a.provider_eligible
+            AND a.position <= %(cursor)s
+          ORDER BY a.position LIMIT %(wanted)s)
+        UNION ALL
+        (SELECT a.provider_id, a.position, 1 AS lap FROM providers_poolcity a
+          WHERE a.service_id = %(service)s AND a.city = NULLIF((SELECT city FROM key), '')
+            AND a.provider_eligible AND a.position <= %(cursor)s
+          ORDER BY a.position LIMIT %(wanted)s)
     ) AS walk
     ORDER BY lap, position LIMIT %(wanted)s
 ),
 locked AS MATERIALIZED (
-    SELECT p.id, p.name, p.status, p.remaining_quota, p.cycle FROM providers_provider p
+    SELECT p.id, p.name, p.status, p.remaining_quota, p.cycle, {routing}
+      FROM providers_provider p
      WHERE p.id = ANY (ARRAY (SELECT provider_id FROM mandatory
                               UNION ALL SELECT provider_id FROM eligible))
        AND (SELECT (active OR NOT %(intake)s) AND NOT queued FROM blocked)
      ORDER BY p.id
        FOR UPDATE
 ),
+bound AS (
+    SELECT CASE WHEN last.lap > 0 OR NOT f.got_all THEN %(max_position)s ELSE last.position END
+               AS lap0,
+           CASE WHEN NOT f.got_all THEN %(cursor)s
+                WHEN last.lap = 1 THEN LEAST(last.position, %(cursor)s)
+                ELSE -1 END
+               AS lap1
+      FROM (SELECT (SELECT count(*) FROM eligible) >= %(wanted)s AS got_all) AS f
+      LEFT JOIN LATERAL (SELECT lap, position FROM eligible
+                          ORDER BY lap DESC, position DESC LIMIT 1) AS last ON true
+),
 seen AS (
-    (SELECT m.provider_id, m.position, p.status, p.remaining_quota
-       FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-      WHERE m.service_id = %(service)s AND m.role = 'pool' AND NOT m.provider_eligible
-        AND m.position > %(cursor)s
-      ORDER BY m.position LIMIT %(seen)s)
-    UNION ALL
-    (SELECT m.provider_id, m.position, p.status, p.remaining_quota
-       FROM providers_membership m JOIN providers_provider p ON p.id = m.provider_id
-      WHERE m.service_id = %(service)s AND m.role = 'pool' AND NOT m.provider_eligible
-        AND m.position <= %(cursor)s
-      ORDER BY m.position LIMIT %(seen)s)
+    SELECT w.position, p.id, p.name, p.status, p.remaining_quota, p.cycle, {routing}
+      FROM ((SELECT m.provider_id, m.position FROM providers_membership m
+              WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.position > %(cursor)s
+                AND m.position <= (SELECT lap0 FROM bound)
+                AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
+              ORDER BY m.position LIMIT %(seen)s)
+            UNION ALL
+            (SELECT m.provider_id, m.position FROM providers_membership m
+              WHERE m.service_id = %(service)s AND m.role = 'pool'
+                AND m.position <= (SELECT lap1 FROM bound)
+                AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
+              ORDER BY m.position LIMIT %(seen)s)) AS w
+      JOIN providers_provider p ON p.id = w.provider_id
 )
-SELECT 'unavailable', 0::bigint, 0, '', ''::varchar, 0, 0 FROM blocked WHERE NOT active
+SELECT 'mandatory', m.position, l.* FROM mandatory m JOIN locked l ON l.id = m.provider_id
 UNION ALL
-SELECT 'queued', 0::bigint, 0, '', ''::varchar, 0, 0 FROM blocked WHERE queued
+SELECT 'eligible', e.position, l.* FROM eligible e JOIN locked l ON l.id = e.provider_id
 UNION ALL
-SELECT 'mandatory', m.provider_id, m.position, l.name, l.status, l.remaining_quota, l.cycle
-  FROM mandatory m JOIN locked l ON l.id = m.provider_id
+SELECT 'seen', s.* FROM seen s
 UNION ALL
-SELECT 'eligible', e.provider_id, e.position, l.name, l.status, l.remaining_quota, l.cycle
-  FROM eligible e JOIN locked l ON l.id = e.provider_id
-UNION ALL
-SELECT 'seen', s.provider_id, s.position, '', s.status, s.remaining_quota, 0 FROM seen s
+SELECT 'key', 0, 0, k.city, CASE WHEN b.active THEN '' ELSE 'unavailable' END, b.queued::int, 0,
+       {nulls} FROM key k, blocked b
 """
+# The provider columns the routing rules need, in this order (LockedProvider.of reads them).
+ROUTING_COLUMNS = (
+    "cities",
+    "timezone",
+    "hours",
+    "time_off",
+    "daily_cap",
+    "weekly_cap",
+    "cap_day",
+    "cap_day_count",
+    "cap_week",
+    "cap_week_count",
+    "routing_open",
+    "routing_reason",
+    "routing_changes_at",
+)
+# ``bound``: where the trace's window ends, as an upper position for each lap (index conditions,
+# so that no scan runs past it): up to the last eligible row read, or to the end of the walk
+# when the read found fewer than it asked for, and so every eligible one.
+#
+# The statement is sent with its whitespace collapsed: psycopg keeps its parsed form of a
+# statement only up to 4,096 characters (MAX_CACHED_STATEMENT_LENGTH), and parsing a longer one
+# for every lead cost intake a third more CPU per lead.
+CANDIDATES_SQL = CANDIDATES_SQL.format(
+    routing=", ".join(f"p.{c}" for c in ROUTING_COLUMNS),
+    nulls=", ".join("NULL" for _ in ROUTING_COLUMNS),
+)
+CANDIDATES_SQL = " ".join(CANDIDATES_SQL.split())  # it has no comments or quoted spaces
+
+_NO_RULES: dict[str, Routing] = {}
+
+
+def _rules(cities, tz, hours, time_off, daily_cap, weekly_cap) -> Routing:  # noqa: ANN001
+    """The routing rules of a row as read; one shared value for the providers without rules."""
+    tz = tz or settings.TIME_ZONE
+    if isinstance(time_off, str):  # jsonb reaches raw SQL as text
+        time_off = json.loads(time_off) if time_off != "[]" else ()
+    if not cities and not hours and not time_off and daily_cap is None and weekly_cap is None:
+        rules = _NO_RULES.get(tz)
+        if rules is None:
+            rules = _NO_RULES.setdefault(tz, Routing(timezone=tz))
+        return rules
+    return Routing(
+        cities=frozenset(cities),
+        timezone=tz,
+        hours=parse_hours(hours),
+        time_off=time_off_from_json(time_off),
+        daily_cap=daily_cap,
+        weekly_cap=weekly_cap,
+    )
 
 
 @dataclass(frozen=True)
 class LockedProvider:
-    """A provider's state under its row lock, as the decision and the writes need it."""
+    """A provider's state as read (under its row lock, for those that may be picked), as the
+    decision and the writes need it."""
 
     id: int
     name: str
     active: bool
     remaining_quota: int
     cycle: int
+    routing: Routing
+    usage: Usage
+    routing_open: bool
+    routing_reason: str
+    routing_changes_at: datetime | None
+
+    @classmethod
+    def of(cls, pid: int, row: tuple) -> LockedProvider:
+        """From a CANDIDATES_SQL row, after its kind and position."""
+        name, status, remaining, cycle, *r = row
+        return cls(
+            pid,
+            name,
+            status == Provider.Status.ACTIVE,
+            remaining,
+            cycle,
+            _rules(*r[:6]),
+            Usage(r[6], r[7], r[8], r[9]),
+            r[10],
+            r[11],
+            r[12],
+        )
+
+    @property
+    def takes_leads(self) -> bool:
+        return self.active and self.remaining_quota > 0
 
 
 @dataclass(frozen=True)
 class Candidates:
     unavailable: bool
     queued: bool
+    city_key: str  # the lead's canonical city
     mandatory: list[tuple[int, int]]  # provider_id, position, in position order
     eligible: list[tuple[int, int]]  # the first ``wanted`` eligible in walk order
-    seen: list[Candidate]  # the ineligible ones the walk passes, for the trace
+    seen: list[tuple[int, int]]  # the pool the walk passes up to the last eligible read
     locked: dict[int, LockedProvider]
+    unlocked: dict[int, tuple]  # the ``seen`` ones' rows as read (LockedProvider.of's input)
 
 
 def _read_candidates(
     service_id: int,
     cursor: int | None,
     *,
+    city: str,
     wanted: int,
     before: int = MAX_BIGINT,
     intake: bool = True,
 ) -> Candidates:
-    """Steps 2 and 3 (CANDIDATES_SQL). ``before``: only leads older than this one count as
-    waiting ahead of it. ``intake``: lock nothing for an inactive service."""
+    """Steps 2 and 3 (CANDIDATES_SQL). ``city``: the lead's normalised city (its key, for a
+    waiting lead). ``before``: only leads older than this one count as waiting ahead of it.
+    ``intake``: lock nothing for an inactive service."""
     params = {
         "service": service_id,
+        "city": city,
         "before": before,
         # Positions are >= 0: with no cursor the walk starts at the first position.
         "cursor": -1 if cursor is None else cursor,
         "wanted": wanted,
         "seen": TRACE_LIMIT,
         "intake": intake,
+        "max_position": MAX_POSITION,
     }
-    found: dict[str, list[tuple]] = {
-        kind: [] for kind in ("unavailable", "queued", "mandatory", "eligible", "seen")
-    }
+    found: dict[str, list[tuple]] = {kind: [] for kind in ("key", "mandatory", "eligible", "seen")}
     with connection.cursor() as db:
         db.execute(CANDIDATES_SQL, params)
-        for kind, *row in db.fetchall():
-            found[kind].append(tuple(row))
+        # Each row: kind, position, provider id, then the provider's columns (LockedProvider).
+        for kind, position, pid, *rest in db.fetchall():
+            found[kind].append((pid, position, *rest))
     locked = {
-        pid: LockedProvider(pid, name, status == Provider.Status.ACTIVE, remaining, cycle)
-        for pid, _, name, status, remaining, cycle in found["mandatory"] + found["eligible"]
+        row[0]: LockedProvider.of(row[0], row[2:]) for row in found["mandatory"] + found["eligible"]
     }
+    unlocked = {row[0]: row[2:] for row in found["seen"]}
+    # The one 'key' row: the lead's canonical city, the service unavailable, a lead ahead.
+    _, _, city_key, unavailable, queued, *_ = found["key"][0]
     return Candidates(
-        unavailable=bool(found["unavailable"]),
-        queued=bool(found["queued"]),
-        mandatory=sorted(((pid, pos) for pid, pos, *_ in found["mandatory"]), key=lambda r: r[1]),
+        unavailable=bool(unavailable),
+        queued=bool(queued),
+        city_key=city_key,
+        mandatory=sorted(((row[0], row[1]) for row in found["mandatory"]), key=lambda r: r[1]),
         eligible=sorted(
-            ((pid, pos) for pid, pos, *_ in found["eligible"]),
+            ((row[0], row[1]) for row in found["eligible"]),
             key=lambda row: walk_key(row[1], cursor),
         ),
-        seen=walk_order(
-            [
-                Candidate(pid, pos, status == Provider.Status.ACTIVE, remaining)
-                for pid, pos, _, status, remaining, _ in found["seen"]
-            ],
-            cursor,
-        )[:TRACE_LIMIT],
+        seen=sorted(
+            ((row[0], row[1]) for row in found["seen"]), key=lambda r: walk_key(r[1], cursor)
+        ),
         locked=locked,
+        unlocked=unlocked,
     )
 
 
@@ -316,36 +458,80 @@ def _lock_cursor(service_id: int) -> int | None:
     return lock_cursors([service_id])[service_id].position  # creates a missing cursor row
 
 
+@dataclass(frozen=True)
+class Decided:
+    """What steps 2 and 3 found: the decision, the providers locked, the lead's canonical city."""
+
+    decision: Decision
+    locked: dict[int, LockedProvider]
+    city_key: str
+
+
 def _decide(
     service_id: int,
     cursor: int | None,
     *,
+    city: str,
+    now: datetime,
     slack: int,
     before: int = MAX_BIGINT,
     intake: bool = True,
-) -> tuple[Decision, dict[int, LockedProvider]]:
-    """Steps 2 and 3: read the candidates, lock them in pk order and apply the rule.
+) -> Decided:
+    """Steps 2 and 3: read the candidates, lock them in pk order and apply the rule at ``now``.
 
-    At intake the service must be active (ServiceUnavailable otherwise); a drain serves the
-    leads already waiting for it either way.
+    Each candidate's routing rules are read at ``now`` (providers.routing); the decision is
+    made on the locked state. At intake the service must be active (ServiceUnavailable
+    otherwise); a drain serves the leads already waiting for it either way.
     """
     wanted = SLOTS + slack
-    found = _read_candidates(service_id, cursor, wanted=wanted, before=before, intake=intake)
+    found = _read_candidates(
+        service_id, cursor, city=city, wanted=wanted, before=before, intake=intake
+    )
     if intake and found.unavailable:
         raise ServiceUnavailable(service_id)
     if found.queued:
-        return choose_providers([], [], cursor=cursor, queued=True), {}
+        return Decided(choose_providers([], [], cursor=cursor, queued=True), {}, found.city_key)
     covers_all_eligible = len(found.eligible) < wanted
+    # '' (a lead whose city is blank once normalised) is served only by those serving everywhere.
+    key = found.city_key
+
+    def reason(state: LockedProvider) -> str | None:
+        if not state.takes_leads:
+            return None  # paused or no quota: the engine's own reasons come first
+        return routing_reason(state.routing, state.usage, city=key, at=now)
 
     def under_lock(provider_id: int, position: int) -> Candidate:
         state = found.locked.get(provider_id)
         if state is None:  # never pick a provider we did not lock
             return Candidate(provider_id, position, active=False, remaining_quota=0)
-        return Candidate(provider_id, position, state.active, state.remaining_quota)
+        return Candidate(provider_id, position, state.active, state.remaining_quota, reason(state))
+
+    def as_read(provider_id: int, position: int) -> Candidate:
+        if provider_id in found.locked:
+            return under_lock(provider_id, position)
+        row = found.unlocked[provider_id]
+        _, status, remaining, _, cities, *_ = row
+        active = status == Provider.Status.ACTIVE
+        if not active or remaining <= 0:
+            return Candidate(provider_id, position, active, remaining)  # paused, no_quota
+        if cities and key not in cities:
+            # Most of a routed walk's trace: said without building the rules.
+            return Candidate(provider_id, position, active, remaining, OUT_OF_AREA)
+        state = LockedProvider.of(provider_id, row)
+        blocked = reason(state)
+        if state.takes_leads and blocked is None:
+            # Open by its rules at ``now`` but not locked: its time rules opened after they
+            # were last materialised, and the transition refresh has not run yet. It is not
+            # picked (it is not locked); the trace gives the reason the walk went by.
+            blocked = state.routing_reason or OFF_HOURS
+        return Candidate(provider_id, position, state.active, state.remaining_quota, blocked)
 
     # The walk in order: every pool row we read, cut after the last eligible one (beyond it we
     # know nothing). Providers not in it sit between eligible ones and are ineligible.
-    ordered = walk_order([under_lock(pid, pos) for pid, pos in found.eligible] + found.seen, cursor)
+    ordered = [under_lock(pid, pos) for pid, pos in found.eligible]
+    listed = {pid for pid, _ in found.eligible}
+    ordered += [as_read(pid, pos) for pid, pos in found.seen if pid not in listed]
+    ordered = walk_order(ordered, cursor)
     if not covers_all_eligible:
         last_eligible = found.eligible[-1][1]
         cut = next(i for i, c in enumerate(ordered) if c.position == last_eligible)
@@ -354,9 +540,21 @@ def _decide(
     decision = choose_providers(
         [under_lock(pid, pos) for pid, pos in found.mandatory], ordered, cursor=cursor
     )
+    # Read as open, found closed by their time rules under our lock: their materialised state
+    # is behind (the transition refresh has not run yet). Nothing adds capacity by closing
+    # them, so they can be refreshed after this transaction without holding anything.
+    stale = [
+        pid
+        for pid, _ in found.eligible
+        if found.locked[pid].takes_leads and reason(found.locked[pid]) in TIME_REASONS
+    ]
     if not decision.complete and not covers_all_eligible:
-        raise _CandidatesTaken
-    return decision, found.locked
+        # Another service took a candidate's last unit of quota between our read and our lock,
+        # or stale candidates hid the ones behind them: read wider (after refreshing those).
+        raise _CandidatesTaken(stale)
+    if stale:
+        transaction.on_commit(functools.partial(refresh_routing, provider_ids=stale), robust=True)
+    return Decided(decision, found.locked, found.city_key)
 
 
 # Step 4 in one round trip: the lead (new, or a waiting one now allocated), its allocations,
@@ -379,11 +577,22 @@ allocations AS (
       FROM lead, picks AS pick
 ),
 quotas AS (
-    UPDATE providers_provider
-       SET remaining_quota = remaining_quota - 1,
-           leads_this_cycle = leads_this_cycle + 1,
-           leads_total = leads_total + 1
-     WHERE id = ANY(%(providers)s::bigint[])
+    UPDATE providers_provider AS p
+       SET remaining_quota = p.remaining_quota - 1,
+           leads_this_cycle = p.leads_this_cycle + 1,
+           leads_total = p.leads_total + 1,
+           cap_day = c.day,
+           cap_day_count = CASE WHEN p.cap_day = c.day THEN p.cap_day_count + 1 ELSE 1 END,
+           cap_week = c.week,
+           cap_week_count = CASE WHEN p.cap_week = c.week THEN p.cap_week_count + 1 ELSE 1 END,
+           routing_open = p.routing_open AND x.id IS NULL,
+           routing_reason = COALESCE(x.reason, p.routing_reason),
+           routing_changes_at = CASE WHEN x.id IS NULL THEN p.routing_changes_at ELSE x.at END
+      FROM (SELECT d.id, d.day, date_trunc('week', d.day)::date AS week
+              FROM unnest(%(providers)s::bigint[], %(cap_days)s::date[]) AS d(id, day)) AS c
+      LEFT JOIN jsonb_to_recordset(%(closing)s::jsonb) AS x(id bigint, reason text,
+                                                             at timestamptz) ON x.id = c.id
+     WHERE p.id = c.id
 ),
 pool_cursor AS (
     UPDATE providers_poolcursor SET position = %(cursor)s, updated_at = %(now)s
@@ -402,10 +611,10 @@ SELECT lead.id FROM lead
 """
 
 NEW_LEAD_COLUMNS = """
-    INSERT INTO allocation_lead (service_id, name, phone, city, description, source, status,
-                                 wait_reason, trace, created_at, allocated_at)
-    VALUES (%(service)s, %(name)s, %(phone)s, %(city)s, %(description)s, %(source)s,
-            %(status)s, %(wait_reason)s, %(trace)s::jsonb, %(now)s, %(allocated_at)s)
+    INSERT INTO allocation_lead (service_id, name, phone, city, city_key, description, source,
+                                 status, wait_reason, trace, created_at, allocated_at)
+    VALUES (%(service)s, %(name)s, %(phone)s, %(city)s, %(city_key)s, %(description)s,
+            %(source)s, %(status)s, %(wait_reason)s, %(trace)s::jsonb, %(now)s, %(allocated_at)s)
     RETURNING id"""
 
 NEW_ALLOCATED_LEAD_SQL = ALLOCATION_WRITES_SQL.format(lead=NEW_LEAD_COLUMNS)
@@ -440,6 +649,21 @@ def _write(sql: str, params: dict[str, object]) -> int:
     return lead_id
 
 
+def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
+    """If this lead brings the picked provider to one of its caps: the routing state the
+    allocation's UPDATE writes for it (closed, why, until when may it change). The UPDATE
+    counts the lead itself, in the local day ``now`` falls on (cap_days)."""
+    rules = state.routing
+    if rules.daily_cap is None and rules.weekly_cap is None:
+        return None
+    usage = with_usage_day(rules, state.usage, now)
+    reason = time_reason(rules, usage, now)
+    if reason is None:
+        return None
+    until = next_change(rules, usage, now)
+    return {"id": state.id, "reason": reason, "at": until.isoformat() if until else None}
+
+
 def _allocation_params(
     service_id: int,
     decision: Decision,
@@ -447,11 +671,16 @@ def _allocation_params(
     *,
     now: datetime,
 ) -> dict[str, object]:
+    states = [locked[pick.provider_id] for pick in decision.picks]
+    closing = [c for c in (_closing(state, now) for state in states) if c is not None]
     return {
         "service": service_id,
         "providers": [pick.provider_id for pick in decision.picks],
         "roles": [pick.role for pick in decision.picks],
-        "cycles": [locked[pick.provider_id].cycle for pick in decision.picks],
+        "cycles": [state.cycle for state in states],
+        # The local day of each pick, for its cap counts (the UPDATE derives the ISO week).
+        "cap_days": [local_time(state.routing, now).date() for state in states],
+        "closing": json.dumps(closing),
         "cursor": decision.cursor,
         "trace": json.dumps(_trace(decision)),
         "now": now,
@@ -504,18 +733,24 @@ def intake_lead(data: LeadInput) -> Intake:
     inactive or gone, Busy when conflicts persist.
     """
 
+    city = normalise_city(data.city)
+
     def attempt(slack: int) -> Intake:
         written: int | None = None
         try:
             with transaction.atomic():
                 cursor = _lock_cursor(data.service_id)
-                decision, locked = _decide(data.service_id, cursor, slack=slack)
+                # The allocation time, read under the cursor lock: the routing rules are
+                # applied at this instant, and it is the one stored.
                 now = timezone.now()
+                decided = _decide(data.service_id, cursor, city=city, now=now, slack=slack)
+                decision, locked = decided.decision, decided.locked
                 trace = _trace(decision)
                 params: dict[str, object] = {
                     "name": data.name,
                     "phone": data.phone,
                     "city": data.city,
+                    "city_key": decided.city_key,
                     "description": data.description,
                     "source": data.source,
                     "wait_reason": decision.wait_reason or "",
@@ -543,6 +778,7 @@ def intake_lead(data: LeadInput) -> Intake:
             name=data.name,
             phone=data.phone,
             city=data.city,
+            city_key=params["city_key"],
             description=data.description,
             source=data.source,
             status=params["status"],
@@ -581,29 +817,34 @@ def submit_lead(data: LeadInput) -> Lead:
     return intake_lead(data).lead
 
 
-# The head of a service's waiting queue, locked, and the id of the lead behind it (a hint for
-# the drain's order, read in the same round trip). Run under the service's cursor lock, which
-# every drain of the service takes first: nobody else allocates these leads meanwhile.
+# The head of a (service, city) waiting queue, locked, and the id of the lead behind it in the
+# same queue (a hint for the drain's order, read in the same round trip). Run under the
+# service's cursor lock, which every drain of the service takes first: nobody else allocates
+# these leads meanwhile.
 HEAD_OF_QUEUE_SQL = """
-SELECT head.id,
+SELECT head.id, head.city_key,
        (SELECT min(behind.id) FROM allocation_lead AS behind
          WHERE behind.service_id = head.service_id AND behind.status = 'waiting'
-           AND behind.id > head.id)
+           AND behind.city_key = head.city_key AND behind.id > head.id)
   FROM allocation_lead AS head
- WHERE head.service_id = %s AND head.status = 'waiting'
+ WHERE head.service_id = %(service)s AND head.status = 'waiting'
+   AND head.city_key = %(city_key)s
  ORDER BY head.id
  LIMIT 1
    FOR UPDATE OF head
 """
+# The service's oldest waiting lead, of any city (allocate_next_waiting without a city).
+HEAD_OF_SERVICE_SQL = HEAD_OF_QUEUE_SQL.replace("AND head.city_key = %(city_key)s\n", "")
 
 
-def allocate_next_waiting(service_id: int) -> tuple[bool, int | None]:
-    """Allocate the service's oldest waiting lead if 3 providers can take it.
+def allocate_next_waiting(service_id: int, city_key: str | None = None) -> tuple[bool, int | None]:
+    """Allocate the oldest waiting lead of the service and city if 3 providers can take it.
 
-    Return whether it was allocated, and the id of the lead waiting behind it (None if none).
-    The oldest waiting lead is read under the service's cursor lock, so it is exact: a lead
-    stored waiting by a transaction that committed a moment ago is not passed over.
-    Lock order: the cursor, the lead's row, then the providers.
+    ``city_key``: the canonical city of the queue; None: the service's oldest waiting lead,
+    whatever its city. Return whether it was allocated, and the id of the lead waiting behind
+    it in the same queue (None if none). The oldest waiting lead is read under the service's
+    cursor lock, so it is exact: a lead stored waiting by a transaction that committed a moment
+    ago is not passed over. Lock order: the cursor, the lead's row, then the providers.
     """
 
     def attempt(slack: int) -> tuple[bool, int | None]:
@@ -612,17 +853,27 @@ def allocate_next_waiting(service_id: int) -> tuple[bool, int | None]:
             with transaction.atomic():
                 cursor = _lock_cursor(service_id)
                 with connection.cursor() as db:
-                    db.execute(HEAD_OF_QUEUE_SQL, [service_id])
+                    if city_key is None:
+                        db.execute(HEAD_OF_SERVICE_SQL, {"service": service_id})
+                    else:
+                        db.execute(HEAD_OF_QUEUE_SQL, {"service": service_id, "city_key": city_key})
                     head = db.fetchone()
                 if head is None:
                     return False, None
-                lead_id, behind = head
-                decision, locked = _decide(
-                    service_id, cursor, slack=slack, before=lead_id, intake=False
+                lead_id, key, behind = head
+                now = timezone.now()
+                decided = _decide(
+                    service_id,
+                    cursor,
+                    city=key,
+                    now=now,
+                    slack=slack,
+                    before=lead_id,
+                    intake=False,
                 )
-                if not decision.complete:
+                if not decided.decision.complete:
                     return False, lead_id
-                params = _allocation_params(service_id, decision, locked, now=timezone.now())
+                params = _allocation_params(service_id, decided.decision, decided.locked, now=now)
                 _write(DRAINED_LEAD_SQL, params | {"lead": lead_id})
                 written = lead_id
         except (OperationalError, InterfaceError) as exc:
@@ -636,31 +887,32 @@ def allocate_next_waiting(service_id: int) -> tuple[bool, int | None]:
 
 
 def allocate_waiting_leads(*, deadline: float | None = None) -> int:
-    """Drain the waiting queue; return how many leads it allocated.
+    """Drain the waiting queues; return how many leads they allocated.
 
-    Leads go in global order of arrival, one transaction per lead: of all services with
-    waiting leads, the one whose oldest lead is oldest goes next. A service whose oldest lead
-    stays waiting keeps the rest of its leads behind it. Passes repeat until one allocates
-    nothing, so capacity added meanwhile is used too. With ``deadline`` (a time.monotonic()
-    value) it stops once that has passed, and leaves the rest for a later drain.
+    There is one queue per (service, canonical city). Leads go in global order of arrival, one
+    transaction per lead: of all queues with waiting leads, the one whose oldest lead is oldest
+    goes next. A queue whose oldest lead stays waiting keeps the rest of its leads behind it;
+    the other queues go on. Passes repeat until one allocates nothing, so capacity added
+    meanwhile is used too. With ``deadline`` (a time.monotonic() value) it stops once that has
+    passed, and leaves the rest for a later drain.
     """
     allocated = 0
     while True:
         heads = [
-            (first, service_id)
-            for service_id, first in Lead.objects.waiting()
-            .values_list("service_id")
+            (first, service_id, city_key)
+            for service_id, city_key, first in Lead.objects.waiting()
+            .values_list("service_id", "city_key")
             .annotate(first=Min("pk"))
-            .values_list("service_id", "first")
+            .values_list("service_id", "city_key", "first")
         ]
         heapq.heapify(heads)
         progressed = False
         while heads:
             if deadline is not None and time.monotonic() >= deadline:
                 return allocated
-            _, service_id = heapq.heappop(heads)
+            _, service_id, city_key = heapq.heappop(heads)
             try:
-                done, behind = allocate_next_waiting(service_id)
+                done, behind = allocate_next_waiting(service_id, city_key)
             except Busy:
                 logger.warning("drain: service %d busy, left for the next drain", service_id)
                 done = False
@@ -669,6 +921,104 @@ def allocate_waiting_leads(*, deadline: float | None = None) -> int:
             allocated += 1
             progressed = True
             if behind is not None:
-                heapq.heappush(heads, (behind, service_id))
+                heapq.heappush(heads, (behind, service_id, city_key))
         if not progressed:
             return allocated
+
+
+# Expire the waiting leads of one service that arrived before the cutoff, and announce each.
+# Run under the service's cursor lock: the drain, the only other writer of waiting leads, holds
+# it too, so a lead is either allocated or expired, never both.
+EXPIRE_SQL = """
+WITH expired AS (
+    UPDATE allocation_lead
+       SET status = 'expired', wait_reason = '', expired_at = %(now)s
+     WHERE service_id = %(service)s AND status = 'waiting' AND created_at < %(cutoff)s
+    RETURNING id
+),
+event AS (
+    INSERT INTO events_event (type, data, created_at)
+    SELECT 'lead.expired', jsonb_build_object('lead_id', id, 'service_id', %(service)s), %(now)s
+      FROM expired
+)
+SELECT count(*) FROM expired
+"""
+
+
+def expire_waiting_leads(*, now: datetime | None = None) -> int:
+    """Mark every lead that has waited longer than LEAD_MAX_WAIT ``expired``; return how many.
+
+    One transaction per service, under its cursor lock. An expired lead is never allocated:
+    the engine allocates only waiting leads. The leads queued behind an expired one are drained
+    by the caller (allocation.tasks), since they may now go through.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.LEAD_MAX_WAIT)
+    service_ids = sorted(
+        set(
+            Lead.objects.waiting()
+            .filter(created_at__lt=cutoff)
+            .values_list("service_id", flat=True)
+        )
+    )
+    expired = 0
+    for service_id in service_ids:
+        with transaction.atomic():
+            _lock_cursor(service_id)
+            with connection.cursor() as db:
+                db.execute(EXPIRE_SQL, {"service": service_id, "cutoff": cutoff, "now": now})
+                count = db.fetchone()[0]
+            if count:
+                announce_after_commit()
+            expired += count
+    if expired:
+        logger.info(
+            "expired %d lead(s) that waited longer than %ss", expired, settings.LEAD_MAX_WAIT
+        )
+    return expired
+
+
+def add_city_alias(alias: str, city: str) -> CityAlias:
+    """Declare that ``alias`` names ``city`` (SPEC §2a), and apply it to what is stored.
+
+    Both are normalised; a city that is itself an alias resolves to its canonical name, and an
+    alias may not be a canonical city of other aliases (no chains). In one transaction, under
+    every service's cursor lock (a city may be served and awaited anywhere): the providers that
+    list the alias get the canonical city instead (their pool rows follow, by trigger), and the
+    leads waiting under the alias join the canonical city's queue, in their order of arrival.
+    Their services are drained after the commit. ValidationError says what is wrong.
+    """
+    alias_key, city_key = normalise_city(alias), normalise_city(city)
+    errors: dict[str, list[str]] = {}
+    if not alias_key:
+        errors["alias"] = ["An alias needs a name."]
+    if not city_key:
+        errors["city"] = ["The city needs a name."]
+    with transaction.atomic():
+        service_ids = list(Service.objects.order_by("pk").values_list("pk", flat=True))
+        lock_cursors(service_ids)
+        city_key = (
+            CityAlias.objects.filter(alias=city_key).values_list("city", flat=True).first()
+            or city_key
+        )
+        if alias_key and alias_key == city_key:
+            errors.setdefault("alias", []).append("A city is not an alias of itself.")
+        if CityAlias.objects.filter(city=alias_key).exists():
+            errors.setdefault("alias", []).append(
+                f"“{alias_key}” is the canonical name of other aliases; alias those to "
+                f"“{city_key}” instead."
+            )
+        if errors:
+            raise ValidationError(errors)
+        saved, _ = CityAlias.objects.update_or_create(alias=alias_key, defaults={"city": city_key})
+        listing = Provider.objects.filter(cities__contains=[alias_key]).values_list("pk", flat=True)
+        for provider in lock_providers(listing).values():
+            cities = [city_key if c == alias_key else c for c in provider.cities]
+            Provider.objects.filter(pk=provider.pk).update(cities=list(dict.fromkeys(cities)))
+        Lead.objects.waiting().filter(city_key=alias_key).update(city_key=city_key)
+
+        def drain() -> None:
+            capacity_added.send(sender=CityAlias, service_ids=service_ids)
+
+        transaction.on_commit(drain, robust=True)
+    return saved

@@ -16,10 +16,14 @@ from procrastinate.contrib.django import app
 from procrastinate.exceptions import AlreadyEnqueued
 
 from allocation.models import Lead
-from allocation.services import allocate_waiting_leads
+from allocation.services import allocate_waiting_leads, expire_waiting_leads
+from providers.services import refresh_routing
 from providers.signals import capacity_added
 
 DRAINS = "drains"
+ROUTING = "routing"
+# Routing checks run every few seconds; their finished jobs are kept this long.
+ROUTING_HISTORY_HOURS = 1
 # Finished jobs stay this long (the admin shows them under Procrastinate), then go; failed
 # ones stay until someone looks.
 JOB_HISTORY_HOURS = 72
@@ -50,6 +54,32 @@ def drain_every_minute(timestamp: int) -> int:
     return allocate_waiting_leads()
 
 
+@app.periodic(cron=f"* * * * * */{settings.ROUTING_REFRESH_SECONDS}", periodic_id="routing")
+@app.task(name="apply_routing_transitions", queue=ROUTING, queueing_lock="routing_transitions")
+def apply_routing_transitions(timestamp: int) -> int:
+    """Every few seconds: open or close the providers whose time rules changed (hours
+    beginning or ending, time off ending, a cap window rolling over), drain the queues they
+    open, and expire the leads that waited longer than LEAD_MAX_WAIT. Return how many
+    providers and leads changed.
+
+    A periodic check rather than one job per transition deferred to its instant: the instants
+    move with every lead that reaches a cap and every rule edit, and a missed or duplicated job
+    would have to be reconciled; the check is one index probe (provider_routing_due) when
+    nothing is due, and it catches up by itself after a worker was down.
+    """
+    return run_routing_transitions()
+
+
+def run_routing_transitions() -> int:
+    """What apply_routing_transitions does, callable directly (tests, manage.py)."""
+    moved = refresh_routing()  # capacity_added after each commit that opened a provider
+    expired = expire_waiting_leads()
+    if expired:
+        # Leads queued behind an expired one may go through now.
+        drain_for_a_while()
+    return moved + expired
+
+
 @app.periodic(cron="* * * * *", periodic_id="stalled")
 @app.task(name="retry_stalled_jobs", queueing_lock="retry_stalled_jobs", retry=RETRY_SOON)
 async def retry_stalled_jobs(timestamp: int) -> int:
@@ -66,6 +96,7 @@ async def retry_stalled_jobs(timestamp: int) -> int:
 async def remove_old_jobs(timestamp: int) -> None:
     """Keep the job table small: every job that succeeded more than JOB_HISTORY_HOURS ago
     goes, once an hour."""
+    await app.job_manager.delete_old_jobs(nb_hours=ROUTING_HISTORY_HOURS, queue=ROUTING)
     await app.job_manager.delete_old_jobs(nb_hours=JOB_HISTORY_HOURS)
 
 

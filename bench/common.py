@@ -566,9 +566,14 @@ SELECT p.id, p.quota, p.remaining_quota, p.leads_this_cycle, p.leads_total,
  GROUP BY p.id ORDER BY p.id
 """
 
+# Only providers without routing rules (SPEC §2a): one that serves some cities or hours takes
+# only some leads, so the round robin's spread of 1 holds among the others only.
 POOL_SQL = """
 SELECT m.service_id, m.provider_id, m.provider_eligible, coalesce(c.n, 0)
   FROM providers_membership m
+  JOIN providers_provider p ON p.id = m.provider_id
+       AND cardinality(p.cities) = 0 AND p.hours = '' AND p.time_off = '[]'::jsonb
+       AND p.daily_cap IS NULL AND p.weekly_cap IS NULL
   LEFT JOIN (
       SELECT l.service_id, a.provider_id, count(*) AS n
         FROM allocation_allocation a JOIN allocation_lead l ON l.id = a.lead_id
@@ -596,7 +601,8 @@ def check_invariants(
     - per provider: quota - remaining_quota = allocations of its current cycle =
       leads_this_cycle, leads_total = all its allocations, 0 <= remaining_quota <= quota;
     - per service, pool allocations per pool provider differ by at most 1 among providers
-      eligible the whole run: all but those in ``ineligible`` and those ineligible now.
+      eligible the whole run: all but those in ``ineligible``, those ineligible now, and those
+      with routing rules (eligible for some leads only).
     """
     prefix = f"[{label}] " if label else ""
     lines: list[str] = []

@@ -15,6 +15,7 @@ from django.core.paginator import Page, Paginator
 from django.db import connection
 from django.db.models import Count, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from allocation.engine import SLOTS
 from allocation.models import Allocation, Lead
@@ -22,7 +23,8 @@ from delivery.selectors import recent_latency
 from events.models import Event
 from events.types import FEED_TYPES
 from providers.models import Membership, PoolCursor, Provider, Service
-from providers.selectors import next_pool_provider
+from providers.routing import local_time
+from providers.selectors import next_pool_provider, provider_routing
 
 PROVIDERS_PER_PAGE = 50
 LATEST_LEADS_PER_PROVIDER = 3
@@ -30,6 +32,7 @@ SERVICES_SHOWN = 20
 POOL_WINDOW = 16
 FEED_SIZE = 30
 DELIVERY_RATE_WINDOW = 100
+WAITING_CITIES = 8
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,47 @@ class ProviderRow:
         return round(100 * self.provider.remaining_quota / quota) if quota else 0
 
     @property
+    def routing(self) -> RoutingRow:
+        """Its area, open or closed now (and when it opens), its caps used (SPEC §2a)."""
+        return routing_row(self.provider, timezone.now())
+
+    @property
     def level(self) -> str:
         """ "empty", "low" or "ok": how full the remaining-quota bar is, for its colour."""
         if self.provider.remaining_quota == 0:
             return "empty"
         return "low" if self.remaining_percent <= 30 else "ok"
+
+
+@dataclass(frozen=True)
+class RoutingRow:
+    area: str
+    open: bool
+    reason: str | None
+    opens: str  # when it takes leads again, in its own timezone; '' if not by time alone
+    caps: str  # "today 2/5 · week 7/20"; '' without caps
+
+
+def routing_row(provider: Provider, now: datetime) -> RoutingRow:
+    """What a provider's dashboard row shows of its routing rules at ``now``."""
+    shown = provider_routing(provider, now)
+    rules = shown["routing"]
+    until = shown["eligible_again_at"]
+    opens = ""
+    if until is not None:
+        opens = f"{local_time(provider.routing, until):%a %d %b %H:%M %Z}"
+    caps = []
+    if rules["daily_cap"] is not None:
+        caps.append(f"today {rules['leads_today']}/{rules['daily_cap']}")
+    if rules["weekly_cap"] is not None:
+        caps.append(f"week {rules['leads_this_week']}/{rules['weekly_cap']}")
+    return RoutingRow(
+        area=", ".join(rules["cities"]) or "everywhere",
+        open=shown["eligible_now"],
+        reason=shown["not_eligible_reason"],
+        opens=opens,
+        caps=" · ".join(caps),
+    )
 
 
 @dataclass(frozen=True)
@@ -80,6 +119,8 @@ class Summary:
     delivery_p50: float | None = None
     delivery_p99: float | None = None
     delivered_recently: int = 0
+    # The largest waiting queues: (service name, canonical city, leads), at most WAITING_CITIES.
+    waiting_by_city: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -172,7 +213,8 @@ SPEED_WINDOW = 300
 
 
 def dashboard_summary() -> Summary:
-    """Totals over every provider, the waiting-queue size and speed to lead: three queries."""
+    """Totals over every provider, the waiting-queue size and its largest (service, city)
+    queues, and speed to lead: four queries."""
     active = Q(status=Provider.Status.ACTIVE)
     totals = Provider.objects.aggregate(
         providers=Count("pk"),
@@ -185,10 +227,18 @@ def dashboard_summary() -> Summary:
     )
     allocations = totals.pop("allocations")
     p50, p99, delivered = recent_latency(window=SPEED_WINDOW)
+    # Per (service, city): the queues of SPEC §2a, through lead_waiting_queue.
+    by_city = (
+        Lead.objects.waiting()
+        .values_list("service__name", "city_key")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "service__name", "city_key")[:WAITING_CITIES]
+    )
     return Summary(
         delivery_p50=p50,
         delivery_p99=p99,
         delivered_recently=delivered,
+        waiting_by_city=list(by_city),
         # Through the partial index lead_waiting_queue, however many leads are stored.
         waiting=Lead.objects.waiting().count(),
         # Every allocated lead has exactly SLOTS allocations (a DB invariant).

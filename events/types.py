@@ -15,6 +15,8 @@ CHANNEL = "dashboard"
 
 LEAD_ALLOCATED = "lead.allocated"
 LEAD_WAITING = "lead.waiting"
+# A waiting lead that waited longer than LEAD_MAX_WAIT: {lead_id, service_id}.
+LEAD_EXPIRED = "lead.expired"
 QUOTA_RESET = "quota.reset"
 PROVIDER_UPDATED = "provider.updated"
 DELIVERY_UPDATED = "delivery.updated"
@@ -23,6 +25,7 @@ RETURN_DECIDED = "return.decided"
 EVENT_TYPES = (
     LEAD_ALLOCATED,
     LEAD_WAITING,
+    LEAD_EXPIRED,
     QUOTA_RESET,
     PROVIDER_UPDATED,
     DELIVERY_UPDATED,
@@ -30,4 +33,11 @@ EVENT_TYPES = (
     RETURN_DECIDED,
 )
 # The types the dashboard's live feed lists; provider.updated only refreshes a row.
-FEED_TYPES = (LEAD_ALLOCATED, LEAD_WAITING, QUOTA_RESET, LEAD_RETURNED, RETURN_DECIDED)
+FEED_TYPES = (
+    LEAD_ALLOCATED,
+    LEAD_WAITING,
+    LEAD_EXPIRED,
+    QUOTA_RESET,
+    LEAD_RETURNED,
+    RETURN_DECIDED,
+)

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from ninja import Query, Router, Schema
 
 from allocation.models import Lead
@@ -34,7 +35,7 @@ from leaddist.http.json_body import parse_json_body
 from leaddist.http.metrics import count_lead
 from leaddist.http.ratelimit import RateLimited, client_ip
 from providers.models import Provider, Service
-from providers.selectors import provider_list, service_list
+from providers.selectors import provider_list, provider_routing, service_list
 from returns.selectors import lead_returns
 
 router = Router(auth=ApiKeyOrStaffSession(), tags=["leads"])
@@ -56,7 +57,7 @@ class ProviderOut(Schema):
 
 class LeadOut(Schema):
     id: int
-    status: Literal["allocated", "waiting"]
+    status: Literal["allocated", "waiting", "expired"]
     service: ServiceOut
     providers: list[ProviderOut]
     created_at: datetime
@@ -256,17 +257,31 @@ class TraceEntryOut(Schema):
     provider_id: int
     role: Literal["mandatory", "pool"]
     outcome: Literal["selected", "skipped"]
-    reason: Literal["no_quota", "paused", "already_selected"] | None
+    reason: (
+        Literal[
+            "paused",
+            "no_quota",
+            "out_of_area",
+            "time_off",
+            "off_hours",
+            "weekly_cap",
+            "daily_cap",
+            "already_selected",
+        ]
+        | None
+    )
 
 
 class LeadItemOut(LeadOut):
     name: str
     phone: str
     city: str
+    city_key: str
     description: str
     source: str
     wait_reason: Literal["not_enough_providers", "queued"] | None
     allocated_at: datetime | None
+    expired_at: datetime | None
 
 
 class DeliveryOut(Schema):
@@ -305,6 +320,17 @@ class LeadListOut(Schema):
     count: int
 
 
+class RoutingOut(Schema):
+    cities: list[str]
+    timezone: str
+    hours: str
+    time_off: list[list[str]]
+    daily_cap: int | None
+    weekly_cap: int | None
+    leads_today: int
+    leads_this_week: int
+
+
 class ProviderItemOut(Schema):
     id: int
     name: str
@@ -314,6 +340,12 @@ class ProviderItemOut(Schema):
     cycle: int
     leads_this_cycle: int
     leads_total: int
+    routing: RoutingOut
+    eligible_now: bool
+    not_eligible_reason: (
+        Literal["paused", "no_quota", "time_off", "off_hours", "weekly_cap", "daily_cap"] | None
+    )
+    eligible_again_at: datetime | None
 
 
 class ProviderListOut(Schema):
@@ -374,7 +406,7 @@ def list_leads(
     limit: int = LIMIT,
     offset: int = OFFSET,
     service: str | None = Query(None, min_length=1, description="A service id or slug."),
-    status: Literal["allocated", "waiting"] | None = Query(None),
+    status: Literal["allocated", "waiting", "expired"] | None = Query(None),
     provider: int | None = Query(None, ge=1, le=MAX_BIGINT, description="A provider id."),
 ) -> HttpResponse | dict[str, Any]:
     try:
@@ -436,7 +468,46 @@ def _page(
 def list_providers(
     request: HttpRequest, limit: int = LIMIT, offset: int = OFFSET
 ) -> HttpResponse | dict[str, Any]:
-    return _page(request, provider_list, limit=limit, offset=offset)
+    page = _page(request, provider_list, limit=limit, offset=offset)
+    if isinstance(page, dict):
+        now = timezone.now()
+        page["items"] = [_provider_item(provider, now) for provider in page["items"]]
+    return page
+
+
+def _provider_item(provider: Provider, now: datetime) -> dict[str, Any]:
+    return {
+        "id": provider.pk,
+        "name": provider.name,
+        "status": provider.status,
+        "quota": provider.quota,
+        "remaining_quota": provider.remaining_quota,
+        "cycle": provider.cycle,
+        "leads_this_cycle": provider.leads_this_cycle,
+        "leads_total": provider.leads_total,
+    } | provider_routing(provider, now)
+
+
+@router.get(
+    "/providers/{int:provider_id}",
+    response={200: ProviderItemOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
+    operation_id="get_provider",
+    summary="A provider, its routing rules, and whether it can take a lead now",
+    description="`eligible_now` leaves the area out (it depends on the lead's city). When it is "
+    "false, `not_eligible_reason` says why and `eligible_again_at` when the time rules let the "
+    "provider take leads again (null: not by time alone, e.g. paused or out of quota).",
+)
+def get_provider(request: HttpRequest, provider_id: int) -> HttpResponse | dict[str, Any]:
+    try:
+        _reject_unknown_params(request)
+    except Rejected as rejected:
+        return rejected.response()
+    provider = (
+        Provider.objects.filter(pk=provider_id).first() if provider_id <= MAX_BIGINT else None
+    )
+    if provider is None:
+        return error_response(404, "not_found", f"No provider with id {provider_id}.")
+    return _provider_item(provider, timezone.now())
 
 
 @router.get(

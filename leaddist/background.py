@@ -1,7 +1,7 @@
 """The background worker (procrastinate): drains and housekeeping, as `make run`, `make worker`
 and leaddist.serve start it.
 
-    python -m leaddist.background [--queues drains,default] [--concurrency 1]
+    python -m leaddist.background [--queues drains,routing,default] [--concurrency 1]
         [--shutdown-graceful-timeout 25] [--fetch-job-polling-interval 5] [--name NAME]
 
 It runs ``manage.py procrastinate worker``'s worker (procrastinate's public API: ``App``,
@@ -72,7 +72,7 @@ class LivePool(psycopg_pool.AsyncConnectionPool):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queues", default="drains,default", help="comma-separated queues")
+    parser.add_argument("--queues", default="drains,routing,default", help="comma-separated queues")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--shutdown-graceful-timeout", type=float, default=25.0)
     parser.add_argument("--fetch-job-polling-interval", type=float, default=5.0)

@@ -151,7 +151,7 @@ def background_command() -> list[str]:
         *(sys.executable, "-m", "leaddist.background"),
         # Drains and housekeeping. One job at a time: a drain is a loop of short transactions,
         # and two drains of the same queue would only wait for each other's cursor locks.
-        *("--queues", "drains,default"),
+        *("--queues", "drains,routing,default"),
         *("--concurrency", "1", "--shutdown-graceful-timeout", "25"),
         # A job retried after a failure is due 1 s later, and no NOTIFY says so: look each
         # second (one small query).

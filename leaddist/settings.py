@@ -179,6 +179,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Attempts for one allocation when PostgreSQL reports a deadlock, serialization failure or
 # lock timeout; after the last one the client gets 503 busy with Retry-After.
 ALLOCATION_MAX_ATTEMPTS = env.int("ALLOCATION_MAX_ATTEMPTS", default=6)
+# A lead waiting longer than this (seconds) becomes expired and is never allocated (SPEC §2a).
+LEAD_MAX_WAIT = env.int("LEAD_MAX_WAIT", default=24 * 3600)
+# How often the worker applies the routing rules' time transitions (hours beginning, time off
+# ending, a cap window rolling over) and expires stale leads, in seconds (a cron field).
+ROUTING_REFRESH_SECONDS = env.int("ROUTING_REFRESH_SECONDS", default=5)
 BUSY_RETRY_AFTER_SECONDS = env.int("BUSY_RETRY_AFTER_SECONDS", default=1)
 # A request that adds capacity (quota reset, provider resumed, quota raised, membership added)
 # drains the waiting queue for at most this long; a background drain does the rest.

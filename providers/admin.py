@@ -23,21 +23,33 @@ from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from providers.locks import lock_cursors
 from providers.models import Membership, PoolCursor, Provider, Service
-from providers.selectors import next_pool_provider
+from providers.routing import (
+    RoutingError,
+    format_time_off,
+    parse_cities,
+    parse_date_range,
+    time_off_from_json,
+)
+from providers.selectors import describe_routing, next_pool_provider
 from providers.services import (
     PROVIDER_FIELDS,
     SERVICE_FIELDS,
     MembershipEdit,
+    RoutingRules,
     check_memberships,
     check_provider_edit,
     check_service_edit,
+    clean_routing,
     pause_provider,
     remove_memberships,
     resume_provider,
+    routing_values,
     save_memberships,
+    set_routing,
     update_provider,
     update_service,
 )
@@ -317,15 +329,96 @@ class QuotaLeftFilter(admin.SimpleListFilter):
         return queryset
 
 
+ROUTING_FORM_FIELDS = ["cities_text", "timezone_name", "hours_text", "time_off_text"]
+ROUTING_FORM_FIELDS += ["daily_cap_value", "weekly_cap_value"]
+
+
 class ProviderAdminForm(VersionedForm):
+    """Name, quota, status, and the routing rules of SPEC §2a, under one version check."""
+
+    cities_text = forms.CharField(
+        label="Cities",
+        required=False,
+        help_text="Comma-separated; compared normalised and through the city aliases. "
+        "Blank: everywhere.",
+    )
+    timezone_name = forms.CharField(
+        label="Timezone", required=False, help_text="An IANA name; blank: the site's."
+    )
+    hours_text = forms.CharField(
+        label="Hours",
+        required=False,
+        help_text="e.g. “mon-fri 08:00-18:00; sat 09:00-13:00”; blank: always open.",
+    )
+    time_off_text = forms.CharField(
+        label="Time off",
+        required=False,
+        help_text="Inclusive local dates, comma-separated: 2026-12-24..2026-12-26, 2027-01-01.",
+    )
+    daily_cap_value = forms.IntegerField(label="Daily cap", required=False, min_value=0)
+    weekly_cap_value = forms.IntegerField(
+        label="Weekly cap", required=False, min_value=0, help_text="Per ISO week, local."
+    )
+
     class Meta:
         model = Provider
         fields = list(PROVIDER_FIELDS)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        p = self.instance
+        self.fields["cities_text"].initial = ", ".join(p.cities or [])
+        self.fields["timezone_name"].initial = p.timezone
+        self.fields["hours_text"].initial = p.hours
+        self.fields["time_off_text"].initial = format_time_off(time_off_from_json(p.time_off))
+        self.fields["daily_cap_value"].initial = p.daily_cap
+        self.fields["weekly_cap_value"].initial = p.weekly_cap
+        self.routing_rules: RoutingRules | None = None
+
+    def _routing_changes(self) -> dict[str, Any]:
+        changed = set(self.changed_data)
+        data = self.cleaned_data
+        changes: dict[str, Any] = {}
+        if "cities_text" in changed:
+            changes["cities"] = parse_cities(data["cities_text"])
+        if "timezone_name" in changed:
+            changes["tz"] = data["timezone_name"]
+        if "hours_text" in changed:
+            changes["hours"] = data["hours_text"]
+        if "time_off_text" in changed:
+            texts = [t for t in data["time_off_text"].split(",") if t.strip()]
+            try:
+                changes["time_off"] = [parse_date_range(t) for t in texts]
+            except RoutingError as exc:
+                self.add_error("time_off_text", str(exc))
+        if "daily_cap_value" in changed:
+            changes["daily_cap"] = data["daily_cap_value"]
+        if "weekly_cap_value" in changed:
+            changes["weekly_cap"] = data["weekly_cap_value"]
+        return changes
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        changes = self._routing_changes()
+        if changes:
+            try:
+                self.routing_rules = clean_routing(self.instance, **changes)
+            except ValidationError as exc:
+                fields = {
+                    "cities": "cities_text",
+                    "timezone": "timezone_name",
+                    "hours": "hours_text",
+                    "time_off": "time_off_text",
+                    "daily_cap": "daily_cap_value",
+                    "weekly_cap": "weekly_cap_value",
+                }
+                for name, messages_ in exc.message_dict.items():
+                    for message in messages_:
+                        self.add_error(fields.get(name), message)
         if self.instance.pk is not None and cleaned.get("seen_version") is not None:
             yours = {name: cleaned[name] for name in PROVIDER_FIELDS if name in cleaned}
+            if self.routing_rules is not None:
+                yours |= routing_values(self.routing_rules)
             # Locks the provider's cursors, then the provider, until the admin's transaction
             # ends: the save that follows writes over exactly the version checked here.
             check_provider_edit(self.instance, seen_version=cleaned["seen_version"], yours=yours)
@@ -343,7 +436,14 @@ class ProviderAdmin(admin.ModelAdmin):
     """
 
     EDITABLE = ["name", "quota", "status"]
-    ENGINE_OWNED = ["remaining_quota", "cycle", "leads_this_cycle", "leads_total", "created_at"]
+    ENGINE_OWNED = [
+        "remaining_quota",
+        "cycle",
+        "leads_this_cycle",
+        "leads_total",
+        "routing_now",
+        "created_at",
+    ]
 
     list_display = [
         "id",
@@ -363,13 +463,22 @@ class ProviderAdmin(admin.ModelAdmin):
     actions = ["pause_selected", "resume_selected"]
 
     def get_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
-        return [*self.EDITABLE, "seen_version"] + (self.ENGINE_OWNED if obj is not None else [])
+        return [*self.EDITABLE, *ROUTING_FORM_FIELDS, "seen_version"] + (
+            self.ENGINE_OWNED if obj is not None else []
+        )
+
+    @admin.display(description="Routing now")
+    def routing_now(self, obj: Provider) -> str:
+        return "\n".join(describe_routing(obj, timezone.now())[5:])
 
     def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
         if not change:
             # A new provider starts its first cycle with its whole quota.
             obj.remaining_quota = obj.quota
             obj.save()
+            if form.routing_rules is not None:
+                saved = set_routing(obj, form.routing_rules)
+                obj.version = saved.version
             return
         # Only what the operator changed: the rest of the form may be what they saw, not what
         # is stored now (the version check refuses that case, and this keeps it harmless).
@@ -378,7 +487,12 @@ class ProviderAdmin(admin.ModelAdmin):
             expected_version=form.cleaned_data["seen_version"],
             **form.changes({name: name for name in PROVIDER_FIELDS}),
         )
-        for field in [*self.EDITABLE, "version", *self.ENGINE_OWNED]:
+        if form.routing_rules is not None:
+            # Same transaction, the provider still locked by the check: no version to compare.
+            saved = set_routing(saved, form.routing_rules)
+        for field in [*self.EDITABLE, "version", *self.ENGINE_OWNED[:-2]]:
+            setattr(obj, field, getattr(saved, field))
+        for field in ("cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap"):
             setattr(obj, field, getattr(saved, field))
 
     # The actions write through update_provider too: PostgreSQL moves the version, so a change

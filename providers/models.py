@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
+
+from providers import routing as rules
 
 MAX_MANDATORY = 3
 
@@ -63,8 +69,45 @@ class Provider(models.Model):
     leads_this_cycle = models.PositiveIntegerField(default=0)
     leads_total = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
-    # Counts edits of name, quota and status: what the admin form writes.
+    # Counts edits of name, quota, status and the routing rules: what the admin form writes.
     version = version_field()
+
+    # Routing rules (SPEC §2a). The defaults are no rules: everywhere, always, no caps.
+    cities = ArrayField(
+        models.CharField(max_length=120),
+        default=list,
+        blank=True,
+        help_text="Canonical cities served (normalised, aliases resolved); empty: everywhere.",
+    )
+    timezone = models.CharField(
+        max_length=64, blank=True, default="", help_text="IANA name; blank: the site's TIME_ZONE."
+    )
+    hours = models.CharField(
+        max_length=500,
+        blank=True,
+        default="",
+        help_text="Weekly hours, e.g. “mon-fri 08:00-18:00; sat 09:00-13:00”; blank: always.",
+    )
+    time_off = models.JSONField(
+        default=list, blank=True, help_text="Inclusive local date ranges: [[first, last], ...]."
+    )
+    daily_cap = models.PositiveIntegerField(null=True, blank=True)
+    weekly_cap = models.PositiveIntegerField(null=True, blank=True)
+    # Leads counted for the caps, per local day and ISO week (its Monday), in the provider's
+    # timezone. The engine reads and bumps them under the provider's row lock, in the UPDATE
+    # that takes the quota, so they are exact under any concurrency.
+    cap_day = models.DateField(null=True, blank=True, editable=False)
+    cap_day_count = models.PositiveIntegerField(default=0, editable=False)
+    cap_week = models.DateField(null=True, blank=True, editable=False)
+    cap_week_count = models.PositiveIntegerField(default=0, editable=False)
+    # The time rules (time off, hours, caps) as of routing_checked: open or not, why not, and
+    # when that answer next changes. Materialised so that the engine's walk can skip closed
+    # providers through an index (the eligibility mirror includes it); the engine still
+    # decides on the rules themselves, under lock, at the lead's time. Kept by the engine
+    # (a cap reached) and by refresh_routing (providers/services.py) at routing_changes_at.
+    routing_open = models.BooleanField(default=True, editable=False)
+    routing_reason = models.CharField(max_length=16, blank=True, default="", editable=False)
+    routing_changes_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = ProviderQuerySet.as_manager()
 
@@ -80,13 +123,43 @@ class Provider(models.Model):
                 name="providers_provider_status_valid",
             ),
         ]
+        indexes = [
+            # The transition refresh: providers whose time rules change their answer next.
+            models.Index(
+                fields=["routing_changes_at"],
+                condition=Q(routing_changes_at__isnull=False),
+                name="provider_routing_due",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
 
     @property
     def is_eligible(self) -> bool:
-        return self.status == self.Status.ACTIVE and self.remaining_quota > 0
+        """Active, with quota, and open by its time rules as last materialised."""
+        return self.status == self.Status.ACTIVE and self.remaining_quota > 0 and self.routing_open
+
+    @property
+    def routing(self) -> rules.Routing:
+        """This row's routing rules as plain values."""
+        return rules.Routing(
+            cities=frozenset(self.cities or ()),
+            timezone=self.timezone or settings.TIME_ZONE,
+            hours=rules.parse_hours(self.hours or ""),
+            time_off=rules.time_off_from_json(self.time_off or ()),
+            daily_cap=self.daily_cap,
+            weekly_cap=self.weekly_cap,
+        )
+
+    @property
+    def usage(self) -> rules.Usage:
+        return rules.Usage(self.cap_day, self.cap_day_count, self.cap_week, self.cap_week_count)
+
+    def leads_on(self, local_day: date) -> tuple[int, int]:
+        """Leads counted for the caps on that local day and in its ISO week."""
+        usage = self.usage
+        return usage.today(local_day), usage.this_week(rules.week_of(local_day))
 
 
 class MembershipQuerySet(models.QuerySet["Membership"]):
@@ -110,6 +183,11 @@ class Membership(models.Model):
     # providers 0002). It lets the engine find the next eligible pool providers through a
     # partial index, so the work per lead does not grow with the pool or with exhaustion.
     provider_eligible = models.BooleanField(default=True, editable=False)
+    # Mirror of "provider serves every city" (no cities listed), kept by the same triggers
+    # (migration providers 0007). The trace's walk reads only the memberships that are not
+    # both eligible and everywhere (membership_skippable_walk): none in a catalogue without
+    # routing rules, so its cost there is what it was before them.
+    provider_everywhere = models.BooleanField(default=True, editable=False)
     # Counts edits of service, provider, role and position; not of provider_eligible.
     version = version_field()
 
@@ -147,6 +225,12 @@ class Membership(models.Model):
                 condition=Q(provider_eligible=False),
                 name="membership_ineligible_walk",
             ),
+            # The memberships a lead's walk may skip: ineligible, or serving some cities only.
+            models.Index(
+                fields=["service", "role", "position"],
+                condition=Q(provider_eligible=False) | Q(provider_everywhere=False),
+                name="membership_skippable_walk",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -160,6 +244,65 @@ class Membership(models.Model):
                     f"at most {MAX_MANDATORY} mandatory providers."
                 }
             )
+
+
+class PoolCity(models.Model):
+    """One row per pool membership and city its provider serves ('' for everywhere).
+
+    PostgreSQL alone writes it (triggers of migration providers 0006), from the memberships and
+    the providers' cities, with the eligibility mirror copied from the membership. The engine
+    walks a lead's pool through it (the city's rows and the everywhere rows, in position order),
+    so a pool of 10,000 providers spread over 100 cities costs what the seed catalogue does.
+    """
+
+    membership = models.ForeignKey(
+        Membership, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    service = models.ForeignKey(
+        Service, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    provider = models.ForeignKey(
+        Provider, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    position = models.PositiveIntegerField()
+    city = models.CharField(max_length=120, blank=True)
+    provider_eligible = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["membership", "city"], name="providers_poolcity_unique_city"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["service", "city", "position"],
+                condition=Q(provider_eligible=True),
+                name="poolcity_eligible_walk",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Membership #{self.membership_id} in “{self.city or '*'}”"
+
+
+class CityAlias(models.Model):
+    """Another name of a city (“Bangalore” for “Bengaluru”), both stored normalised."""
+
+    alias = models.CharField(max_length=120, unique=True)
+    city = models.CharField(max_length=120, help_text="The canonical name, normalised.")
+
+    class Meta:
+        ordering = ["city", "alias"]
+        verbose_name_plural = "city aliases"
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(alias=F("city")), name="providers_cityalias_not_itself"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias} → {self.city}"
 
 
 class PoolCursor(models.Model):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -12,6 +14,7 @@ from django.db.models.functions import Coalesce
 
 from leaddist.http.db import MAX_BIGINT
 from providers.models import Membership, Provider, Service
+from providers.routing import format_time_off, local_time, open_again_at, time_reason
 
 
 class _ActiveServices:
@@ -117,3 +120,81 @@ def service_list(*, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]
             }
         )
     return items, Service.objects.count()
+
+
+# --- Routing rules (SPEC §2a) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutingStatus:
+    """Whether a provider can take a lead now (whatever its city), and if not, why and until
+    when (None: until someone changes something, e.g. resumes it or a reset restores quota)."""
+
+    eligible: bool
+    reason: str | None
+    until: datetime | None
+
+
+def routing_status(provider: Provider, now: datetime) -> RoutingStatus:
+    """The provider's eligibility at ``now``, from its row: status, quota, then its time rules
+    (SPEC §2a's precedence; the area depends on the lead's city and is left out)."""
+    if provider.status != Provider.Status.ACTIVE:
+        return RoutingStatus(False, "paused", None)
+    if provider.remaining_quota <= 0:
+        return RoutingStatus(False, "no_quota", None)
+    rules, usage = provider.routing, provider.usage
+    reason = time_reason(rules, usage, now)
+    if reason is None:
+        return RoutingStatus(True, None, None)
+    return RoutingStatus(False, reason, open_again_at(rules, usage, now))
+
+
+def provider_routing(provider: Provider, now: datetime) -> dict[str, Any]:
+    """A provider's rules, its cap counts today and this week (local), and its status now: what
+    the read API and the set_routing command show."""
+    rules = provider.routing
+    today = local_time(rules, now).date()
+    leads_today, leads_this_week = provider.leads_on(today)
+    status = routing_status(provider, now)
+    return {
+        "routing": {
+            "cities": list(provider.cities),
+            "timezone": rules.timezone,
+            "hours": provider.hours,
+            "time_off": [[a.isoformat(), b.isoformat()] for a, b in rules.time_off],
+            "daily_cap": provider.daily_cap,
+            "weekly_cap": provider.weekly_cap,
+            "leads_today": leads_today,
+            "leads_this_week": leads_this_week,
+        },
+        "eligible_now": status.eligible,
+        "not_eligible_reason": status.reason,
+        "eligible_again_at": status.until,
+    }
+
+
+def describe_routing(provider: Provider, now: datetime) -> list[str]:
+    """The provider's routing rules and status as lines of text (set_routing's output)."""
+    shown = provider_routing(provider, now)
+    rules = shown["routing"]
+    tz = rules["timezone"] + ("" if provider.timezone else " (the site's)")
+    caps = [
+        ("daily cap", rules["daily_cap"], rules["leads_today"], "today"),
+        ("weekly cap", rules["weekly_cap"], rules["leads_this_week"], "this week"),
+    ]
+    lines = [
+        f"{provider.name} (#{provider.pk})",
+        f"  cities:     {', '.join(rules['cities']) or 'everywhere'}",
+        f"  timezone:   {tz}",
+        f"  hours:      {rules['hours'] or 'always'}",
+        f"  time off:   {format_time_off(provider.routing.time_off) or 'none'}",
+    ]
+    for label, cap, used, when in caps:
+        lines.append(f"  {label + ':':11} {'none' if cap is None else cap} ({used} lead(s) {when})")
+    if shown["eligible_now"]:
+        lines.append("  now:        eligible")
+    else:
+        until = shown["eligible_again_at"]
+        when = f" until {local_time(provider.routing, until):%Y-%m-%d %H:%M %Z}" if until else ""
+        lines.append(f"  now:        not eligible ({shown['not_eligible_reason']}){when}")
+    return lines

@@ -15,12 +15,14 @@ them alone, so a form is never refused because leads were allocated or quotas re
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from events.services import record_event
 from events.types import PROVIDER_UPDATED
@@ -31,7 +33,20 @@ from providers.locks import (
     lock_providers_with_services,
     lock_service,
 )
-from providers.models import Membership, PoolCursor, Provider, Service
+from providers.models import CityAlias, Membership, PoolCursor, Provider, Service
+from providers.routing import (
+    DateRange,
+    RoutingError,
+    check_time_off,
+    format_hours,
+    next_change,
+    normalise_city,
+    parse_hours,
+    time_off_from_json,
+    time_off_to_json,
+    time_reason,
+    zone,
+)
 from providers.signals import capacity_added
 from providers.validation import MembershipSpec, membership_errors
 
@@ -539,3 +554,207 @@ def credit_quota(provider: Provider) -> bool:
         if locked.is_eligible:
             _announce_capacity(service_ids)
     return True
+
+
+# --- Routing rules (SPEC §2a) -----------------------------------------------------------------
+
+# Providers refreshed per transaction by refresh_routing.
+REFRESH_BATCH = 200
+KEEP: Any = object()  # set_routing: leave this rule as it is
+
+
+def city_aliases() -> dict[str, str]:
+    """The staff's aliases: normalised alias -> canonical city."""
+    return dict(CityAlias.objects.values_list("alias", "city"))
+
+
+def canonical_cities(names: Iterable[str]) -> list[str]:
+    """These cities normalised and through the aliases, without repeats, in order."""
+    aliases = city_aliases()
+    cities: list[str] = []
+    for name in names:
+        key = normalise_city(name)
+        key = aliases.get(key, key)
+        if key and key not in cities:
+            cities.append(key)
+    return cities
+
+
+def _time_state(provider: Provider, now: datetime) -> tuple[bool, str, datetime | None]:
+    """The provider's time rules at ``now``, as materialised: open, why not, next change."""
+    rules, usage = provider.routing, provider.usage
+    reason = time_reason(rules, usage, now)
+    return reason is None, reason or "", next_change(rules, usage, now)
+
+
+def _write_time_state(provider: Provider, now: datetime) -> bool:
+    """Write the materialised state if it moved; return whether the provider opened."""
+    state = _time_state(provider, now)
+    was_open = provider.routing_open
+    if state == (provider.routing_open, provider.routing_reason, provider.routing_changes_at):
+        return False
+    provider.routing_open, provider.routing_reason, provider.routing_changes_at = state
+    # A bulk update: these columns are the engine's, not catalogue edits.
+    Provider.objects.filter(pk=provider.pk).update(
+        routing_open=state[0], routing_reason=state[1], routing_changes_at=state[2]
+    )
+    return state[0] and not was_open
+
+
+def refresh_routing(
+    *, provider_ids: Iterable[int] | None = None, now: datetime | None = None
+) -> int:
+    """Bring the materialised time-rule state of providers up to ``now``; return how many moved.
+
+    Those given, or (None) every provider whose ``routing_changes_at`` has come, in batches.
+    Each batch locks the cursors of the providers' services, then the providers, as every
+    capacity change does: a provider whose hours begin, whose time off ends or whose cap window
+    rolls over adds capacity, and its services' waiting leads are drained after the commit.
+    """
+    now = now or timezone.now()
+    moved = 0
+    while True:
+        if provider_ids is None:
+            due = Provider.objects.filter(routing_changes_at__lte=now).order_by(
+                "routing_changes_at"
+            )
+            ids = list(due.values_list("pk", flat=True)[:REFRESH_BATCH])
+        else:
+            ids = sorted(set(provider_ids))
+        if not ids:
+            return moved
+        with transaction.atomic():
+            service_ids, locked = lock_providers_with_services(ids)
+            opened = False
+            for provider in locked.values():
+                before = provider.routing_open
+                opened |= _write_time_state(provider, now)
+                if provider.routing_open != before:
+                    moved += 1
+                    _announce_change(provider)
+            if opened:
+                _announce_capacity(service_ids)
+        if provider_ids is not None or len(ids) < REFRESH_BATCH:
+            return moved
+
+
+@dataclass(frozen=True)
+class RoutingRules:
+    """A provider's routing rules as an editor gives them, checked (see clean_routing)."""
+
+    cities: list[str]
+    timezone: str
+    hours: str
+    time_off: list[DateRange]
+    daily_cap: int | None
+    weekly_cap: int | None
+
+
+def clean_routing(
+    provider: Provider,
+    *,
+    cities: Any = KEEP,
+    tz: Any = KEEP,
+    hours: Any = KEEP,
+    time_off: Any = KEEP,
+    add_time_off: Sequence[DateRange] = (),
+    daily_cap: Any = KEEP,
+    weekly_cap: Any = KEEP,
+) -> RoutingRules:
+    """The provider's rules with these changes, checked; ValidationError says what is wrong.
+
+    ``cities``: names (normalised and through the aliases here; empty: everywhere); ``tz``: an
+    IANA name or '' (the site's); ``hours``: text for parse_hours ('' or 'always': always open);
+    ``time_off``: the whole list of ranges; ``add_time_off``: ranges added to it; caps: a
+    number >= 0 or None (no cap). KEEP leaves a rule as it is.
+    """
+    errors: dict[str, list[str]] = {}
+
+    def check(name: str, make: Any) -> Any:
+        try:
+            return make()
+        except RoutingError as exc:
+            errors.setdefault(name, []).append(str(exc))
+            return None
+
+    new_cities = list(provider.cities) if cities is KEEP else canonical_cities(cities)
+    new_tz = provider.timezone if tz is KEEP else (tz or "").strip()
+    if new_tz:
+        check("timezone", lambda: zone(new_tz))
+    new_hours = (
+        provider.hours
+        if hours is KEEP
+        else check("hours", lambda: format_hours(parse_hours(hours or "")))
+    )
+    ranges = list(time_off_from_json(provider.time_off)) if time_off is KEEP else list(time_off)
+    ranges += list(add_time_off)
+    new_time_off = check("time_off", lambda: check_time_off(ranges))
+    caps = {}
+    for name, value, current in (
+        ("daily_cap", daily_cap, provider.daily_cap),
+        ("weekly_cap", weekly_cap, provider.weekly_cap),
+    ):
+        value = current if value is KEEP else value
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            errors.setdefault(name, []).append(
+                f"A cap is a whole number of leads, 0 or more; not {value}."
+            )
+        caps[name] = value
+    if errors:
+        raise ValidationError(errors)
+    return RoutingRules(
+        new_cities,
+        new_tz,
+        new_hours or "",
+        new_time_off or [],
+        caps["daily_cap"],
+        caps["weekly_cap"],
+    )
+
+
+def routing_values(rules: RoutingRules) -> dict[str, Any]:
+    """The provider columns these rules are stored in."""
+    return {
+        "cities": rules.cities,
+        "timezone": rules.timezone,
+        "hours": rules.hours,
+        "time_off": time_off_to_json(rules.time_off),
+        "daily_cap": rules.daily_cap,
+        "weekly_cap": rules.weekly_cap,
+    }
+
+
+def set_routing(
+    provider: Provider,
+    rules: RoutingRules,
+    *,
+    expected_version: int | None = None,
+    now: datetime | None = None,
+) -> Provider:
+    """Give the provider these routing rules (from clean_routing), under the engine's lock order.
+
+    The cursors of its services, then the provider; with ``expected_version`` the change is
+    refused (EditConflict) if the provider was edited since. The materialised time state is
+    recomputed in the same transaction. If the provider can take leads afterwards, its services'
+    waiting leads are drained after the commit: an area added, a cap raised or removed, hours or
+    time off changed may all let some through.
+    """
+    now = now or timezone.now()
+    values = routing_values(rules)
+    with transaction.atomic():
+        service_ids, locked = _lock_provider(provider.pk)
+        _check_version(f"Provider “{locked.name}”", locked, expected_version, values)
+        written = [key for key, value in values.items() if getattr(locked, key) != value]
+        if not written:
+            return locked
+        for key in written:
+            setattr(locked, key, values[key])
+        locked.save(update_fields=written)
+        locked.refresh_from_db(fields=["version"])
+        _write_time_state(locked, now)
+        _announce_change(locked)
+        if locked.is_eligible:
+            _announce_capacity(service_ids)
+    return locked

@@ -63,10 +63,12 @@ def test_lead_list_is_newest_first_with_the_count_and_every_field(client, seeded
         "name": "Customer 1",
         "phone": "+15550000001",
         "city": "Springfield",
+        "city_key": "springfield",
         "description": "call after 5",
         "source": "test",
         "wait_reason": None,
         "allocated_at": iso(Lead.objects.get(pk=first.pk).allocated_at),
+        "expired_at": None,
     }
 
 
@@ -281,6 +283,20 @@ def test_providers_list_has_exactly_the_spec_fields_newest_first(client, seeded,
         "cycle": 1,
         "leads_this_cycle": 1,
         "leads_total": 1,
+        # SPEC §2a: the routing rules, the cap counts (local day, ISO week), and now
+        "routing": {
+            "cities": [],
+            "timezone": "UTC",
+            "hours": "",
+            "time_off": [],
+            "daily_cap": None,
+            "weekly_cap": None,
+            "leads_today": 1,
+            "leads_this_week": 1,
+        },
+        "eligible_now": True,
+        "not_eligible_reason": None,
+        "eligible_again_at": None,
     }
 
 
@@ -455,3 +471,50 @@ def test_a_mistyped_query_parameter_is_422_not_ignored(client, seeded, key_heade
 
     assert response.status_code == 422
     assert response.json()["error"]["fields"] == {"stauts": ["Unknown query parameter."]}
+
+
+# --- GET /api/providers/{id}: routing rules and eligibility now (SPEC §2a) ---
+
+
+def test_provider_detail_shows_its_rules_and_why_and_until_when_it_is_not_eligible(
+    client, seeded, key_headers, monkeypatch
+):
+    from datetime import UTC, datetime
+
+    from django.utils import timezone
+
+    from providers.services import clean_routing, set_routing
+
+    now = datetime(2026, 12, 7, 10, tzinfo=UTC)  # Monday, 11:00 in Oslo
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    p2 = Provider.objects.get(pk=2)
+    set_routing(
+        p2,
+        clean_routing(
+            p2, cities=["Oslo"], tz="Europe/Oslo", hours="mon-fri 12:00-18:00", daily_cap=3
+        ),
+    )
+
+    body = get(client, "/api/providers/2", key_headers).json()
+    paused = Provider.objects.filter(pk=3).update(status="paused")
+    body3 = get(client, "/api/providers/3", key_headers).json()
+
+    assert body["routing"] == {
+        "cities": ["oslo"],
+        "timezone": "Europe/Oslo",
+        "hours": "mon-fri 12:00-18:00",
+        "time_off": [],
+        "daily_cap": 3,
+        "weekly_cap": None,
+        "leads_today": 0,
+        "leads_this_week": 0,
+    }
+    assert (body["eligible_now"], body["not_eligible_reason"]) == (False, "off_hours")
+    assert body["eligible_again_at"] == "2026-12-07T11:00:00Z"
+    assert paused == 1
+    assert (body3["eligible_now"], body3["not_eligible_reason"], body3["eligible_again_at"]) == (
+        False,
+        "paused",
+        None,
+    )
+    assert get(client, "/api/providers/99", key_headers).status_code == 404

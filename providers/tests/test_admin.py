@@ -363,6 +363,13 @@ def test_provider_form_offers_no_way_to_change_the_remaining_quota(admin_client,
         "delivery_email",
         "rotate_secret",
         "seen_version",
+        # the routing rules (SPEC §2a)
+        "cities_text",
+        "timezone_name",
+        "hours_text",
+        "time_off_text",
+        "daily_cap_value",
+        "weekly_cap_value",
     }
     assert 'name="remaining_quota"' not in response.content.decode()
 
@@ -683,3 +690,67 @@ def test_removing_a_row_someone_else_changed_is_refused(admin_client, seeded):
 
     assert "The membership of Provider 4" in errors_of(response)
     assert ("pool", 7, 4) in memberships_of(1)
+
+
+# --- routing rules (SPEC §2a) --------------------------------------------------------------
+
+
+def test_the_provider_page_edits_the_routing_rules(admin_client, seeded):
+    provider = Provider.objects.get(pk=2)
+
+    response = admin_client.post(
+        change_url("provider", 2),
+        provider_post(
+            provider,
+            cities_text="Oslo, bergen ",
+            timezone_name="Europe/Oslo",
+            hours_text="Mon-Fri 08:00-18:00",
+            time_off_text="2026-12-24..2026-12-26, 2027-01-01",
+            daily_cap_value="5",
+        ),
+    )
+
+    assert response.status_code == 302
+    provider.refresh_from_db()
+    assert provider.cities == ["oslo", "bergen"]
+    assert (provider.timezone, provider.hours) == ("Europe/Oslo", "mon-fri 08:00-18:00")
+    assert provider.time_off == [["2026-12-24", "2026-12-26"], ["2027-01-01", "2027-01-01"]]
+    assert (provider.daily_cap, provider.weekly_cap) == (5, None)
+    page = admin_client.get(change_url("provider", 2)).content.decode()
+    assert "Routing now" in page
+
+
+def test_bad_routing_rules_are_refused_on_their_fields_and_nothing_changes(admin_client, seeded):
+    provider = Provider.objects.get(pk=2)
+
+    response = admin_client.post(
+        change_url("provider", 2),
+        provider_post(
+            provider,
+            name="Renamed",
+            timezone_name="Mars/Olympus",
+            hours_text="mon 18:00-08:00",
+            time_off_text="2026-12-26..2026-12-24",
+        ),
+    )
+
+    errors = errors_of(response)
+    assert "Unknown timezone" in errors
+    assert "ends before it starts" in errors
+    assert Provider.objects.get(pk=2).name == "Provider 2"
+    assert Provider.objects.get(pk=2).version == provider.version
+
+
+def test_a_routing_edit_made_meanwhile_makes_the_page_stale(admin_client, seeded):
+    from providers.services import clean_routing, set_routing
+
+    opened = Provider.objects.get(pk=2)
+    set_routing(opened, clean_routing(opened, cities=["Pune"]))
+
+    response = admin_client.post(
+        change_url("provider", 2), provider_post(opened, daily_cap_value="3")
+    )
+
+    assert "was changed by someone else" in errors_of(response)
+    assert Provider.objects.get(pk=2).daily_cap is None
+    assert Provider.objects.get(pk=2).cities == ["pune"]

@@ -28,6 +28,7 @@
   var EVENT_TYPES = [
     "lead.allocated",
     "lead.waiting",
+    "lead.expired",
     "quota.reset",
     "provider.updated",
     "delivery.updated",
@@ -223,7 +224,7 @@
         pending.providers[id] = true;
       });
       pending.events[seq] = true;
-    } else if (event.type === "lead.waiting") {
+    } else if (event.type === "lead.waiting" || event.type === "lead.expired") {
       pending.events[seq] = true;
     } else if (event.type === "lead.returned" || event.type === "return.decided") {
       // A return is listed in the feed; an approval may credit its provider's quota.
