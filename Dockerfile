@@ -1,7 +1,7 @@
 # Production image: `python -m leaddist.serve` (uvicorn, one worker per core, DEBUG off, and a
 # background worker beside it: BACKGROUND_WORKERS=0 for none), the server `make serve` runs. A
 # worker-only container runs `python -m leaddist.background --concurrency 1` (drains) and
-# `python manage.py procrastinate worker --queues deliveries`. Configure it with environment
+# `python manage.py deliver_leads` (deliveries). Configure it with environment
 # variables (README, Configuration);
 # it refuses to start without SECRET_KEY, WEBHOOK_SECRET and DELIVERY_SECRET_KEYS. Run
 # `python manage.py migrate` once per release, before starting the new containers.
