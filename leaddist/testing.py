@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterable
 
 from django.db import connection
 
@@ -32,3 +34,35 @@ def wait_for_lock_waiters(count: int = 1, *, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"no {count} session(s) waiting on a lock after {timeout}s")
         time.sleep(0.005)
+
+
+def storm(jobs: Iterable[Callable[[], object]], threads: int = 8) -> list[Exception]:
+    """Run the callables from ``jobs`` on ``threads`` threads started together (a barrier), each
+    on its own connection; return the exceptions they raised."""
+    errors: list[Exception] = []
+    lock = threading.Lock()
+    queue = list(jobs)
+    barrier = threading.Barrier(threads)
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    job = queue.pop()
+                try:
+                    job()
+                except Exception as exc:
+                    with lock:
+                        errors.append(exc)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return errors

@@ -1,50 +1,16 @@
 """Storms of leads on real PostgreSQL, with real threads; invariants checked from the database."""
 
-import threading
 from collections import Counter, defaultdict
 
 import pytest
-from django.db import connection
 from django.db.models import Count, Q
 
 from allocation.models import Allocation, Lead
 from allocation.services import LeadInput, allocate_waiting_leads, submit_lead
+from leaddist.testing import storm
 from providers.models import Membership, PoolCursor, Provider, Service
 
 pytestmark = pytest.mark.concurrency
-
-THREADS = 8
-
-
-def storm(jobs, threads=THREADS):
-    """Run the callables from `jobs` on `threads` threads at once; return the exceptions raised."""
-    errors = []
-    lock = threading.Lock()
-    queue = list(jobs)
-    barrier = threading.Barrier(threads)
-
-    def worker():
-        barrier.wait()
-        try:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    job = queue.pop()
-                try:
-                    job()
-                except Exception as exc:
-                    with lock:
-                        errors.append(exc)
-        finally:
-            connection.close()
-
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return errors
 
 
 def lead_jobs(count, service_ids, first=0):

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from allocation.models import Allocation, Lead
 from allocation.services import LeadInput, allocate_waiting_leads, submit_lead
-from allocation.tests.test_concurrency import storm
+from leaddist.testing import storm
 from providers.models import Provider
 from providers.services import clean_routing, set_routing
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 from django.db import connection, transaction
 
-from allocation.tests.test_concurrency import assert_invariants, lead_jobs, storm
-from leaddist.testing import wait_for_lock_waiters
+from allocation.tests.test_concurrency import assert_invariants, lead_jobs
+from leaddist.testing import storm, wait_for_lock_waiters
 from providers.models import Membership, Provider
 from providers.services import MembershipEdit, save_memberships
 

@@ -3,13 +3,12 @@ is decided once, credits at most one unit, and the quota never goes above its ma
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 
 import pytest
-from django.db import connection
 
 from events.models import Event
+from leaddist.testing import storm
 from providers.models import Provider
 from returns.models import Return
 from returns.services import AlreadyDecided, AlreadyReturned, decide_return, return_lead
@@ -17,39 +16,6 @@ from returns.tests.support import allocated_lead, allocation_of
 from webhooks.services import apply_quota_reset, canonical_body_sha256
 
 pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
-
-THREADS = 8
-
-
-def storm(jobs: list) -> list[Exception]:
-    """Run the callables on THREADS threads started together; return what they raised."""
-    errors: list[Exception] = []
-    lock = threading.Lock()
-    queue = list(jobs)
-    barrier = threading.Barrier(THREADS)
-
-    def worker() -> None:
-        barrier.wait()
-        try:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    job = queue.pop()
-                try:
-                    job()
-                except Exception as exc:
-                    with lock:
-                        errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
 
 
 def setup_exhausted_provider_1() -> tuple[list[Return], list]:
