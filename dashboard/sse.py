@@ -12,11 +12,8 @@ this process's hub. This view adds what SPEC §6 asks of the endpoint:
 
 from __future__ import annotations
 
-import time
-from importlib import import_module
+from typing import Any
 
-from django.conf import settings
-from django.contrib.auth import get_user
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
@@ -24,7 +21,7 @@ from django_eventstream.channelmanager import ChannelManagerBase
 from django_eventstream.utils import add_default_headers
 
 from events.hub import in_thread
-from events.streams import BadPosition, follow, parse_position
+from events.streams import BadPosition, follow, parse_position, session_still_allows
 from events.types import CHANNEL
 from leaddist.http.errors import error_response
 
@@ -52,24 +49,13 @@ def _requested_position(request: HttpRequest) -> int | None:
     return parse_position(values[-1]) if values else None
 
 
-# Streams of one session share its re-check: session key -> (monotonic time, still staff).
-_session_checks: dict[str, tuple[float, bool]] = {}
+def _is_staff(user: Any) -> bool:
+    return bool(user.is_authenticated and user.is_active and user.is_staff)
 
 
 def session_is_still_staff(session_key: str) -> bool:
     """Read the session and its user afresh, as the next request would see them."""
-    checked = _session_checks.get(session_key)
-    now = time.monotonic()
-    if checked is not None and now - checked[0] < settings.EVENT_SESSION_RECHECK_SECONDS:
-        return checked[1]
-    probe = HttpRequest()
-    probe.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    user = get_user(probe)
-    allowed = bool(user.is_authenticated and user.is_active and user.is_staff)
-    if len(_session_checks) > 10_000:
-        _session_checks.clear()
-    _session_checks[session_key] = (now, allowed)
-    return allowed
+    return session_still_allows(session_key, _is_staff, scope="staff")
 
 
 def _refusal(request: HttpRequest) -> HttpResponse | None:

@@ -12,9 +12,14 @@ connection back at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from importlib import import_module
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user
+from django.http import HttpRequest
 from django_eventstream.utils import parse_last_event_id, sse_encode_error, sse_encode_event
 
 from events.hub import (
@@ -127,3 +132,27 @@ async def follow(
                 pending = KEEP_ALIVE  # sent with whatever else this pulse brought
     finally:
         hub.streams -= 1
+
+
+# Streams of one session share its re-check: (scope, session key) -> (monotonic time, allowed).
+_session_checks: dict[tuple[Hashable, str], tuple[float, bool]] = {}
+
+
+def session_still_allows(
+    session_key: str, allows: Callable[[Any], bool], *, scope: Hashable
+) -> bool:
+    """Read the session and its user afresh, as the next request would see them, and answer
+    ``allows(user)``. Within EVENT_SESSION_RECHECK_SECONDS the streams of one session and
+    ``scope`` (who may read them: staff, one provider) share one answer."""
+    key = (scope, session_key)
+    checked = _session_checks.get(key)
+    now = time.monotonic()
+    if checked is not None and now - checked[0] < settings.EVENT_SESSION_RECHECK_SECONDS:
+        return checked[1]
+    probe = HttpRequest()
+    probe.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    allowed = bool(allows(get_user(probe)))
+    if len(_session_checks) > 10_000:
+        _session_checks.clear()
+    _session_checks[key] = (now, allowed)
+    return allowed

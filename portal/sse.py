@@ -10,18 +10,14 @@ EVENT_SESSION_RECHECK_SECONDS: a signed-out or deactivated account's stream ends
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from importlib import import_module
 from typing import Any
 
-from django.conf import settings
-from django.contrib.auth import get_user
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django_eventstream.utils import add_default_headers
 
 from events.hub import Frame, encode, in_thread
-from events.streams import BadPosition, follow, parse_position
+from events.streams import BadPosition, follow, parse_position, session_still_allows
 from events.types import (
     DELIVERY_UPDATED,
     LEAD_ALLOCATED,
@@ -65,25 +61,14 @@ def provider_scope(provider_id: int) -> Callable[[Frame], bytes | None]:
     return scope
 
 
-# Streams of one session share its re-check: session key -> (monotonic time, still allowed).
-_session_checks: dict[tuple[str, int], tuple[float, bool]] = {}
-
-
 def session_is_still_provider(session_key: str, provider_id: int) -> bool:
     """Read the session and its user afresh: still an active account of this provider?"""
-    key = (session_key, provider_id)
-    checked = _session_checks.get(key)
-    now = time.monotonic()
-    if checked is not None and now - checked[0] < settings.EVENT_SESSION_RECHECK_SECONDS:
-        return checked[1]
-    probe = HttpRequest()
-    probe.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    account = account_of(get_user(probe))
-    allowed = account is not None and account.provider_id == provider_id
-    if len(_session_checks) > 10_000:
-        _session_checks.clear()
-    _session_checks[key] = (now, allowed)
-    return allowed
+
+    def of_this_provider(user: Any) -> bool:
+        account = account_of(user)
+        return account is not None and account.provider_id == provider_id
+
+    return session_still_allows(session_key, of_this_provider, scope=("provider", provider_id))
 
 
 def _account_or_refusal(request: HttpRequest) -> tuple[int | None, HttpResponse | None]:
