@@ -93,17 +93,14 @@ def client_for(host: str) -> aiohttp.ClientSession:
     return _clients().get(host)
 
 
-# What became of an attempt, as /metrics counts them (leaddist_delivery_attempts_total).
-OUTCOME_KINDS = ("delivered", "http_error", "timeout", "network_error", "refused", "no_endpoint")
-
-
 @dataclass(frozen=True)
 class Outcome:
     succeeded: bool
     latency_ms: int
     status_code: int | None = None
     error: str = ""
-    # One of OUTCOME_KINDS; by default from the rest: delivered, or an answer that was no 2xx.
+    # One of leaddist.http.metrics.DELIVERY_OUTCOMES (what /metrics counts); by default from
+    # the rest: delivered, or an answer that was no 2xx.
     kind: str = ""
 
     @property

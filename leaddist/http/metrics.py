@@ -72,8 +72,8 @@ EVENT_HUB_FAILURES = Counter(
 )
 
 # Lead delivery (docs/DELIVERY.md), counted by the delivery workers: what became of each attempt
-# (delivery.sending.OUTCOME_KINDS, repeated here: this module imports no app), and speed to
-# lead, from the allocation (the delivery row written in its transaction) to the provider's 2xx.
+# (delivery.sending.Outcome.kind takes one of these), and speed to lead, from the allocation
+# (the delivery row written in its transaction) to the provider's 2xx.
 DELIVERY_OUTCOMES = (
     "delivered",
     "http_error",
