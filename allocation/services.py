@@ -19,6 +19,7 @@ bounded number of times too; after the last attempt the caller gets :class:`Busy
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import json
@@ -458,6 +459,29 @@ def _lock_cursor(service_id: int) -> int | None:
     return lock_cursors([service_id])[service_id].position  # creates a missing cursor row
 
 
+def blocked_reason(state: LockedProvider, *, city: str, at: datetime) -> str | None:
+    """Why the provider's routing rules refuse a lead of ``city`` (canonical) at ``at``, or
+    None; None too when it is paused or out of quota, since the engine's own reasons come first."""
+    if not state.takes_leads:
+        return None
+    return routing_reason(state.routing, state.usage, city=city, at=at)
+
+
+def candidate_of(state: LockedProvider, position: int, *, city: str, at: datetime) -> Candidate:
+    """The provider as the rule (choose_providers) sees it for a lead of ``city`` at ``at``.
+
+    The one builder of a candidate from a provider's state: the engine calls it on the state it
+    has locked, the forecast (allocation.forecast) on the state it simulates.
+    """
+    return Candidate(
+        state.id,
+        position,
+        state.active,
+        state.remaining_quota,
+        blocked_reason(state, city=city, at=at),
+    )
+
+
 @dataclass(frozen=True)
 class Decided:
     """What steps 2 and 3 found: the decision, the providers locked, the lead's canonical city."""
@@ -496,15 +520,13 @@ def _decide(
     key = found.city_key
 
     def reason(state: LockedProvider) -> str | None:
-        if not state.takes_leads:
-            return None  # paused or no quota: the engine's own reasons come first
-        return routing_reason(state.routing, state.usage, city=key, at=now)
+        return blocked_reason(state, city=key, at=now)
 
     def under_lock(provider_id: int, position: int) -> Candidate:
         state = found.locked.get(provider_id)
         if state is None:  # never pick a provider we did not lock
             return Candidate(provider_id, position, active=False, remaining_quota=0)
-        return Candidate(provider_id, position, state.active, state.remaining_quota, reason(state))
+        return candidate_of(state, position, city=key, at=now)
 
     def as_read(provider_id: int, position: int) -> Candidate:
         if provider_id in found.locked:
@@ -662,6 +684,25 @@ def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
         return None
     until = next_change(rules, usage, now)
     return {"id": state.id, "reason": reason, "at": until.isoformat() if until else None}
+
+
+def allocated_state(state: LockedProvider, now: datetime) -> LockedProvider:
+    """The provider's state after it takes a lead at ``now``, as ALLOCATION_WRITES_SQL writes
+    it: a unit of quota less, the lead counted in its local day and week, and closed if this
+    lead brings it to a cap (``_closing``)."""
+    closing = _closing(state, now)
+    return dataclasses.replace(
+        state,
+        remaining_quota=state.remaining_quota - 1,
+        usage=with_usage_day(state.routing, state.usage, now),
+        routing_open=state.routing_open and closing is None,
+        routing_reason=closing["reason"] if closing else state.routing_reason,
+        routing_changes_at=(
+            (closing["at"] and datetime.fromisoformat(closing["at"]))
+            if closing
+            else state.routing_changes_at
+        ),
+    )
 
 
 def _allocation_params(
