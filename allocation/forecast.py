@@ -46,7 +46,15 @@ MAX_LEADS = 1000
 # Provider columns in LockedProvider.of's order, read through a membership.
 _COLUMNS = tuple(
     f"provider__{c}"
-    for c in ("name", "status", "remaining_quota", "cycle", *ROUTING_COLUMNS, "leads_this_cycle")
+    for c in (
+        "name",
+        "status",
+        "remaining_quota",
+        "cycle",
+        *ROUTING_COLUMNS,
+        "leads_this_cycle",
+        "quota",
+    )
 )
 # SET TRANSACTION must be the transaction's first statement.
 READ_ONLY_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -79,11 +87,6 @@ class WhatIf:
     @property
     def provider_ids(self) -> set[int]:
         return {*self.pause, *self.resume, *self.quota, *self.cities}
-
-    @property
-    def adds_capacity(self) -> bool:
-        """Whether the change would start a drain of the waiting queues (SPEC §2 step 5)."""
-        return bool(self.resume or self.quota or self.cities)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -128,6 +131,13 @@ class _State:
     # per-city index does; at a later instant the routing check is assumed to have run.
     honour_flag: bool
     queued: bool = False
+    pool_rows: list[tuple[int, int]] = field(default_factory=list)  # (provider id, position)
+    used: dict[int, int] = field(default_factory=dict)  # leads this cycle
+    quota: dict[int, int] = field(default_factory=dict)
+
+    def rebuild_pool(self) -> None:
+        live = sorted((pos, pid) for pid, pos in self.pool_rows if self.can_take_pool_lead(pid))
+        self.pool = _Pool([pos for pos, _ in live], dict(live))
 
     def candidate(self, provider_id: int, position: int) -> Candidate:
         return candidate_of(self.states[provider_id], position, city=self.city_key, at=self.at)
@@ -138,18 +148,21 @@ class _State:
             return False
         return candidate_of(state, 0, city=self.city_key, at=self.at).eligible
 
-    def decide(self) -> Decision:
-        """One lead: the engine's decision on the current state, then its effects."""
+    def decide(self, *, head: bool = False) -> Decision:
+        """One lead: the engine's decision on the current state, then its effects. ``head``: the
+        oldest waiting lead of this queue, in a drain (nothing waits ahead of it)."""
         mandatory = [self.candidate(pid, pos) for pid, pos in self.mandatory]
         needed = SLOTS - sum(c.eligible for c in mandatory)
         pool = [self.candidate(pid, pos) for pid, pos in self.pool.walk(self.cursor, needed)]
-        decision = choose_providers(mandatory, pool, cursor=self.cursor, queued=self.queued)
+        queued = self.queued and not head
+        decision = choose_providers(mandatory, pool, cursor=self.cursor, queued=queued)
         if not decision.complete:
             # It waits; every later lead of this service and city waits behind it.
             self.queued = True
             return decision
         for pick in decision.picks:
             self.states[pick.provider_id] = allocated_state(self.states[pick.provider_id], self.at)
+            self.used[pick.provider_id] += 1
         picked = set(decision.provider_ids)
         for candidate in pool:
             if candidate.provider_id in picked and not self.can_take_pool_lead(
@@ -182,49 +195,80 @@ def _load(
     rows = (
         Membership.objects.filter(service_id=service_id)
         .filter(
-            Q(role=Membership.Role.MANDATORY) | serves | Q(provider_id__in=list(what_if.cities))
+            Q(role=Membership.Role.MANDATORY)
+            | serves
+            | Q(provider_id__in=sorted(what_if.provider_ids))
         )
         .values_list("role", "position", "provider_id", *_COLUMNS)
     )
-    states: dict[int, LockedProvider] = {}
-    mandatory: list[tuple[int, int]] = []
-    pool: list[tuple[int, int]] = []
-    used: dict[int, int] = {}
-    for role, position, pid, *row in rows:
-        used[pid] = row[-1]
-        states[pid] = LockedProvider.of(pid, tuple(row[:-1]))
-        (mandatory if role == Membership.Role.MANDATORY else pool).append((pid, position))
-    _assume(states, what_if, used)
     state = _State(
         at=at,
         city_key=key,
         cursor=cursor_position,
-        states=states,
-        mandatory=sorted(mandatory, key=lambda m: m[1]),
+        states={},
+        mandatory=[],
         pool=_Pool([], {}),
         honour_flag=at <= now,
     )
-    live = sorted((pos, pid) for pid, pos in pool if state.can_take_pool_lead(pid))
-    state.pool = _Pool([pos for pos, _ in live], dict(live))
+    for role, position, pid, *row in rows:
+        *row, state.used[pid], state.quota[pid] = row
+        state.states[pid] = LockedProvider.of(pid, tuple(row))
+        if role == Membership.Role.MANDATORY:
+            state.mandatory.append((pid, position))
+        else:
+            state.pool_rows.append((pid, position))
+    state.mandatory.sort(key=lambda m: m[1])
+    state.rebuild_pool()
     return state, len(waiting), waiting
 
 
-def _assume(states: dict[int, LockedProvider], what_if: WhatIf, used: dict[int, int]) -> None:
-    """Apply the what-if to the loaded state, as the catalogue's writes would."""
-    for pid in what_if.pause:
-        if pid in states:
-            states[pid] = dataclasses.replace(states[pid], active=False)
-    for pid in what_if.resume:
-        if pid in states:
-            states[pid] = dataclasses.replace(states[pid], active=True)
-    for pid, quota in what_if.quota.items():
-        if pid in states:
-            left = max(quota - used[pid], 0)
-            states[pid] = dataclasses.replace(states[pid], remaining_quota=left)
-    for pid, cities in what_if.cities.items():
-        if pid in states:
-            rules = dataclasses.replace(states[pid].routing, cities=frozenset(cities))
-            states[pid] = dataclasses.replace(states[pid], routing=rules)
+def _is_eligible(state: LockedProvider) -> bool:
+    """Provider.is_eligible on the simulated state: what decides whether a change drains."""
+    return state.active and state.remaining_quota > 0 and state.routing_open
+
+
+def _changes(what_if: WhatIf) -> list[tuple[str, int, object]]:
+    """The what-if as single changes, in the order they are assumed made."""
+    return (
+        [("pause", pid, None) for pid in what_if.pause]
+        + [("resume", pid, None) for pid in what_if.resume]
+        + [("quota", pid, n) for pid, n in what_if.quota.items()]
+        + [("cities", pid, c) for pid, c in what_if.cities.items()]
+    )
+
+
+def _assume(state: _State, kind: str, pid: int, value: object) -> bool:
+    """Make one change on the simulated state, as providers.services would; return whether the
+    real write would then drain the waiting queues (update_provider, set_routing)."""
+    old = state.states.get(pid)
+    if old is None:  # not a provider of this service: nothing here changes, nothing drains
+        return False
+    new = old
+    if kind == "pause":
+        new = dataclasses.replace(old, active=False)
+    elif kind == "resume":
+        new = dataclasses.replace(old, active=True)
+    elif kind == "quota":
+        quota = int(value)  # type: ignore[call-overload]
+        if quota == state.quota[pid]:
+            return False  # nothing written
+        raised = quota > state.quota[pid]
+        state.quota[pid] = quota
+        new = dataclasses.replace(old, remaining_quota=max(quota - state.used[pid], 0))
+    elif kind == "cities":
+        cities = tuple(value)  # type: ignore[call-overload]
+        if sorted(cities) == sorted(old.routing.cities):
+            return False
+        new = dataclasses.replace(old, routing=dataclasses.replace(old.routing, cities=cities))
+    state.states[pid] = new
+    state.rebuild_pool()
+    if kind == "pause" or not _is_eligible(new):
+        return False
+    if kind == "resume":
+        return not old.active
+    if kind == "quota":
+        return not _is_eligible(old) or raised
+    return True
 
 
 def _check_what_if(what_if: WhatIf) -> None:
@@ -318,12 +362,11 @@ def forecast(
         state, ahead, waiting = _load(service_id, city, at, what_if, now)
         cursor_before = state.cursor
         drained = 0
-        if waiting and what_if.adds_capacity:
-            # The change would drain this queue first, oldest lead first, until one stays.
-            for _ in waiting:
-                if not state.decide().complete:
-                    break
-                drained += 1
+        for kind, pid, value in _changes(what_if):
+            if _assume(state, kind, pid, value) and drained < len(waiting):
+                # The change drains this queue, oldest lead first, until one stays waiting.
+                while drained < len(waiting) and state.decide(head=True).complete:
+                    drained += 1
         state.queued = drained < len(waiting)
         return _answer(state, leads, ahead, drained, cursor_before, what_if)
 

@@ -4,7 +4,8 @@ Intake is POST /api/leads and its alias POST /api/request-service. The handler r
 itself, so the checks run in the order SPEC §3 fixes: size (leaddist.http.middleware), credential
 (ninja auth), rate limit, media type, JSON, fields, duplicate.
 
-The read API is GET /api/leads, /api/leads/{id}, /api/providers and /api/services. Every
+The read API is GET /api/leads, /api/leads/{id}, /api/providers, /api/services and
+/api/services/{id}/forecast (allocation/forecast.py). Every
 route here is on one router: ninja serves one path from one router only, so GET and POST
 /api/leads must share it.
 """
@@ -17,10 +18,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from ninja import Query, Router, Schema
 
+from allocation.forecast import MAX_LEADS, ForecastRefused, UnknownService, WhatIf, forecast
 from allocation.models import Lead
 from allocation.selectors import intake_outcome, lead_detail, lead_page, lead_summary, lead_trace
 from allocation.services import Busy, DuplicateLead, ServiceUnavailable, intake_lead
@@ -36,6 +39,7 @@ from leaddist.http.metrics import count_lead
 from leaddist.http.ratelimit import RateLimited, client_ip
 from providers.models import Provider, Service
 from providers.selectors import provider_list, provider_routing, service_list
+from providers.services import canonical_cities
 from returns.selectors import lead_returns
 
 router = Router(auth=ApiKeyOrStaffSession(), tags=["leads"])
@@ -524,3 +528,146 @@ def list_services(
     request: HttpRequest, limit: int = LIMIT, offset: int = OFFSET
 ) -> HttpResponse | dict[str, Any]:
     return _page(request, service_list, limit=limit, offset=offset)
+
+
+class ForecastProviderOut(Schema):
+    id: int
+    name: str
+    role: Literal["mandatory", "pool"]
+    rank: int
+
+
+class ForecastLeadOut(Schema):
+    n: int
+    status: Literal["allocated", "waiting"]
+    providers: list[ForecastProviderOut] | None = None
+    reason: Literal["not_enough_providers", "queued"] | None = None
+
+
+class ForecastInvolvedOut(Schema):
+    id: int
+    name: str
+    leads_left: int
+    runs_out_at: int | None
+
+
+class ForecastBasisOut(Schema):
+    at: datetime
+    city: str
+    cursor: int | None
+    waiting_ahead: int
+    drained_first: int
+
+
+class QuotaAssumedOut(Schema):
+    provider: int
+    quota: int
+
+
+class CitiesAssumedOut(Schema):
+    provider: int
+    cities: list[str]
+
+
+class WhatIfOut(Schema):
+    pause: list[int]
+    resume: list[int]
+    quota: list[QuotaAssumedOut]
+    cities: list[CitiesAssumedOut]
+
+
+class ForecastOut(Schema):
+    leads: list[ForecastLeadOut]
+    providers: list[ForecastInvolvedOut]
+    based_on: ForecastBasisOut
+    what_if: WhatIfOut
+
+
+FORECAST_PARAMS = ("leads", "city", "at", "pause", "resume", "quota", "cities")
+PROVIDER_ID = r"[1-9][0-9]{0,17}"
+QUOTA_MAX = 2**31 - 1
+FORECAST_AT = Query(None, description="When the leads arrive (ISO 8601); default now.")
+ASSUME_PAUSED = Query([], description="Assume this provider paused (repeatable).")
+ASSUME_RESUMED = Query([], description="Assume this provider resumed (repeatable).")
+ASSUME_QUOTA = Query([], description="ID:N: assume this provider's quota is N (repeatable).")
+ASSUME_CITIES = Query([], description="ID:Oslo|Bergen: assume these cities (repeatable).")
+
+
+def _text(name: str, value: str) -> str:
+    """Text that PostgreSQL can take: no NUL, no lone surrogate; a 422 otherwise."""
+    if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise _invalid({name: ["Text must not contain NUL characters or unpaired surrogates."]})
+    return value
+
+
+def _what_if(pause: list[int], resume: list[int], quota: list[str], cities: list[str]) -> WhatIf:
+    """The what-if parameters, parsed; a 422 names each malformed or repeated one."""
+    errors: dict[str, list[str]] = {}
+    quotas: dict[int, int] = {}
+    for item in quota:
+        pid, _, number = item.partition(":")
+        if not re.fullmatch(PROVIDER_ID, pid) or not re.fullmatch(r"[0-9]{1,10}", number):
+            errors.setdefault("quota", []).append(f"“{item}” is not ID:N (e.g. 3:20).")
+        elif int(number) > QUOTA_MAX or int(pid) in quotas:
+            errors.setdefault("quota", []).append(f"“{item}”: too large, or repeated.")
+        else:
+            quotas[int(pid)] = int(number)
+    areas: dict[int, tuple[str, ...]] = {}
+    for item in cities:
+        pid, sep, names = _text("cities", item).partition(":")
+        if not sep or not re.fullmatch(PROVIDER_ID, pid) or int(pid) in areas:
+            errors.setdefault("cities", []).append(
+                f"“{item}” is not ID:City|City (e.g. 3:Oslo|Bergen; 3: for everywhere), "
+                "or repeats a provider."
+            )
+        else:
+            areas[int(pid)] = tuple(canonical_cities(names.split("|")))
+    for name, ids in (("pause", pause), ("resume", resume)):
+        if len(set(ids)) != len(ids):
+            errors.setdefault(name, []).append("A provider is repeated.")
+    if errors:
+        raise _invalid(errors)
+    return WhatIf(pause=tuple(pause), resume=tuple(resume), quota=quotas, cities=areas)
+
+
+@router.get(
+    "/services/{int:service_id}/forecast",
+    response={200: ForecastOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
+    operation_id="forecast_service",
+    summary="What the next N leads of a service and city would get",
+    description="Each of the next `leads` leads of the service and `city`, in arrival order: "
+    "its providers, or why it would wait; each provider involved with what it has left and "
+    "the lead after which it runs out. Exact while nothing else changes (docs/SPEC.md §2b). "
+    "What-if (repeatable): `pause=ID`, `resume=ID`, `quota=ID:N`, `cities=ID:Oslo|Bergen` "
+    "(`ID:` for everywhere), assumed made first. Read only: nothing is locked or written.",
+)
+def forecast_service(
+    request: HttpRequest,
+    service_id: int,
+    leads: int = Query(..., ge=1, le=MAX_LEADS, description="How many leads, 1 to 1000."),
+    city: str = Query("", max_length=120, description="The leads' city."),
+    at: datetime | None = FORECAST_AT,
+    pause: list[int] = ASSUME_PAUSED,
+    resume: list[int] = ASSUME_RESUMED,
+    quota: list[str] = ASSUME_QUOTA,
+    cities: list[str] = ASSUME_CITIES,
+) -> HttpResponse | dict[str, Any]:
+    try:
+        _reject_unknown_params(request, *FORECAST_PARAMS)
+        for name, ids in (("pause", pause), ("resume", resume)):
+            if any(not 1 <= pid <= MAX_BIGINT for pid in ids):
+                raise _invalid({name: ["Unknown provider."]})
+        what_if = _what_if(pause, resume, quota, cities)
+        if at is not None and timezone.is_naive(at):
+            at = timezone.make_aware(at)
+        if service_id > MAX_BIGINT:
+            raise UnknownService(service_id)
+        answer = forecast(service_id, leads=leads, city=_text("city", city), at=at, what_if=what_if)
+        # Written directly: a waiting lead has a reason and no providers, not both keys.
+        return JsonResponse(answer, encoder=DjangoJSONEncoder)
+    except Rejected as rejected:
+        return rejected.response()
+    except UnknownService:
+        return error_response(404, "not_found", f"No service with id {service_id}.")
+    except ForecastRefused as refused:
+        return _invalid(refused.fields).response()
