@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from allocation.models import Allocation
+from delivery.endpoints import set_endpoint
 from providers.models import Provider
 from returns.services import return_lead
 from returns.tests.support import allocated_lead, allocation_of
@@ -59,6 +62,24 @@ def test_the_list_pages_and_searches_by_name_or_phone(provider_client):
     assert [i["id"] for i in by_name["items"]] == [leads[0].pk]
     assert [i["id"] for i in by_phone["items"]] == [leads[0].pk]
     assert nobody == {"items": [], "count": 0}
+
+
+def test_the_list_reads_the_deliveries_of_a_whole_page_in_one_query(
+    provider_client, django_assert_num_queries
+):
+    set_endpoint(Provider.objects.get(pk=2), email="leads@p2.example", who="test")
+    leads = [allocated_lead() for _ in range(9)]  # P2 gets 2 of every 3
+    with CaptureQueriesContext(connection) as one_item:
+        provider_client.get("/portal/api/leads", {"limit": 1})
+
+    with django_assert_num_queries(len(one_item)):
+        body = provider_client.get("/portal/api/leads", {"limit": 6}).json()
+
+    assert len(body["items"]) == 6
+    mine = [lead.pk for lead in leads if lead.allocations.filter(provider_id=2).exists()]
+    assert [item["id"] for item in body["items"]] == sorted(mine, reverse=True)
+    for item in body["items"]:
+        assert [(d["channel"], d["status"]) for d in item["deliveries"]] == [("email", "pending")]
 
 
 @pytest.mark.parametrize(
