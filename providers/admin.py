@@ -440,6 +440,7 @@ class ProviderAdmin(admin.ModelAdmin):
         "remaining_quota",
         "cycle",
         "leads_this_cycle",
+        "credits_this_cycle",
         "leads_total",
         "routing_now",
         "created_at",

@@ -163,8 +163,9 @@ def update_provider(
     (EditConflict) if the provider was edited since that version.
 
     After a quota change the remaining quota is the new quota less the leads this cycle already
-    used, never below 0: a plan upgraded mid-cycle gives the extra leads at once, and no
-    sequence of changes restores used quota. Only the payment webhook does that.
+    used, plus the cycle's credits (approved returns), within 0..quota: a plan upgraded
+    mid-cycle gives the extra leads at once, the credits stay, and no sequence of changes
+    restores used quota. Only the payment webhook does that.
     """
     given = {"name": name, "quota": quota, "status": status}
     changes = {key: value for key, value in given.items() if value is not None}
@@ -176,9 +177,12 @@ def update_provider(
         for key in written:
             setattr(locked, key, changes[key])
         if "quota" in written:
-            # What is left is the new quota less what this cycle already used, never less
-            # than 0: lowering a quota and raising it back gives nothing back.
-            locked.remaining_quota = max(quota - locked.leads_this_cycle, 0)
+            # What is left is the new quota less what this cycle used net of its credits,
+            # never less than 0: lowering a quota and raising it back gives nothing back, and
+            # returns credited earlier in the cycle stay credited.
+            locked.remaining_quota = locked.remaining_after(
+                quota=quota, credits=locked.credits_this_cycle
+            )
             written.append("remaining_quota")
         if not written:
             return locked
@@ -540,18 +544,30 @@ def credit_quota(provider: Provider) -> bool:
     """Give one unit of quota back to the provider's current cycle (an approved lead return),
     never above its quota; return whether it did.
 
+    The credit is counted on the provider (``credits_this_cycle``), and the quota left is
+    quota - leads this cycle + credits, within 0..quota: a provider whose credits already
+    equal its leads this cycle (it is full) gets none, and a quota edited later keeps them.
+    While a quota lowered mid-cycle is still below what the cycle used, a credit counts but
+    the quota left stays 0.
+
     Under the engine's lock order: the cursors of the provider's services, then the provider
     (a caller that locked them already in its transaction takes them again at no cost). A
     credit adds capacity, so waiting leads of those services are drained after the commit.
     """
     with transaction.atomic():
         service_ids, locked = _lock_provider(provider.pk)
-        if locked.remaining_quota >= locked.quota:
+        # Full: nothing of the cycle is left to give back (credits_this_cycle equals its
+        # leads), or, the same thing said by the quota left, no room under the quota.
+        full = locked.credits_this_cycle >= locked.leads_this_cycle
+        if full or locked.remaining_quota >= locked.quota:
             return False
-        locked.remaining_quota += 1
-        locked.save(update_fields=["remaining_quota"])
+        locked.credits_this_cycle += 1
+        remaining = locked.remaining_after(quota=locked.quota, credits=locked.credits_this_cycle)
+        gained = remaining > locked.remaining_quota
+        locked.remaining_quota = remaining
+        locked.save(update_fields=["credits_this_cycle", "remaining_quota"])
         _announce_change(locked)
-        if locked.is_eligible:
+        if gained and locked.is_eligible:
             _announce_capacity(service_ids)
     return True
 
