@@ -98,6 +98,11 @@ class Provider(models.Model):
     )
     daily_cap = models.PositiveIntegerField(null=True, blank=True)
     weekly_cap = models.PositiveIntegerField(null=True, blank=True)
+    # What staff allow the provider to set itself in the portal (SPEC §9): its areas only
+    # while they are not locked, and caps no higher than these maximums (None: its quota).
+    areas_locked = models.BooleanField(default=False, db_default=False)
+    max_daily_cap = models.PositiveIntegerField(null=True, blank=True)
+    max_weekly_cap = models.PositiveIntegerField(null=True, blank=True)
     # Leads counted for the caps, per local day and ISO week (its Monday), in the provider's
     # timezone. The engine reads and bumps them under the provider's row lock, in the UPDATE
     # that takes the quota, so they are exact under any concurrency.

@@ -664,6 +664,19 @@ class RoutingRules:
     time_off: list[DateRange]
     daily_cap: int | None
     weekly_cap: int | None
+    # Staff's limits on what the provider sets itself (SPEC §9).
+    areas_locked: bool = False
+    max_daily_cap: int | None = None
+    max_weekly_cap: int | None = None
+
+
+CAP_NAMES = {"daily_cap": "daily", "weekly_cap": "weekly"}
+
+
+def _cap_error(value: Any) -> str | None:
+    if value is None or (not isinstance(value, bool) and isinstance(value, int) and value >= 0):
+        return None
+    return f"A cap is a whole number of leads, 0 or more; not {value}."
 
 
 def clean_routing(
@@ -676,13 +689,17 @@ def clean_routing(
     add_time_off: Sequence[DateRange] = (),
     daily_cap: Any = KEEP,
     weekly_cap: Any = KEEP,
+    areas_locked: Any = KEEP,
+    max_daily_cap: Any = KEEP,
+    max_weekly_cap: Any = KEEP,
 ) -> RoutingRules:
     """The provider's rules with these changes, checked; ValidationError says what is wrong.
 
     ``cities``: names (normalised and through the aliases here; empty: everywhere); ``tz``: an
     IANA name or '' (the site's); ``hours``: text for parse_hours ('' or 'always': always open);
     ``time_off``: the whole list of ranges; ``add_time_off``: ranges added to it; caps: a
-    number >= 0 or None (no cap). KEEP leaves a rule as it is.
+    number >= 0 or None (no cap). Staff's limits (``areas_locked``, ``max_daily_cap``,
+    ``max_weekly_cap``: a number >= 0 or None) are checked alike. KEEP leaves a rule as it is.
     """
     errors: dict[str, list[str]] = {}
 
@@ -706,17 +723,17 @@ def clean_routing(
     ranges += list(add_time_off)
     new_time_off = check("time_off", lambda: check_time_off(ranges))
     caps = {}
-    for name, value, current in (
-        ("daily_cap", daily_cap, provider.daily_cap),
-        ("weekly_cap", weekly_cap, provider.weekly_cap),
-    ):
-        value = current if value is KEEP else value
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
-        ):
-            errors.setdefault(name, []).append(
-                f"A cap is a whole number of leads, 0 or more; not {value}."
-            )
+    given = {
+        "daily_cap": daily_cap,
+        "weekly_cap": weekly_cap,
+        "max_daily_cap": max_daily_cap,
+        "max_weekly_cap": max_weekly_cap,
+    }
+    for name, value in given.items():
+        value = getattr(provider, name) if value is KEEP else value
+        error = _cap_error(value)
+        if error:
+            errors.setdefault(name, []).append(error)
         caps[name] = value
     if errors:
         raise ValidationError(errors)
@@ -727,6 +744,9 @@ def clean_routing(
         new_time_off or [],
         caps["daily_cap"],
         caps["weekly_cap"],
+        provider.areas_locked if areas_locked is KEEP else bool(areas_locked),
+        caps["max_daily_cap"],
+        caps["max_weekly_cap"],
     )
 
 
@@ -739,7 +759,47 @@ def routing_values(rules: RoutingRules) -> dict[str, Any]:
         "time_off": time_off_to_json(rules.time_off),
         "daily_cap": rules.daily_cap,
         "weekly_cap": rules.weekly_cap,
+        "areas_locked": rules.areas_locked,
+        "max_daily_cap": rules.max_daily_cap,
+        "max_weekly_cap": rules.max_weekly_cap,
     }
+
+
+STAFF_LIMITS = ("areas_locked", "max_daily_cap", "max_weekly_cap")
+
+
+def provider_limit_errors(provider: Provider, values: Mapping[str, Any]) -> dict[str, list[str]]:
+    """What staff's limits forbid in these routing values, set by the provider itself (SPEC §9),
+    by field; only what changes is judged, so a rule staff set stays as it is.
+
+    Staff's limits are staff's alone; the areas are staff's while ``areas_locked``; a cap is at
+    most the cycle quota (a higher one would never apply) and at most staff's maximum, and
+    "no cap" is refused while staff set a maximum.
+    """
+    errors: dict[str, list[str]] = {}
+    for name in STAFF_LIMITS:
+        if values[name] != getattr(provider, name):
+            errors[name] = ["Only the marketplace's staff set this."]
+    if provider.areas_locked and values["cities"] != list(provider.cities):
+        errors["cities"] = [
+            "Your areas are set by the marketplace's staff: ask them to change them."
+        ]
+    for name, which in CAP_NAMES.items():
+        value, most = values[name], getattr(provider, f"max_{name}")
+        if value == getattr(provider, name):
+            continue
+        ceiling = provider.quota if most is None else min(most, provider.quota)
+        why = (
+            f"the marketplace's staff allow a {which} cap of at most {most}"
+            if most is not None and most <= provider.quota
+            else f"a higher {which} cap than your quota ({provider.quota} leads a cycle) "
+            "would never apply"
+        )
+        if value is None and most is not None:
+            errors[name] = [f"Choose a number from 0 to {ceiling}: {why}."]
+        elif value is not None and value > ceiling:
+            errors[name] = [f"At most {ceiling}: {why}."]
+    return errors
 
 
 def set_routing(
@@ -748,20 +808,27 @@ def set_routing(
     *,
     expected_version: int | None = None,
     now: datetime | None = None,
+    by_provider: bool = False,
 ) -> Provider:
     """Give the provider these routing rules (from clean_routing), under the engine's lock order.
 
     The cursors of its services, then the provider; with ``expected_version`` the change is
-    refused (EditConflict) if the provider was edited since. The materialised time state is
-    recomputed in the same transaction. If the provider can take leads afterwards, its services'
-    waiting leads are drained after the commit: an area added, a cap raised or removed, hours or
-    time off changed may all let some through.
+    refused (EditConflict) if the provider was edited since. ``by_provider`` (the portal): what
+    staff's limits forbid is refused (ValidationError, provider_limit_errors), judged against
+    the row under its lock, so a limit staff set meanwhile is never passed. The materialised
+    time state is recomputed in the same transaction. If the provider can take leads
+    afterwards, its services' waiting leads are drained after the commit: an area added, a cap
+    raised or removed, hours or time off changed may all let some through.
     """
     now = now or timezone.now()
     values = routing_values(rules)
     with transaction.atomic():
         service_ids, locked = _lock_provider(provider.pk)
         _check_version(f"Provider “{locked.name}”", locked, expected_version, values)
+        if by_provider:
+            errors = provider_limit_errors(locked, values)
+            if errors:
+                raise ValidationError(errors)
         written = [key for key, value in values.items() if getattr(locked, key) != value]
         if not written:
             return locked
