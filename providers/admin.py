@@ -426,10 +426,27 @@ class ProviderAdmin(admin.ModelAdmin):
     readonly_fields = ENGINE_OWNED
     actions = ["pause_selected", "resume_selected"]
 
-    def get_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
-        return [*self.EDITABLE, *ROUTING_FORM_FIELDS, *LIMIT_FORM_FIELDS, "seen_version"] + (
-            self.ENGINE_OWNED if obj is not None else []
-        )
+    def get_fieldsets(self, request: HttpRequest, obj: Provider | None = None) -> list:
+        """One section per concern, as the Delivery section below them: what the provider is,
+        where and when it takes leads, what it may set itself, and the engine's counters."""
+        sections = [
+            (None, {"fields": [*self.EDITABLE, "seen_version"]}),
+            (
+                "Routing: areas, hours, time off and caps",
+                {
+                    "fields": ROUTING_FORM_FIELDS,
+                    "description": "Leads come only in these cities, within these hours and "
+                    "outside the time off, up to the caps (counted in the provider's timezone).",
+                },
+            ),
+            (
+                "Limits on the provider's own changes in the portal",
+                {"fields": LIMIT_FORM_FIELDS},
+            ),
+        ]
+        if obj is not None:
+            sections.append(("Counters, kept by the engine", {"fields": self.ENGINE_OWNED}))
+        return sections
 
     @admin.display(description="Routing now")
     def routing_now(self, obj: Provider) -> str:
