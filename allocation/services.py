@@ -55,7 +55,7 @@ from allocation.engine import (
 )
 from allocation.models import Lead
 from events.services import announce_after_commit
-from leaddist.http.db import MAX_BIGINT, connection_lost, recover
+from leaddist.http.db import MAX_BIGINT, connection_lost, is_transient, recover
 from leaddist.http.metrics import ALLOCATION_SECONDS
 from providers.locks import lock_cursors, lock_providers
 from providers.models import CityAlias, PoolCursor, Provider, Service
@@ -81,8 +81,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# deadlock_detected, serialization_failure, lock_not_available (lock_timeout)
-TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 DUPLICATE_CONSTRAINT = "allocation_lead_unique_phone_per_service"
 # Eligible pool candidates read beyond the slots still open, on the first attempt. Each retry
 # caused by a stolen candidate doubles it.
@@ -137,10 +135,6 @@ class LeadInput:
     source: str = ""
 
 
-def _is_transient(exc: OperationalError) -> bool:
-    return getattr(exc.__cause__, "sqlstate", None) in TRANSIENT_SQLSTATES
-
-
 def run_with_retries(attempt: Callable[[int], T]) -> T:
     """Run ``attempt(slack)`` until it commits; retry transient conflicts, then raise Busy.
 
@@ -167,7 +161,7 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
                 reconnected = True
                 recover()
                 continue
-            if not _is_transient(exc):
+            if not is_transient(exc):
                 raise
             logger.info("allocation conflict (%s), attempt %d/%d", exc.__cause__, number, attempts)
         if number < attempts:

@@ -228,3 +228,33 @@ def test_widening_the_area_drains_the_leads_waiting_for_it(
     lead.refresh_from_db()
     assert lead.status == Lead.Status.ALLOCATED
     assert set(lead.allocations.values_list("provider_id", flat=True)) == {1, 2, 4}
+
+
+@pytest.mark.concurrency
+def test_a_save_stuck_behind_a_long_lock_answers_busy_and_stores_nothing(seeded_tx):
+    """set_routing waits for the service's cursor lock (the lock order); when a long transaction
+    holds it past the lock timeout, the page and the JSON answer 503 busy, never 500."""
+    from intake.tests.support import cursor_locked
+    from portal.services import create_provider_user
+    from portal.tests.conftest import PROVIDER_PASSWORD
+
+    account = create_provider_user(
+        seeded_tx.provider(2), username="p2-busy", password=PROVIDER_PASSWORD
+    ).account
+    client = Client()
+    client.force_login(account.user)
+    before = Provider.objects.get(pk=2)
+
+    with cursor_locked(1, lock_timeout_ms=50):
+        json_answer = put(client, {"daily_cap": 2, "version": before.version})
+        page = client.post(
+            "/portal/routing", {"daily_cap_value": "2", "seen_version": before.version}
+        )
+
+    assert json_answer.status_code == 503
+    assert json_answer.json()["error"]["code"] == "busy"
+    assert json_answer["Retry-After"]
+    assert page.status_code == 503
+    assert "nothing was saved" in page.content.decode()
+    after = Provider.objects.get(pk=2)
+    assert (after.version, after.daily_cap) == (before.version, before.daily_cap)
