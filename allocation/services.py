@@ -19,7 +19,6 @@ bounded number of times too; after the last attempt the caller gets :class:`Busy
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import heapq
 import json
@@ -665,6 +664,17 @@ def _write(sql: str, params: dict[str, object]) -> int:
     return lead_id
 
 
+def _closed_by(rules: Routing, usage: Usage, now: datetime) -> tuple[str, datetime | None] | None:
+    """If the usage after a lead at ``now`` reaches one of the caps: why the provider closes, and
+    until when (None: no change ahead). None if it stays open, or has no caps."""
+    if rules.daily_cap is None and rules.weekly_cap is None:
+        return None
+    reason = time_reason(rules, usage, now)
+    if reason is None:
+        return None
+    return reason, next_change(rules, usage, now)
+
+
 def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
     """If this lead brings the picked provider to one of its caps: the routing state the
     allocation's UPDATE writes for it (closed, why, until when may it change). The UPDATE
@@ -672,30 +682,34 @@ def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
     rules = state.routing
     if rules.daily_cap is None and rules.weekly_cap is None:
         return None
-    usage = with_usage_day(rules, state.usage, now)
-    reason = time_reason(rules, usage, now)
-    if reason is None:
+    closed = _closed_by(rules, with_usage_day(rules, state.usage, now), now)
+    if closed is None:
         return None
-    until = next_change(rules, usage, now)
+    reason, until = closed
     return {"id": state.id, "reason": reason, "at": until.isoformat() if until else None}
 
 
 def allocated_state(state: LockedProvider, now: datetime) -> LockedProvider:
     """The provider's state after it takes a lead at ``now``, as ALLOCATION_WRITES_SQL writes
     it: a unit of quota less, the lead counted in its local day and week, and closed if this
-    lead brings it to a cap (``_closing``)."""
-    closing = _closing(state, now)
-    return dataclasses.replace(
-        state,
-        remaining_quota=state.remaining_quota - 1,
-        usage=with_usage_day(state.routing, state.usage, now),
-        routing_open=state.routing_open and closing is None,
-        routing_reason=closing["reason"] if closing else state.routing_reason,
-        routing_changes_at=(
-            (closing["at"] and datetime.fromisoformat(closing["at"]))
-            if closing
-            else state.routing_changes_at
-        ),
+    lead brings it to a cap (what ``_closing`` gives the write).
+
+    The forecast calls it for every pick, so it builds the new state directly: dataclasses.replace
+    cost more than the rest of the function."""
+    rules = state.routing
+    usage = with_usage_day(rules, state.usage, now)
+    closed = _closed_by(rules, usage, now)
+    return LockedProvider(
+        state.id,
+        state.name,
+        state.active,
+        state.remaining_quota - 1,
+        state.cycle,
+        rules,
+        usage,
+        state.routing_open and closed is None,
+        state.routing_reason if closed is None else closed[0],
+        state.routing_changes_at if closed is None else closed[1],
     )
 
 
