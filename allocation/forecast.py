@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
+from django.contrib.postgres.expressions import ArraySubquery
 from django.contrib.postgres.fields import ArrayField
 from django.db import connection, models, transaction
-from django.db.models import F, Func, Q, Value
+from django.db.models import F, Func, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from allocation.engine import SLOTS, Candidate, Decision, choose_providers
@@ -281,22 +283,47 @@ def _pool_rows(service_id: int, key: str, honour_flag: bool) -> Iterable[tuple[i
     )
 
 
-def _load(
-    service_id: int, city: str, at: datetime, what_if: WhatIf, now: datetime, leads: int
-) -> tuple[_State, int, list[int]]:
-    """Everything the forecast reads first, in the caller's snapshot: the state, the waiting
-    leads ahead in this queue and the ids of this queue's waiting leads (for a what-if drain).
-    The pool providers' states are read later, as the walk reaches them (_State.walk)."""
+@dataclass(frozen=True)
+class _Queue:
+    """What one statement reads first: the service's availability, the city's canonical key,
+    the pool cursor and the ids of the leads waiting in this service and city, oldest first."""
+
+    active: bool
+    city_key: str
+    cursor: int | None
+    waiting: list[int]
+
+
+def _read_queue(service_id: int, city: str) -> _Queue:
+    """The service row with the city's alias, the cursor and the waiting leads as subqueries
+    (one round trip instead of four); UnknownService if there is no such service."""
     key = normalise_city(city)
-    key = CityAlias.objects.filter(alias=key).values_list("city", flat=True).first() or key
-    cursor = PoolCursor.objects.filter(service_id=service_id).values_list("position", flat=True)
-    cursor_position = cursor.first()
-    waiting = list(
+    alias = CityAlias.objects.filter(alias=key).values("city")[:1]
+    city_key = Coalesce(Subquery(alias), Value(key))
+    cursor = PoolCursor.objects.filter(service_id=OuterRef("pk")).values("position")[:1]
+    waiting = (
         Lead.objects.waiting()
-        .filter(service_id=service_id, city_key=key)
+        .filter(service_id=OuterRef("pk"), city_key=city_key)
         .order_by("pk")
-        .values_list("pk", flat=True)
+        .values("pk")
     )
+    row = (
+        Service.objects.filter(pk=service_id)
+        .values_list("active", city_key, Subquery(cursor), ArraySubquery(waiting))
+        .first()
+    )
+    if row is None:
+        raise UnknownService(service_id)
+    return _Queue(*row)
+
+
+def _load(
+    queue: _Queue, service_id: int, at: datetime, what_if: WhatIf, now: datetime, leads: int
+) -> _State:
+    """Everything else the forecast reads first, in the caller's snapshot, after ``queue``: the
+    pool the walk can reach, the mandatory providers and those the what-if changes. The pool
+    providers' states are read later, as the walk reaches them (_State.walk)."""
+    key, cursor_position = queue.city_key, queue.cursor
     honour_flag = at <= now
     pool = dict(_pool_rows(service_id, key, honour_flag))
     # The mandatory providers and those a what-if changes (whatever their state now).
@@ -325,7 +352,7 @@ def _load(
     # The first read: the mandatory providers, the what-if's, and the pool's first chunk.
     first = [pid for pid, _ in mandatory] + sorted(what_if.provider_ids & set(state.pool_positions))
     state.read_from(next(state.pool.order(state.cursor), 0), first)
-    return state, len(waiting), waiting
+    return state
 
 
 def _is_eligible(state: LockedProvider) -> bool:
@@ -458,13 +485,12 @@ def forecast(
     at = at or now
 
     def work() -> dict[str, object]:
-        service = Service.objects.filter(pk=service_id).values_list("active", flat=True).first()
-        if service is None:
-            raise UnknownService(service_id)
-        if not service:
+        queue = _read_queue(service_id, city)
+        if not queue.active:
             raise ForecastRefused({"service": ["This service is not available."]})
         _check_what_if(what_if)
-        state, ahead, waiting = _load(service_id, city, at, what_if, now, leads)
+        state = _load(queue, service_id, at, what_if, now, leads)
+        waiting = queue.waiting
         cursor_before = state.cursor
         drained = 0
         for kind, pid, value in _changes(what_if):
@@ -473,7 +499,7 @@ def forecast(
                 while drained < len(waiting) and state.decide(head=True).complete:
                     drained += 1
         state.queued = drained < len(waiting)
-        return _answer(state, leads, ahead, drained, cursor_before, what_if)
+        return _answer(state, leads, len(waiting), drained, cursor_before, what_if)
 
     return _in_snapshot(work)
 
