@@ -34,7 +34,7 @@ from django.contrib.postgres.expressions import ArraySubquery
 from django.contrib.postgres.fields import ArrayField
 from django.db import connection, models, transaction
 from django.db.models import F, Func, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from allocation.engine import SLOTS, Candidate, Decision, choose_providers
@@ -61,6 +61,9 @@ _COLUMNS = (
     *ROUTING_COLUMNS,
     "leads_this_cycle",
     "quota",
+)
+_READ_COLUMNS = tuple(
+    Cast("time_off", models.TextField()) if column == "time_off" else column for column in _COLUMNS
 )
 # SET TRANSACTION must be the transaction's first statement.
 READ_ONLY_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -248,9 +251,14 @@ def _read_states(provider_ids: list[int]) -> dict[int, tuple[LockedProvider, int
     """The providers' states as the engine reads them, with their leads this cycle and quota.
 
     ``id = ANY(array)``, one parameter: ``pk__in`` of a few thousand ids costs more to build
-    and to plan (a placeholder each) than to run."""
-    ids = Value(provider_ids, output_field=ArrayField(models.BigIntegerField()))
-    rows = Provider.objects.filter(_IsAny(F("pk"), ids)).values_list("pk", *_COLUMNS)
+    and to plan (a placeholder each) than to run. The list goes to psycopg as it is and is cast
+    in SQL: a Value typed as an ArrayField would prepare each id in Python first. ``time_off``
+    is read as text, which LockedProvider.of parses (as it does CANDIDATES_SQL's) only when it
+    is not empty; the JSONField's converter parsed every row's."""
+    ids = Cast(Value(provider_ids), ArrayField(models.BigIntegerField()))
+    rows = (
+        Provider.objects.filter(_IsAny(F("pk"), ids)).order_by().values_list("pk", *_READ_COLUMNS)
+    )
     return {
         pid: (LockedProvider.of(pid, tuple(row)), used, quota) for pid, *row, used, quota in rows
     }

@@ -7,7 +7,7 @@ allocation.forecast.forecast in this process, the scenarios interleaved run by r
 ``--before PATH``: also time another version of allocation/forecast.py (e.g. from
 ``git show <commit>:allocation/forecast.py``), interleaved with this one run by run, and give
 each scenario's ratio of medians. ``--queries``: print the statements of one run of each;
-``--profile``: cProfile one run of each (top functions by own time).
+``--profile``: cProfile one run of each in CPU time (top functions by own time).
 
 Each forecast is timed twice: wall time, and this process's CPU time (time.process_time, which
 a loaded machine inflates far less: other processes' load shows in wall time only). The
@@ -80,7 +80,7 @@ def main() -> None:
                 for query in queries.captured_queries:
                     print(f"  {query['sql'][:160]}")
             if args.profile:
-                profile = cProfile.Profile()
+                profile = cProfile.Profile(time.process_time)  # CPU, not wall
                 profile.runcall(run)
                 print(f"{name}: profile")
                 pstats.Stats(profile).sort_stats("tottime").print_stats(15)
