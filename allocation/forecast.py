@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -247,6 +248,12 @@ class _IsAny(Func):
     output_field = models.BooleanField()
 
 
+def _id_array(ids: list[int]) -> Cast:
+    """The list as one bigint[] parameter; cast in SQL, since a Value typed as an ArrayField
+    would prepare each id in Python."""
+    return Cast(Value(ids), ArrayField(models.BigIntegerField()))
+
+
 def _read_states(provider_ids: list[int]) -> dict[int, tuple[LockedProvider, int, int]]:
     """The providers' states as the engine reads them, with their leads this cycle and quota.
 
@@ -255,10 +262,7 @@ def _read_states(provider_ids: list[int]) -> dict[int, tuple[LockedProvider, int
     in SQL: a Value typed as an ArrayField would prepare each id in Python first. ``time_off``
     is read as text, which LockedProvider.of parses (as it does CANDIDATES_SQL's) only when it
     is not empty; the JSONField's converter parsed every row's."""
-    ids = Cast(Value(provider_ids), ArrayField(models.BigIntegerField()))
-    rows = (
-        Provider.objects.filter(_IsAny(F("pk"), ids)).order_by().values_list("pk", *_READ_COLUMNS)
-    )
+    rows = _fetch(_state_rows, ids=provider_ids)
     return {
         pid: (LockedProvider.of(pid, tuple(row)), used, quota) for pid, *row, used, quota in rows
     }
@@ -271,13 +275,7 @@ def _pool_rows(service_id: int, key: str, honour_flag: bool) -> Iterable[tuple[i
     instant the materialised flag is not honoured, so active with quota and serving the city.
     Which of them can take a lead is decided later, by candidate_of."""
     if honour_flag:
-        return (
-            PoolCity.objects.filter(
-                service_id=service_id, city__in=sorted({"", key}), provider_eligible=True
-            )
-            .order_by("position")
-            .values_list("position", "provider_id")
-        )
+        return _fetch(_pool_city_rows, service_id, key)
     # Serving the city: everywhere, or listing it ('' is served by the former).
     serves = Q(provider__cities=[])
     if key:
@@ -302,12 +300,17 @@ class _Queue:
     waiting: list[int]
 
 
-def _read_queue(service_id: int, city: str) -> _Queue:
+# Placeholders for the parameters of the statements compiled once per process (_fetch).
+_SERVICE = -7_654_321
+_KEY = "\x00forecast city\x00"
+_IDS: list[int] = [-7_654_321]
+
+
+def _queue_rows() -> models.QuerySet:
     """The service row with the city's alias, the cursor and the waiting leads as subqueries
-    (one round trip instead of four); UnknownService if there is no such service."""
-    key = normalise_city(city)
-    alias = CityAlias.objects.filter(alias=key).values("city")[:1]
-    city_key = Coalesce(Subquery(alias), Value(key))
+    (one round trip instead of four)."""
+    alias = CityAlias.objects.filter(alias=_KEY).values("city")[:1]
+    city_key = Coalesce(Subquery(alias), Value(_KEY))
     cursor = PoolCursor.objects.filter(service_id=OuterRef("pk")).values("position")[:1]
     waiting = (
         Lead.objects.waiting()
@@ -315,14 +318,74 @@ def _read_queue(service_id: int, city: str) -> _Queue:
         .order_by("pk")
         .values("pk")
     )
-    row = (
-        Service.objects.filter(pk=service_id)
-        .values_list("active", city_key, Subquery(cursor), ArraySubquery(waiting))
-        .first()
+    return Service.objects.filter(pk=_SERVICE).values_list(
+        "active", city_key, Subquery(cursor), ArraySubquery(waiting)
     )
-    if row is None:
+
+
+def _pool_city_rows() -> models.QuerySet:
+    """(position, provider id) of the engine's per-city index for the city and everywhere."""
+    return (
+        PoolCity.objects.filter(Q(city="") | Q(city=_KEY), service_id=_SERVICE)
+        .filter(provider_eligible=True)
+        .order_by("position")
+        .values_list("position", "provider_id")
+    )
+
+
+def _pinned_rows() -> models.QuerySet:
+    """(role, position, provider id) of the mandatory providers and those of ``_IDS``."""
+    return (
+        Membership.objects.filter(service_id=_SERVICE)
+        .filter(Q(role=Membership.Role.MANDATORY) | _IsAny(F("provider_id"), _id_array(_IDS)))
+        .values_list("role", "position", "provider_id")
+    )
+
+
+def _state_rows() -> models.QuerySet:
+    """The providers of ``_IDS``: id, then _COLUMNS (``time_off`` as text)."""
+    return (
+        Provider.objects.filter(_IsAny(F("pk"), _id_array(_IDS)))
+        .order_by()
+        .values_list("pk", *_READ_COLUMNS)
+    )
+
+
+@functools.cache
+def _statement(build: Callable[[], models.QuerySet]) -> tuple[str, tuple[object, ...]]:
+    """A read's SQL and parameters, with the placeholders, compiled once per process: for the
+    seed catalogue, compiling these querysets cost about as much CPU as the 100 decisions."""
+    return build().query.sql_with_params()
+
+
+def _fetch(
+    build: Callable[[], models.QuerySet], service_id: int = 0, key: str = "", ids: list[int] = ()
+) -> list[tuple]:
+    """The rows of the read ``build`` makes, for this service, city key and ids; the values as
+    psycopg gives them (as CANDIDATES_SQL's rows reach LockedProvider.of)."""
+    sql, template = _statement(build)
+    params = [
+        ids
+        if value is _IDS
+        else service_id
+        if value == _SERVICE
+        else key
+        if value == _KEY
+        else value
+        for value in template
+    ]
+    with connection.cursor() as db:
+        db.execute(sql, params)
+        return db.fetchall()
+
+
+def _read_queue(service_id: int, city: str) -> _Queue:
+    """_queue_rows for this service and city; UnknownService if there is no such service."""
+    rows = _fetch(_queue_rows, service_id, normalise_city(city))
+    if not rows:
         raise UnknownService(service_id)
-    return _Queue(*row)
+    active, city_key, cursor, waiting = rows[0]
+    return _Queue(active, city_key, cursor, waiting or [])
 
 
 def _load(
@@ -335,11 +398,9 @@ def _load(
     honour_flag = at <= now
     pool = dict(_pool_rows(service_id, key, honour_flag))
     # The mandatory providers and those a what-if changes (whatever their state now).
-    pinned = Membership.objects.filter(service_id=service_id).filter(
-        Q(role=Membership.Role.MANDATORY) | Q(provider_id__in=sorted(what_if.provider_ids))
-    )
+    pinned = _fetch(_pinned_rows, service_id, ids=sorted(what_if.provider_ids))
     mandatory: list[tuple[int, int]] = []
-    for role, position, pid in pinned.values_list("role", "position", "provider_id"):
+    for role, position, pid in pinned:
         if role == Membership.Role.MANDATORY:
             mandatory.append((pid, position))
         else:
