@@ -44,6 +44,7 @@ from providers.services import (
     check_provider_edit,
     check_service_edit,
     clean_routing,
+    listed_cities,
     pause_provider,
     remove_memberships,
     resume_provider,
@@ -329,6 +330,9 @@ class QuotaLeftFilter(admin.SimpleListFilter):
         return queryset
 
 
+ROUTING_FIELDS = (
+    *("cities", "listed_cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap"),
+)
 ROUTING_FORM_FIELDS = ["cities_text", "timezone_name", "hours_text", "time_off_text"]
 ROUTING_FORM_FIELDS += ["daily_cap_value", "weekly_cap_value"]
 
@@ -367,7 +371,8 @@ class ProviderAdminForm(VersionedForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         p = self.instance
-        self.fields["cities_text"].initial = ", ".join(p.cities or [])
+        # As listed: the aliases apply when leads are matched (SPEC §2a).
+        self.fields["cities_text"].initial = ", ".join(listed_cities(p))
         self.fields["timezone_name"].initial = p.timezone
         self.fields["hours_text"].initial = p.hours
         self.fields["time_off_text"].initial = format_time_off(time_off_from_json(p.time_off))
@@ -492,7 +497,7 @@ class ProviderAdmin(admin.ModelAdmin):
             saved = set_routing(saved, form.routing_rules)
         for field in [*self.EDITABLE, "version", *self.ENGINE_OWNED[:-2]]:
             setattr(obj, field, getattr(saved, field))
-        for field in ("cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap"):
+        for field in ROUTING_FIELDS:
             setattr(obj, field, getattr(saved, field))
 
     # The actions write through update_provider too: PostgreSQL moves the version, so a change
