@@ -119,7 +119,9 @@ class CityAliasForm(forms.ModelForm):
         model = CityAlias
         fields = ["alias", "city"]
         help_texts = {
-            "alias": "Another name of the city, e.g. Bangalore.",
+            "alias": "Another name of the city, e.g. Bangalore. Applied at once; deleting the "
+            "alias splits the names again (providers serve the names they listed, waiting "
+            "leads keep the city they were submitted with), and changing it moves them.",
             "city": "The name providers and leads are compared by, e.g. Bengaluru.",
         }
 
