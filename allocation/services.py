@@ -685,39 +685,13 @@ SELECT id FROM lead
 """
 
 
-def _write(sql: str, params: dict[str, object], *, commit: bool = False) -> int:
-    """Run the writes (step 4); return the lead's id.
-
-    ``commit``: the statement is the transaction's last, and when the transaction is the
-    outermost atomic block's own, COMMIT goes with it in one round trip (pipeline mode), which
-    spares the locks one more round trip and wait for the interpreter; Django's COMMIT at the
-    block's end then finds the transaction over and sends nothing. A COMMIT that fails (a
-    deferred constraint) raises here, and the block rolls back as usual.
-    """
-    if commit and _owns_transaction():
-        raw = connection.connection
-        with connection.wrap_database_errors, raw.pipeline(), connection.cursor() as db:
-            db.execute(sql, params)
-            raw.commit()
-            (lead_id,) = db.fetchone()
-    else:
-        with connection.cursor() as db:
-            db.execute(sql, params)
-            (lead_id,) = db.fetchone()
+def _write(sql: str, params: dict[str, object]) -> int:
+    with connection.cursor() as db:
+        db.execute(sql, params)
+        (lead_id,) = db.fetchone()
     # The event rides in the same statement; wake the streams once it has committed.
     announce_after_commit()
     return lead_id
-
-
-def _owns_transaction() -> bool:
-    """Inside one atomic block that began the transaction and will commit it (not a savepoint
-    in someone else's transaction, as in the tests' own)."""
-    return (
-        len(connection.atomic_blocks) == 1
-        and connection.commit_on_exit
-        and not connection.savepoint_ids
-        and not connection.needs_rollback
-    )
 
 
 def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
@@ -808,7 +782,6 @@ def intake_lead(data: LeadInput) -> Intake:
 
     def attempt(slack: int) -> Intake:
         written: int | None = None
-        writing = False
         try:
             with transaction.atomic():
                 cursor, found = _lock_cursor_and_read(
@@ -834,8 +807,7 @@ def intake_lead(data: LeadInput) -> Intake:
                 if decision.complete:
                     params |= _allocation_params(data.service_id, decision, locked, now=now)
                     params |= {"status": Lead.Status.ALLOCATED, "allocated_at": now}
-                    writing = True
-                    written = _write(NEW_ALLOCATED_LEAD_SQL, params, commit=True)
+                    written = _write(NEW_ALLOCATED_LEAD_SQL, params)
                 else:
                     params |= {
                         "service": data.service_id,
@@ -844,15 +816,10 @@ def intake_lead(data: LeadInput) -> Intake:
                         "now": now,
                         "allocated_at": None,
                     }
-                    writing = True
-                    written = _write(NEW_WAITING_LEAD_SQL, params, commit=True)
+                    written = _write(NEW_WAITING_LEAD_SQL, params)
         except (OperationalError, InterfaceError) as exc:
-            # The write and its COMMIT went together: the lead is found by its (phone,
-            # service), unique, which no other lead had, or this insert would have failed.
-            stored = Lead.objects.filter(phone=data.phone, service_id=data.service_id)
-            if not writing or not _committed_after_all(exc, stored):
+            if written is None or not _committed_after_all(exc, Lead.objects.filter(pk=written)):
                 raise
-            written = stored.values_list("pk", flat=True).first()
         lead_id = written
         lead = Lead(
             pk=lead_id,
