@@ -177,8 +177,6 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
 
 # Steps 2 and 3 in one round trip. Under the cursor lock (step 1) this statement's snapshot is
 # fresh for this service; each part goes through an index:
-# - the service's cursor position (``here``; -1: none yet), as locked by step 1; no row: the
-#   cursor is missing, and nothing is locked (the caller creates it and reads again);
 # - the lead's canonical city (``key``: its normalised city through the staff's aliases);
 # - whether the service is active, and whether an older lead of it and of this city waits
 #   (partial index lead_waiting_queue): then nothing is locked;
@@ -195,8 +193,6 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
 #   everything that adds capacity takes the cursors of the provider's services first.
 CANDIDATES_SQL = """
 WITH
-here AS (SELECT COALESCE(position, -1) AS pos FROM providers_poolcursor
-          WHERE service_id = %(service)s),
 key AS (
     SELECT COALESCE((SELECT city FROM providers_cityalias WHERE alias = %(city)s), %(city)s)
                AS city
@@ -217,22 +213,22 @@ eligible AS (
     SELECT provider_id, position, lap FROM (
         (SELECT a.provider_id, a.position, 0 AS lap FROM providers_poolcity a
           WHERE a.service_id = %(service)s AND a.city = '' AND a.provider_eligible
-            AND a.position > (SELECT pos FROM here)
+            AND a.position > %(cursor)s
           ORDER BY a.position LIMIT %(wanted)s)
         UNION ALL
         (SELECT a.provider_id, a.position, 0 AS lap FROM providers_poolcity a
           WHERE a.service_id = %(service)s AND a.city = NULLIF((SELECT city FROM key), '')
-            AND a.provider_eligible AND a.position > (SELECT pos FROM here)
+            AND a.provider_eligible AND a.position > %(cursor)s
           ORDER BY a.position LIMIT %(wanted)s)
         UNION ALL
         (SELECT a.provider_id, a.position, 1 AS lap FROM providers_poolcity a
           WHERE a.service_id = %(service)s AND a.city = '' AND a.provider_eligible
-            AND a.position <= (SELECT pos FROM here)
+            AND a.position <= %(cursor)s
           ORDER BY a.position LIMIT %(wanted)s)
         UNION ALL
         (SELECT a.provider_id, a.position, 1 AS lap FROM providers_poolcity a
           WHERE a.service_id = %(service)s AND a.city = NULLIF((SELECT city FROM key), '')
-            AND a.provider_eligible AND a.position <= (SELECT pos FROM here)
+            AND a.provider_eligible AND a.position <= %(cursor)s
           ORDER BY a.position LIMIT %(wanted)s)
     ) AS walk
     ORDER BY lap, position LIMIT %(wanted)s
@@ -242,15 +238,15 @@ locked AS MATERIALIZED (
       FROM providers_provider p
      WHERE p.id = ANY (ARRAY (SELECT provider_id FROM mandatory
                               UNION ALL SELECT provider_id FROM eligible))
-       AND (SELECT (active OR NOT %(intake)s) AND NOT queued FROM blocked, here)
+       AND (SELECT (active OR NOT %(intake)s) AND NOT queued FROM blocked)
      ORDER BY p.id
        FOR UPDATE
 ),
 bound AS (
     SELECT CASE WHEN last.lap > 0 OR NOT f.got_all THEN %(max_position)s ELSE last.position END
                AS lap0,
-           CASE WHEN NOT f.got_all THEN (SELECT pos FROM here)
-                WHEN last.lap = 1 THEN LEAST(last.position, (SELECT pos FROM here))
+           CASE WHEN NOT f.got_all THEN %(cursor)s
+                WHEN last.lap = 1 THEN LEAST(last.position, %(cursor)s)
                 ELSE -1 END
                AS lap1
       FROM (SELECT (SELECT count(*) FROM eligible) >= %(wanted)s AS got_all) AS f
@@ -260,8 +256,7 @@ bound AS (
 seen AS (
     SELECT w.position, p.id, p.name, p.status, p.remaining_quota, p.cycle, {routing}
       FROM ((SELECT m.provider_id, m.position FROM providers_membership m
-              WHERE m.service_id = %(service)s AND m.role = 'pool'
-                AND m.position > (SELECT pos FROM here)
+              WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.position > %(cursor)s
                 AND m.position <= (SELECT lap0 FROM bound)
                 AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
               ORDER BY m.position LIMIT %(seen)s)
@@ -393,63 +388,26 @@ def _read_candidates(
     before: int = MAX_BIGINT,
     intake: bool = True,
 ) -> Candidates:
-    """Steps 2 and 3 (CANDIDATES_SQL), under the cursor lock. ``city``: the lead's normalised
-    city (its key, for a waiting lead). ``before``: only leads older than this one count as
-    waiting ahead of it. ``intake``: lock nothing for an inactive service."""
-    with connection.cursor() as db:
-        db.execute(CANDIDATES_SQL, _candidates_params(service_id, city, wanted, before, intake))
-        return _candidates(db.fetchall(), cursor)
-
-
-def _candidates_params(
-    service_id: int, city: str, wanted: int, before: int, intake: bool
-) -> dict[str, object]:
-    return {
+    """Steps 2 and 3 (CANDIDATES_SQL). ``city``: the lead's normalised city (its key, for a
+    waiting lead). ``before``: only leads older than this one count as waiting ahead of it.
+    ``intake``: lock nothing for an inactive service."""
+    params = {
         "service": service_id,
         "city": city,
         "before": before,
+        # Positions are >= 0: with no cursor the walk starts at the first position.
+        "cursor": -1 if cursor is None else cursor,
         "wanted": wanted,
         "seen": TRACE_LIMIT,
         "intake": intake,
         "max_position": MAX_POSITION,
     }
-
-
-def _lock_cursor_and_read(
-    service_id: int, *, city: str, wanted: int
-) -> tuple[int | None, Candidates | None]:
-    """Intake's steps 1 to 3 in one round trip: the cursor lock and the candidates read, sent
-    together (psycopg's pipeline mode); return the cursor and the candidates.
-
-    PostgreSQL runs the read only once the lock statement has finished, so the read's snapshot
-    is taken under the lock, exactly as if it had been sent after it: pipelining changes no
-    result, it spares the lead's transaction one round trip and one wait for the interpreter
-    while it holds the cursor. Candidates None: the service had no cursor row (the read locked
-    nothing); it is created here, under its lock, and the caller reads them itself.
-    """
-    connection.ensure_connection()
-    params = _candidates_params(service_id, city, wanted, MAX_BIGINT, True)
-    with (
-        connection.wrap_database_errors,
-        connection.connection.pipeline(),
-        connection.cursor() as lock,
-        connection.cursor() as read,
-    ):
-        lock.execute(_cursor_lock_sql(), [service_id])
-        read.execute(CANDIDATES_SQL, params)
-        row = lock.fetchone()
-        rows = read.fetchall()
-    if row is None:
-        return _lock_cursor(service_id), None
-    return row[0], _candidates(rows, row[0])
-
-
-def _candidates(rows: list[tuple], cursor: int | None) -> Candidates:
-    """CANDIDATES_SQL's rows, by kind."""
     found: dict[str, list[tuple]] = {kind: [] for kind in ("key", "mandatory", "eligible", "seen")}
-    # Each row: kind, position, provider id, then the provider's columns (LockedProvider).
-    for kind, position, pid, *rest in rows:
-        found[kind].append((pid, position, *rest))
+    with connection.cursor() as db:
+        db.execute(CANDIDATES_SQL, params)
+        # Each row: kind, position, provider id, then the provider's columns (LockedProvider).
+        for kind, position, pid, *rest in db.fetchall():
+            found[kind].append((pid, position, *rest))
     locked = {
         row[0]: LockedProvider.of(row[0], row[2:]) for row in found["mandatory"] + found["eligible"]
     }
@@ -518,20 +476,17 @@ def _decide(
     slack: int,
     before: int = MAX_BIGINT,
     intake: bool = True,
-    found: Candidates | None = None,
 ) -> Decided:
-    """Steps 2 and 3: read the candidates (unless ``found`` already holds them, read with
-    ``slack``), lock them in pk order and apply the rule at ``now``.
+    """Steps 2 and 3: read the candidates, lock them in pk order and apply the rule at ``now``.
 
     Each candidate's routing rules are read at ``now`` (providers.routing); the decision is
     made on the locked state. At intake the service must be active (ServiceUnavailable
     otherwise); a drain serves the leads already waiting for it either way.
     """
     wanted = SLOTS + slack
-    if found is None:
-        found = _read_candidates(
-            service_id, cursor, city=city, wanted=wanted, before=before, intake=intake
-        )
+    found = _read_candidates(
+        service_id, cursor, city=city, wanted=wanted, before=before, intake=intake
+    )
     if intake and found.unavailable:
         raise ServiceUnavailable(service_id)
     if found.queued:
@@ -784,15 +739,11 @@ def intake_lead(data: LeadInput) -> Intake:
         written: int | None = None
         try:
             with transaction.atomic():
-                cursor, found = _lock_cursor_and_read(
-                    data.service_id, city=city, wanted=SLOTS + slack
-                )
+                cursor = _lock_cursor(data.service_id)
                 # The allocation time, read under the cursor lock: the routing rules are
                 # applied at this instant, and it is the one stored.
                 now = timezone.now()
-                decided = _decide(
-                    data.service_id, cursor, city=city, now=now, slack=slack, found=found
-                )
+                decided = _decide(data.service_id, cursor, city=city, now=now, slack=slack)
                 decision, locked = decided.decision, decided.locked
                 trace = _trace(decision)
                 params: dict[str, object] = {
