@@ -12,12 +12,13 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from allocation.models import Allocation, Lead
-from allocation.services import add_city_alias
+from allocation.services import add_city_alias, change_city_alias, remove_city_alias
 from providers.models import CityAlias, Provider
 from providers.routing import normalise_city
 
@@ -118,7 +119,9 @@ class CityAliasForm(forms.ModelForm):
         model = CityAlias
         fields = ["alias", "city"]
         help_texts = {
-            "alias": "Another name of the city, e.g. Bangalore.",
+            "alias": "Another name of the city, e.g. Bangalore. Applied at once; deleting the "
+            "alias splits the names again (providers serve the names they listed, waiting "
+            "leads keep the city they were submitted with), and changing it moves them.",
             "city": "The name providers and leads are compared by, e.g. Bengaluru.",
         }
 
@@ -129,9 +132,10 @@ class CityAliasForm(forms.ModelForm):
         city = normalise_city(cleaned.get("city") or "")
         if alias and alias == city:
             raise ValidationError({"alias": "A city is not an alias of itself."})
-        if alias and CityAlias.objects.filter(alias=alias).exists():
+        others = CityAlias.objects.exclude(pk=self.instance.pk)
+        if alias and others.filter(alias=alias).exists():
             raise ValidationError({"alias": f"“{alias}” is an alias already."})
-        if alias and CityAlias.objects.filter(city=alias).exists():
+        if alias and others.filter(city=alias).exists():
             raise ValidationError({"alias": f"“{alias}” is the canonical name of other aliases."})
         return cleaned
 
@@ -142,17 +146,26 @@ class CityAliasAdmin(admin.ModelAdmin):
 
     Saving an alias applies it at once (allocation.services.add_city_alias): providers listing
     the alias serve the canonical city, and leads waiting under it join that city's queue.
-    Removing an alias does not split anything back; new leads of that name are then a city of
-    their own.
+    Deleting one undoes it (remove_city_alias): providers that listed the alias serve it again
+    under its own name, and each waiting lead is keyed again by the city it was submitted with.
+    Changing one is both, in one transaction (change_city_alias). Either way under every
+    service's cursor lock, and waiting leads are drained after the commit.
     """
 
     form = CityAliasForm
     list_display = ["alias", "city"]
     search_fields = ["alias", "city"]
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return obj is None  # remove and add again instead: see the docstring
-
     def save_model(self, request: HttpRequest, obj: CityAlias, form: Any, change: bool) -> None:
-        saved = add_city_alias(obj.alias, obj.city)
+        if change:
+            saved = change_city_alias(form.initial["alias"], obj.alias, obj.city)
+        else:
+            saved = add_city_alias(obj.alias, obj.city)
         obj.pk, obj.alias, obj.city = saved.pk, saved.alias, saved.city
+
+    def delete_model(self, request: HttpRequest, obj: CityAlias) -> None:
+        remove_city_alias(obj.alias)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[CityAlias]) -> None:
+        for alias in queryset.order_by("pk").values_list("alias", flat=True):
+            remove_city_alias(alias)

@@ -40,7 +40,7 @@ from django.db import (
     connection,
     transaction,
 )
-from django.db.models import Min, QuerySet
+from django.db.models import Min, Q, QuerySet
 from django.utils import timezone
 
 from allocation.engine import (
@@ -73,7 +73,7 @@ from providers.routing import (
     time_reason,
     with_usage_day,
 )
-from providers.services import refresh_routing
+from providers.services import canonical_cities, city_aliases, listed_cities, refresh_routing
 from providers.signals import capacity_added
 
 logger = logging.getLogger(__name__)
@@ -1033,9 +1033,10 @@ def add_city_alias(alias: str, city: str) -> CityAlias:
     Both are normalised; a city that is itself an alias resolves to its canonical name, and an
     alias may not be a canonical city of other aliases (no chains). In one transaction, under
     every service's cursor lock (a city may be served and awaited anywhere): the providers that
-    list the alias get the canonical city instead (their pool rows follow, by trigger), and the
-    leads waiting under the alias join the canonical city's queue, in their order of arrival.
-    Their services are drained after the commit. ValidationError says what is wrong.
+    list the alias serve the canonical city instead (their pool rows follow, by trigger; what
+    they listed is kept, for :func:`remove_city_alias`), and the leads waiting under the alias
+    join the canonical city's queue, in their order of arrival. Their services are drained after
+    the commit. ValidationError says what is wrong.
     """
     alias_key, city_key = normalise_city(alias), normalise_city(city)
     errors: dict[str, list[str]] = {}
@@ -1044,8 +1045,7 @@ def add_city_alias(alias: str, city: str) -> CityAlias:
     if not city_key:
         errors["city"] = ["The city needs a name."]
     with transaction.atomic():
-        service_ids = list(Service.objects.order_by("pk").values_list("pk", flat=True))
-        lock_cursors(service_ids)
+        service_ids = _lock_every_cursor()
         city_key = (
             CityAlias.objects.filter(alias=city_key).values_list("city", flat=True).first()
             or city_key
@@ -1060,14 +1060,80 @@ def add_city_alias(alias: str, city: str) -> CityAlias:
         if errors:
             raise ValidationError(errors)
         saved, _ = CityAlias.objects.update_or_create(alias=alias_key, defaults={"city": city_key})
-        listing = Provider.objects.filter(cities__contains=[alias_key]).values_list("pk", flat=True)
-        for provider in lock_providers(listing).values():
-            cities = [city_key if c == alias_key else c for c in provider.cities]
-            Provider.objects.filter(pk=provider.pk).update(cities=list(dict.fromkeys(cities)))
+        _apply_aliases(alias_key, service_ids)
         Lead.objects.waiting().filter(city_key=alias_key).update(city_key=city_key)
-
-        def drain() -> None:
-            capacity_added.send(sender=CityAlias, service_ids=service_ids)
-
-        transaction.on_commit(drain, robust=True)
     return saved
+
+
+def remove_city_alias(alias: str) -> bool:
+    """Undo an alias (SPEC §2a): the two names are two cities again. Return whether it existed.
+
+    In one transaction, under every service's cursor lock, as :func:`add_city_alias`: the
+    providers that listed the alias serve it again under its own name (and the canonical city
+    only if they listed that too), and each lead waiting under the canonical city is keyed
+    again by the city it was submitted with, through the aliases left, keeping its place by
+    order of arrival. Allocated leads keep the city they were allocated under. The services
+    are drained after the commit: the alias's own queue may now find providers.
+    """
+    alias_key = normalise_city(alias)
+    with transaction.atomic():
+        service_ids = _lock_every_cursor()
+        found = CityAlias.objects.select_for_update().filter(alias=alias_key).first()
+        if found is None:
+            return False
+        found.delete()
+        _apply_aliases(alias_key, service_ids)
+        _rekey_waiting_leads(found.city)
+    return True
+
+
+def change_city_alias(old_alias: str, alias: str, city: str) -> CityAlias:
+    """Replace the alias ``old_alias`` by ``alias`` → ``city``, in one transaction: as if it
+    were removed (:func:`remove_city_alias`) and the new one added (:func:`add_city_alias`),
+    with nothing in between seen by an allocation. ValidationError changes nothing."""
+    with transaction.atomic():
+        remove_city_alias(old_alias)
+        return add_city_alias(alias, city)
+
+
+def _lock_every_cursor() -> list[int]:
+    """Every service's cursor, by service id: a city may be served and awaited anywhere.
+    Return the service ids; their waiting leads are drained after the commit."""
+    service_ids = list(Service.objects.order_by("pk").values_list("pk", flat=True))
+    lock_cursors(service_ids)
+
+    def drain() -> None:
+        capacity_added.send(sender=CityAlias, service_ids=service_ids)
+
+    transaction.on_commit(drain, robust=True)
+    return service_ids
+
+
+def _apply_aliases(alias_key: str, service_ids: list[int]) -> None:
+    """Derive again, from what they listed and the aliases as they are now, the cities of the
+    providers that list ``alias_key`` or serve it. Under every cursor (the caller's), then
+    these providers, by id."""
+    aliases = city_aliases()
+    listing = Provider.objects.filter(
+        Q(listed_cities__contains=[alias_key]) | Q(cities__contains=[alias_key])
+    ).values_list("pk", flat=True)
+    for provider in lock_providers(listing).values():
+        listed = listed_cities(provider)
+        cities = canonical_cities(listed, aliases)
+        if (cities, listed) != (provider.cities, provider.listed_cities):
+            Provider.objects.filter(pk=provider.pk).update(cities=cities, listed_cities=listed)
+
+
+def _rekey_waiting_leads(city_key: str) -> None:
+    """Key the leads waiting under ``city_key`` again, from the city each was submitted with and
+    the aliases as they are now. Under every cursor (the caller's), then these leads."""
+    aliases = city_aliases()
+    moved: dict[str, list[int]] = {}
+    waiting = Lead.objects.waiting().filter(city_key=city_key).select_for_update()
+    for lead_id, submitted in waiting.order_by("pk").values_list("pk", "city"):
+        key = normalise_city(submitted)
+        key = aliases.get(key, key)
+        if key != city_key:
+            moved.setdefault(key, []).append(lead_id)
+    for key, ids in moved.items():
+        Lead.objects.filter(pk__in=ids).update(city_key=key)

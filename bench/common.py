@@ -571,9 +571,7 @@ SELECT p.id, p.quota, p.remaining_quota, p.leads_this_cycle, p.leads_total,
 POOL_SQL = """
 SELECT m.service_id, m.provider_id, m.provider_eligible, coalesce(c.n, 0)
   FROM providers_membership m
-  JOIN providers_provider p ON p.id = m.provider_id
-       AND cardinality(p.cities) = 0 AND p.hours = '' AND p.time_off = '[]'::jsonb
-       AND p.daily_cap IS NULL AND p.weekly_cap IS NULL
+  JOIN providers_provider p ON p.id = m.provider_id{routing_rules}
   LEFT JOIN (
       SELECT l.service_id, a.provider_id, count(*) AS n
         FROM allocation_allocation a JOIN allocation_lead l ON l.id = a.lead_id
@@ -583,6 +581,10 @@ SELECT m.service_id, m.provider_id, m.provider_eligible, coalesce(c.n, 0)
  WHERE m.role = 'pool'
  ORDER BY m.service_id, m.position
 """
+POOL_ROUTING_RULES = """
+       AND cardinality(p.cities) = 0 AND p.hours = '' AND p.time_off = '[]'::jsonb
+       AND p.daily_cap IS NULL AND p.weekly_cap IS NULL"""
+POOL_SQL = POOL_SQL.replace("{routing_rules}", POOL_ROUTING_RULES)
 
 
 def check_invariants(
@@ -643,7 +645,13 @@ def check_invariants(
             + ("; " + "; ".join(wrong[:5]) if wrong else ""),
         )
         pools: dict[int, list[tuple[int, bool, int]]] = {}
-        for service, provider, eligible, n in conn.execute(POOL_SQL):
+        routed = conn.execute(
+            "SELECT EXISTS (SELECT FROM information_schema.columns"
+            " WHERE table_name = 'providers_provider' AND column_name = 'cities')"
+        ).fetchone()[0]
+        # An earlier version (LEADDIST_APP_DIR) has no routing rules: every provider counts.
+        pool_sql = POOL_SQL if routed else POOL_SQL.replace(POOL_ROUTING_RULES, "")
+        for service, provider, eligible, n in conn.execute(pool_sql):
             pools.setdefault(service, []).append((provider, eligible, n))
     skip = set(ineligible)
     spreads = []

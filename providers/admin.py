@@ -323,6 +323,9 @@ class QuotaLeftFilter(admin.SimpleListFilter):
         return queryset
 
 
+ROUTING_FIELDS = (
+    *("cities", "listed_cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap"),
+)
 ROUTING_FORM_FIELDS = ["cities_text", "timezone_name", "hours_text", "time_off_text"]
 ROUTING_FORM_FIELDS += ["daily_cap_value", "weekly_cap_value"]
 LIMIT_FORM_FIELDS = ["areas_locked_value", "max_daily_cap_value", "max_weekly_cap_value"]
@@ -473,8 +476,7 @@ class ProviderAdmin(admin.ModelAdmin):
             saved = set_routing(saved, form.routing_rules)
         for field in [*self.EDITABLE, "version", *self.ENGINE_OWNED[:-2]]:
             setattr(obj, field, getattr(saved, field))
-        routing = ("cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap")
-        for field in (*routing, *STAFF_LIMITS):
+        for field in (*ROUTING_FIELDS, *STAFF_LIMITS):
             setattr(obj, field, getattr(saved, field))
 
     # The actions write through update_provider too: PostgreSQL moves the version, so a change

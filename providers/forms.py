@@ -16,7 +16,7 @@ from providers.routing import (
     parse_date_range,
     time_off_from_json,
 )
-from providers.services import RoutingRules, clean_routing
+from providers.services import RoutingRules, clean_routing, listed_cities
 
 # clean_routing's names -> this form's fields, for its messages.
 ERROR_FIELDS = {
@@ -59,7 +59,8 @@ class RoutingForm(forms.Form):
 
     def show_routing(self, provider: Provider) -> None:
         """Start the fields from the provider's rules."""
-        self.fields["cities_text"].initial = ", ".join(provider.cities or [])
+        # As listed: the aliases apply when leads are matched (SPEC §2a).
+        self.fields["cities_text"].initial = ", ".join(listed_cities(provider))
         self.fields["timezone_name"].initial = provider.timezone
         self.fields["hours_text"].initial = provider.hours
         self.fields["time_off_text"].initial = format_time_off(

@@ -84,6 +84,16 @@ class Provider(models.Model):
         blank=True,
         help_text="Canonical cities served (normalised, aliases resolved); empty: everywhere.",
     )
+    # The cities as listed, normalised but before the aliases: ``cities`` is derived from them
+    # and the aliases, again whenever an alias is added, changed or removed, so that removing
+    # one gives each provider back the names it listed (allocation.services).
+    listed_cities = ArrayField(
+        models.CharField(max_length=120),
+        default=list,
+        blank=True,
+        editable=False,
+        help_text="The cities as listed (normalised, before the aliases); empty: everywhere.",
+    )
     timezone = models.CharField(
         max_length=64, blank=True, default="", help_text="IANA name; blank: the site's TIME_ZONE."
     )

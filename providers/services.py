@@ -584,9 +584,10 @@ def city_aliases() -> dict[str, str]:
     return dict(CityAlias.objects.values_list("alias", "city"))
 
 
-def canonical_cities(names: Iterable[str]) -> list[str]:
-    """These cities normalised and through the aliases, without repeats, in order."""
-    aliases = city_aliases()
+def canonical_cities(names: Iterable[str], aliases: Mapping[str, str] | None = None) -> list[str]:
+    """These cities normalised and through the aliases (default: the stored ones), without
+    repeats, in order."""
+    aliases = city_aliases() if aliases is None else aliases
     cities: list[str] = []
     for name in names:
         key = normalise_city(name)
@@ -594,6 +595,12 @@ def canonical_cities(names: Iterable[str]) -> list[str]:
         if key and key not in cities:
             cities.append(key)
     return cities
+
+
+def listed_cities(provider: Provider) -> list[str]:
+    """The cities the provider listed, before the aliases (those it serves, for a provider
+    whose list predates ``listed_cities``)."""
+    return list(provider.listed_cities or provider.cities)
 
 
 def _time_state(provider: Provider, now: datetime) -> tuple[bool, str, datetime | None]:
@@ -664,6 +671,7 @@ class RoutingRules:
     time_off: list[DateRange]
     daily_cap: int | None
     weekly_cap: int | None
+    listed_cities: list[str]  # ``cities`` before the aliases
     # Staff's limits on what the provider sets itself (SPEC §9).
     areas_locked: bool = False
     max_daily_cap: int | None = None
@@ -710,7 +718,11 @@ def clean_routing(
             errors.setdefault(name, []).append(str(exc))
             return None
 
-    new_cities = list(provider.cities) if cities is KEEP else canonical_cities(cities)
+    if cities is KEEP:
+        new_cities, new_listed = list(provider.cities), listed_cities(provider)
+    else:
+        new_listed = list(dict.fromkeys(key for key in map(normalise_city, cities) if key))
+        new_cities = canonical_cities(new_listed)
     new_tz = provider.timezone if tz is KEEP else (tz or "").strip()
     if new_tz:
         check("timezone", lambda: zone(new_tz))
@@ -744,6 +756,7 @@ def clean_routing(
         new_time_off or [],
         caps["daily_cap"],
         caps["weekly_cap"],
+        new_listed,
         provider.areas_locked if areas_locked is KEEP else bool(areas_locked),
         caps["max_daily_cap"],
         caps["max_weekly_cap"],
@@ -754,6 +767,7 @@ def routing_values(rules: RoutingRules) -> dict[str, Any]:
     """The provider columns these rules are stored in."""
     return {
         "cities": rules.cities,
+        "listed_cities": rules.listed_cities,
         "timezone": rules.timezone,
         "hours": rules.hours,
         "time_off": time_off_to_json(rules.time_off),

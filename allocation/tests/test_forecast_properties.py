@@ -140,6 +140,7 @@ def make_real(what_if: WhatIf) -> None:
             list(time_off_from_json(p.time_off)),
             p.daily_cap,
             p.weekly_cap,
+            listed_cities=list(cities),
         )
         set_routing(p, rules)
 

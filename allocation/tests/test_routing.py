@@ -11,7 +11,9 @@ from allocation.services import (
     LeadInput,
     add_city_alias,
     allocate_waiting_leads,
+    change_city_alias,
     intake_lead,
+    remove_city_alias,
 )
 from providers.models import CityAlias, Membership, PoolCity, Provider
 from providers.routing import parse_date_range
@@ -270,6 +272,81 @@ def test_an_alias_added_joins_the_providers_and_the_waiting_leads_of_both_names(
     assert CityAlias.objects.get().city == "bengaluru"
 
 
+def test_removing_an_alias_splits_the_cities_again(
+    seeded, clock, django_capture_on_commit_callbacks
+):
+    route(2, cities=["Bangalore"])
+    route(3, cities=["Bengaluru", "Pune"])
+    route(4, cities=["Pune"])
+    with django_capture_on_commit_callbacks(execute=True):
+        add_city_alias("Bangalore", "Bengaluru")
+    # P1 (mandatory, everywhere) and P2, P3 for both names: 3 providers.
+    merged = lead(city="BANGALORE ")
+    assert merged.lead.status == Lead.Status.ALLOCATED
+    route(3, cities=["Pune"])  # now only P1 and P2 serve bengaluru: the next leads wait
+    by_alias, by_city = lead(city="Bangalore"), lead(city="Bengaluru")
+    assert by_alias.lead.status == by_city.lead.status == Lead.Status.WAITING
+    assert by_alias.lead.city_key == by_city.lead.city_key == "bengaluru"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert remove_city_alias(" bangalore") is True
+
+    # Each provider serves again what it listed; each waiting lead is keyed again by the city
+    # it was submitted with. The allocated lead keeps its city.
+    assert Provider.objects.get(pk=2).cities == ["bangalore"]
+    assert Provider.objects.get(pk=2).listed_cities == ["bangalore"]
+    assert Provider.objects.get(pk=3).cities == ["pune"]
+    assert set(PoolCity.objects.filter(provider_id=2).values_list("city", flat=True)) == {
+        "bangalore"
+    }
+    keys = dict(Lead.objects.values_list("pk", "city_key"))
+    assert keys[by_alias.lead.pk] == "bangalore"
+    assert keys[by_city.lead.pk] == "bengaluru"
+    assert keys[merged.lead.pk] == "bengaluru"
+    assert not CityAlias.objects.exists()
+    assert remove_city_alias("Bangalore") is False
+
+    # The bangalore queue is its own again: P3 listing it lets its lead through, not the other.
+    route(3, cities=["Bangalore"])
+    allocate_waiting_leads()
+    statuses = dict(Lead.objects.values_list("pk", "status"))
+    assert statuses[by_alias.lead.pk] == Lead.Status.ALLOCATED
+    assert statuses[by_city.lead.pk] == Lead.Status.WAITING
+    assert set(by_alias.lead.allocations.values_list("provider_id", flat=True)) == {1, 2, 3}
+
+
+def test_a_provider_listing_both_names_keeps_both_and_a_new_alias_merges_them_again(seeded):
+    route(2, cities=["Bangalore", "Bengaluru", "Mysuru"])
+    add_city_alias("Bangalore", "Bengaluru")
+    assert Provider.objects.get(pk=2).cities == ["bengaluru", "mysuru"]
+
+    remove_city_alias("Bangalore")
+
+    provider = Provider.objects.get(pk=2)
+    assert provider.cities == ["bangalore", "bengaluru", "mysuru"]
+    assert provider.listed_cities == ["bangalore", "bengaluru", "mysuru"]
+
+
+def test_changing_an_alias_moves_what_it_merged(seeded, clock):
+    route(2, cities=["Bombay"])
+    route(3, cities=["Oslo"])
+    route(4, cities=["Oslo"])
+    add_city_alias("Bombay", "Mumbai")
+    waiting = lead(city="Bombay")  # P1 and P2 only: waits under mumbai
+    assert (waiting.lead.status, waiting.lead.city_key) == (Lead.Status.WAITING, "mumbai")
+
+    changed = change_city_alias("bombay", "Bombay", "Pune")
+
+    assert (changed.alias, changed.city) == ("bombay", "pune")
+    assert Provider.objects.get(pk=2).cities == ["pune"]
+    waiting.lead.refresh_from_db()
+    assert waiting.lead.city_key == "pune"
+    with pytest.raises(ValidationError, match="itself"):
+        change_city_alias("bombay", "Pune", "pune")
+    assert list(CityAlias.objects.values_list("alias", "city")) == [("bombay", "pune")]
+    assert Provider.objects.get(pk=2).cities == ["pune"]  # the refused change undid nothing
+
+
 def test_aliases_refuse_chains_and_themselves(seeded):
     add_city_alias("Bombay", "Mumbai")
 
@@ -293,6 +370,30 @@ def test_staff_manage_city_aliases_in_the_admin(admin_client, seeded):
     assert refused.status_code == 200
     assert "canonical name of other aliases" in refused.content.decode()
     assert admin_client.get(reverse("admin:providers_cityalias_changelist")).status_code == 200
+
+
+def test_staff_change_and_delete_city_aliases_in_the_admin(admin_client, seeded):
+    from django.urls import reverse
+
+    route(2, cities=["Bangalore"])
+    add_city_alias("Bangalore", "Bengaluru")
+    alias = CityAlias.objects.get()
+
+    changed = admin_client.post(
+        reverse("admin:providers_cityalias_change", args=[alias.pk]),
+        {"alias": "Bangalore", "city": "Bengaluru City"},
+    )
+    assert changed.status_code == 302
+    assert list(CityAlias.objects.values_list("alias", "city")) == [("bangalore", "bengaluru city")]
+    assert Provider.objects.get(pk=2).cities == ["bengaluru city"]
+
+    alias = CityAlias.objects.get()
+    deleted = admin_client.post(
+        reverse("admin:providers_cityalias_delete", args=[alias.pk]), {"post": "yes"}
+    )
+    assert deleted.status_code == 302
+    assert not CityAlias.objects.exists()
+    assert Provider.objects.get(pk=2).cities == ["bangalore"]
 
 
 def test_the_candidates_statement_is_short_enough_for_psycopgs_statement_cache():

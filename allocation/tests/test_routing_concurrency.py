@@ -13,9 +13,16 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from allocation.models import Allocation, Lead
-from allocation.services import LeadInput, allocate_waiting_leads, submit_lead
+from allocation.services import (
+    LeadInput,
+    add_city_alias,
+    allocate_waiting_leads,
+    remove_city_alias,
+    submit_lead,
+)
 from leaddist.testing import storm
-from providers.models import Provider
+from providers.models import CityAlias, Provider
+from providers.routing import normalise_city
 from providers.services import clean_routing, set_routing
 
 pytestmark = pytest.mark.concurrency
@@ -76,3 +83,66 @@ def test_no_cap_is_exceeded_under_a_storm_of_leads(seeded_tx, monkeypatch):
     assert allocated.count() >= 10
     assert Lead.objects.filter(status="waiting").exists()
     assert allocate_waiting_leads() == 0
+
+
+ALIAS_CITIES = ("Bangalore", "Bengaluru", " BANGALORE", "bengaluru ")
+
+
+def test_an_alias_removed_and_added_again_while_leads_of_its_city_arrive(seeded_tx):
+    """Alias edits race intake of leads in both names: no lead is lost, allocated twice or left
+    keyed by a merge that no longer exists; every provider serves what it listed."""
+    Provider.objects.update(quota=1000, remaining_quota=1000)
+    for pid, cities in {2: ["Bangalore"], 3: ["Bangalore"], 4: ["Bengaluru"]}.items():
+        p = Provider.objects.get(pk=pid)
+        set_routing(p, clean_routing(p, cities=cities))
+    add_city_alias("Bangalore", "Bengaluru")
+
+    leads = [
+        lambda n=n: submit_lead(
+            LeadInput(
+                service_id=(1, 3)[n % 2],
+                name=f"Lead {n}",
+                phone=f"+4791{n:06d}",
+                city=ALIAS_CITIES[n % len(ALIAS_CITIES)],
+            )
+        )
+        for n in range(80)
+    ]
+    edits = [
+        lambda: remove_city_alias("Bangalore"),
+        lambda: add_city_alias("Bangalore", "Bengaluru"),
+        lambda: remove_city_alias("Bangalore"),
+    ]
+    # storm() pops from the end: the edits land among the leads.
+    jobs = leads[:20] + edits[2:] + leads[20:45] + edits[1:2] + leads[45:70] + edits[:1]
+    jobs += leads[70:]
+    errors = storm(jobs)
+    allocate_waiting_leads()
+
+    assert errors == []
+    assert not CityAlias.objects.exists()
+    assert Lead.objects.count() == 80
+    cities = dict(Provider.objects.values_list("pk", "cities"))
+    assert (cities[2], cities[3], cities[4]) == (["bangalore"], ["bangalore"], ["bengaluru"])
+    allocations = Counter(Allocation.objects.values_list("lead_id", flat=True))
+    for lead in Lead.objects.all():
+        if lead.status == Lead.Status.WAITING:
+            # Keyed by the city it was submitted with, the alias gone.
+            assert lead.city_key == normalise_city(lead.city), lead
+            assert lead.pk not in allocations
+        else:
+            assert lead.status == Lead.Status.ALLOCATED
+            assert allocations[lead.pk] == 3
+    # Never allocated twice: each provider's quota taken once per allocation.
+    taken = Counter(Allocation.objects.values_list("provider_id", flat=True))
+    for pid, quota, remaining, this_cycle in Provider.objects.values_list(
+        "pk", "quota", "remaining_quota", "leads_this_cycle"
+    ):
+        assert quota - remaining == this_cycle == taken[pid], pid
+    # A bangalore lead (only ever allocated once the merge was gone) never went to P4, which
+    # lists only Bengaluru; every bangalore lead finds P1, P2 and P3 (service 1) or the pool
+    # (service 3), so none is left waiting.
+    bangalore = Lead.objects.filter(city_key="bangalore")
+    assert bangalore.exists()
+    assert not bangalore.filter(status=Lead.Status.WAITING).exists()
+    assert not Allocation.objects.filter(lead__in=bangalore, provider_id=4).exists()
