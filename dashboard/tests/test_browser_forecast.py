@@ -14,8 +14,7 @@ from credentials.services import create_api_key
 from dashboard.tests.support import STAFF_PASSWORD
 from dashboard.tests.test_browser import (  # noqa: F401
     _console_errors,
-    _in_thread,
-    _sign_in,
+    _open_live_dashboard,
     launch_chromium,
 )
 from dashboard.views import FORECAST_HORIZON
@@ -61,11 +60,8 @@ def test_the_dashboard_forecast_is_what_the_next_real_lead_gets_and_shows_a_what
     server = asgi_server_factory(WEBHOOK_SECRET=SECRET)
     browser = launch_chromium()
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    page = context.new_page()
+    page = _open_live_dashboard(context, server.url)
     errors = _console_errors(page)
-    page.goto(server.url + "/dashboard")
-    _sign_in(page, server.url + "/dashboard")
-    page.wait_for_selector('[data-live-status][data-state="live"]', timeout=5000)
 
     # Service 3's forecast for Oslo, as the page shows it.
     page.fill("#forecast-city-3", "Oslo")

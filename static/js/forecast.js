@@ -4,10 +4,11 @@
  * GET /api/services/ID/forecast, with the page's staff session: this script parses no
  * what-if itself, it passes the form's values on and shows the API's 422 messages.
  *
- * Live, but throttled per service: an event marks the services it can change (below), and a
- * service's forecast is fetched again at most once a second, with at most one refresh of it in
- * flight (and at most MAX_IN_FLIGHT services refreshing at once); events that arrive meanwhile fold into
- * the next one. So a burst of 100 leads a second costs one forecast a second per service.
+ * Live, but throttled: an event marks the services it can change (below), and a service's
+ * forecast is fetched again at most once a second, with at most one refresh of it in flight;
+ * events that arrive meanwhile fold into the next one. Page-wide, refreshes start at least
+ * SPACING_MS apart (and at most MAX_IN_FLIGHT run at once), whatever the number of services.
+ * So a burst of 100 leads a second costs an open dashboard at most 2 forecasts a second.
  *
  * Which services an event can change:
  * - lead.allocated: its own service, and every service whose forecast involves one of the
@@ -26,6 +27,7 @@
   }
 
   var MIN_INTERVAL_MS = 1000;
+  var SPACING_MS = 500;
   // After an event, let the dashboard's own update (its fragment request, 60 ms after the
   // event) go first: the forecast must not delay the page's one-second promise (SPEC §6).
   var SETTLE_MS = 300;
@@ -42,6 +44,7 @@
   var chipTemplate = section.querySelector("template[data-forecast-chip]");
 
   var inFlight = 0;
+  var nextSlot = 0; // when the page may start its next refresh
   var queue = [];
   var cards = Array.prototype.map.call(
     section.querySelectorAll("[data-forecast-card]"),
@@ -75,7 +78,9 @@
     if (card.running || card.queued || card.timer !== null) {
       return; // the refresh to come will read the state as it is then
     }
-    var wait = Math.max(settle || 0, card.lastStart + MIN_INTERVAL_MS - Date.now());
+    var now = Date.now();
+    var wait = Math.max(settle || 0, card.lastStart + MIN_INTERVAL_MS - now, nextSlot - now);
+    nextSlot = now + wait + SPACING_MS; // the page's next free start, reserved in turn
     card.timer = window.setTimeout(function () {
       card.timer = null;
       start(card);
