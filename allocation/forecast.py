@@ -10,22 +10,29 @@ way intake does: while a lead of the same service and city waits, it waits behin
 
 The pool a decision sees is the part of the walk choose_providers needs (its documented
 contract: every eligible provider up to the last one needed), kept as the sorted positions of
-the pool providers that can still take a lead. Within one forecast every lead arrives at the
-same instant, so a provider that cannot take a lead (paused, out of quota, out of area, closed by
-its hours or time off, at a cap) cannot take a later one either: it leaves that list for good.
+the pool providers that may still take a lead. It starts as the rows the engine's own walk can
+reach (now: its per-city index of eligible, open providers; at a later instant: active, with
+quota, serving the city) plus the providers a what-if changes; whether each can take the lead
+is still decided by candidate_of. Within one forecast every lead arrives at the same instant, so
+a provider that cannot take a lead (paused, out of quota, out of area, closed by its hours or
+time off, at a cap) cannot take a later one either: the walk drops it when it meets it, and only
+a what-if change puts it back. Providers' states are read as the walk first reaches them, a
+chunk at a time, and each candidate is built once per state (docs/PERFORMANCE.md, "Forecast").
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from django.db import connection, transaction
-from django.db.models import Q
+from django.contrib.postgres.fields import ArrayField
+from django.db import connection, models, transaction
+from django.db.models import F, Func, Q, Value
 from django.utils import timezone
 
 from allocation.engine import SLOTS, Candidate, Decision, choose_providers
@@ -36,25 +43,22 @@ from allocation.services import (
     allocated_state,
     candidate_of,
 )
-from providers.models import CityAlias, Membership, PoolCursor, Provider, Service
+from providers.models import CityAlias, Membership, PoolCity, PoolCursor, Provider, Service
 from providers.routing import local_time, normalise_city, week_of
 from providers.services import canonical_cities
 
 T = TypeVar("T")
 
 MAX_LEADS = 1000
-# Provider columns in LockedProvider.of's order, read through a membership.
-_COLUMNS = tuple(
-    f"provider__{c}"
-    for c in (
-        "name",
-        "status",
-        "remaining_quota",
-        "cycle",
-        *ROUTING_COLUMNS,
-        "leads_this_cycle",
-        "quota",
-    )
+# Provider columns: LockedProvider.of's, then what a what-if quota change needs.
+_COLUMNS = (
+    "name",
+    "status",
+    "remaining_quota",
+    "cycle",
+    *ROUTING_COLUMNS,
+    "leads_this_cycle",
+    "quota",
 )
 # SET TRANSACTION must be the transaction's first statement.
 READ_ONLY_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -99,27 +103,43 @@ class WhatIf:
 
 @dataclass
 class _Pool:
-    """The pool providers that can still take a lead, by position (the walk's live part)."""
+    """The pool providers that may still take a lead, by position, in position order. A
+    provider leaves it when the walk finds it cannot (for the rest of the forecast)."""
 
     positions: list[int]
     by_position: dict[int, int]  # position -> provider id
 
-    def walk(self, cursor: int | None, count: int) -> list[tuple[int, int]]:
-        """The first ``count`` (provider id, position) after the cursor, wrapping once."""
-        start = 0 if cursor is None else bisect.bisect_right(self.positions, cursor)
+    def order(self, cursor: int | None) -> Iterator[int]:
+        """The indexes of ``positions`` once around, starting just after the cursor."""
         size = len(self.positions)
-        taken = [self.positions[(start + i) % size] for i in range(min(count, size))]
-        return [(self.by_position[pos], pos) for pos in taken]
+        start = 0 if cursor is None else bisect.bisect_right(self.positions, cursor)
+        return itertools.chain(range(start, size), range(start))
 
-    def drop(self, position: int) -> None:
+    def drop(self, gone: list[int]) -> None:
+        """Remove these positions (each present once)."""
+        if len(gone) > 16:
+            removed = set(gone)
+            self.positions = [pos for pos in self.positions if pos not in removed]
+            return
+        for position in gone:
+            del self.positions[bisect.bisect_left(self.positions, position)]
+
+    def restore(self, position: int) -> None:
         index = bisect.bisect_left(self.positions, position)
-        if index < len(self.positions) and self.positions[index] == position:
-            del self.positions[index]
+        if index == len(self.positions) or self.positions[index] != position:
+            self.positions.insert(index, position)
 
 
 @dataclass
 class _State:
-    """The forecast's copy of what the engine would read and write, moved lead by lead."""
+    """The forecast's copy of what the engine would read and write, moved lead by lead.
+
+    Providers' states are read when the walk first reaches them (``load``), a chunk at a time in
+    walk order: N leads pick at most SLOTS * N times, so a pool of 10,000 costs the forecast the
+    few thousand rows its walk passes, not the whole pool. Each provider's candidate is built
+    once and kept until its state changes (a pick, or a what-if): every lead of the forecast
+    arrives at the same instant, so nothing else can change it.
+    """
 
     at: datetime
     city_key: str
@@ -130,54 +150,143 @@ class _State:
     # Pool providers are walked only while the materialised flag says open, as the engine's
     # per-city index does; at a later instant the routing check is assumed to have run.
     honour_flag: bool
+    read: Callable[[list[int]], dict[int, tuple[LockedProvider, int, int]]]
+    chunk: int
     queued: bool = False
-    pool_rows: list[tuple[int, int]] = field(default_factory=list)  # (provider id, position)
+    pool_positions: dict[int, int] = field(default_factory=dict)  # provider id -> position
     used: dict[int, int] = field(default_factory=dict)  # leads this cycle
     quota: dict[int, int] = field(default_factory=dict)
+    candidates: dict[int, Candidate] = field(default_factory=dict)  # provider id -> as built
 
-    def rebuild_pool(self) -> None:
-        live = sorted((pos, pid) for pid, pos in self.pool_rows if self.can_take_pool_lead(pid))
-        self.pool = _Pool([pos for pos, _ in live], dict(live))
+    def set_state(self, provider_id: int, new: LockedProvider) -> None:
+        self.states[provider_id] = new
+        self.candidates.pop(provider_id, None)
+        position = self.pool_positions.get(provider_id)
+        if position is not None:
+            self.pool.restore(position)  # the walk looks at it again, whatever it can now do
 
     def candidate(self, provider_id: int, position: int) -> Candidate:
-        return candidate_of(self.states[provider_id], position, city=self.city_key, at=self.at)
+        built = self.candidates.get(provider_id)
+        if built is None:
+            built = candidate_of(self.states[provider_id], position, city=self.city_key, at=self.at)
+            self.candidates[provider_id] = built
+        return built
 
-    def can_take_pool_lead(self, provider_id: int) -> bool:
-        state = self.states[provider_id]
-        if self.honour_flag and not state.routing_open:
-            return False
-        return candidate_of(state, 0, city=self.city_key, at=self.at).eligible
+    def read_from(self, index: int, also: Iterable[int] = ()) -> None:
+        """Read the states of the next ``chunk`` unread pool providers in walk order from
+        ``index`` (of the pool's positions), and of ``also``; the chunk doubles each time."""
+        positions, by_position = self.pool.positions, self.pool.by_position
+        size = len(positions)
+        wanted = [pid for pid in also if pid not in self.states]
+        taken = 0
+        for k in range(size):
+            pid = by_position[positions[(index + k) % size]]
+            if pid not in self.states:
+                wanted.append(pid)
+                taken += 1
+                if taken == self.chunk:
+                    break
+        for pid, (state, used, quota) in self.read(wanted).items():
+            self.states[pid], self.used[pid], self.quota[pid] = state, used, quota
+        self.chunk *= 2
+
+    def walk(self, count: int) -> list[Candidate]:
+        """The first ``count`` pool providers after the cursor that can take this lead, as
+        candidates; the ones passed that cannot leave the pool."""
+        found: list[Candidate] = []
+        gone: list[int] = []
+        for index in self.pool.order(self.cursor):
+            if len(found) == count:
+                break
+            position = self.pool.positions[index]
+            pid = self.pool.by_position[position]
+            if pid not in self.states:
+                self.read_from(index)
+            candidate = self.candidate(pid, position)
+            if candidate.eligible and (self.states[pid].routing_open or not self.honour_flag):
+                found.append(candidate)
+            else:
+                gone.append(position)
+        if gone:
+            self.pool.drop(gone)
+        return found
 
     def decide(self, *, head: bool = False) -> Decision:
         """One lead: the engine's decision on the current state, then its effects. ``head``: the
         oldest waiting lead of this queue, in a drain (nothing waits ahead of it)."""
+        queued = self.queued and not head
+        if queued:
+            return choose_providers([], [], cursor=self.cursor, queued=True)
         mandatory = [self.candidate(pid, pos) for pid, pos in self.mandatory]
         needed = SLOTS - sum(c.eligible for c in mandatory)
-        pool = [self.candidate(pid, pos) for pid, pos in self.pool.walk(self.cursor, needed)]
-        queued = self.queued and not head
-        decision = choose_providers(mandatory, pool, cursor=self.cursor, queued=queued)
+        pool = self.walk(needed) if needed > 0 else []
+        decision = choose_providers(mandatory, pool, cursor=self.cursor)
         if not decision.complete:
             # It waits; every later lead of this service and city waits behind it.
             self.queued = True
             return decision
         for pick in decision.picks:
-            self.states[pick.provider_id] = allocated_state(self.states[pick.provider_id], self.at)
-            self.used[pick.provider_id] += 1
-        picked = set(decision.provider_ids)
-        for candidate in pool:
-            if candidate.provider_id in picked and not self.can_take_pool_lead(
-                candidate.provider_id
-            ):
-                self.pool.drop(candidate.position)
+            pid = pick.provider_id
+            self.states[pid] = allocated_state(self.states[pid], self.at)
+            self.candidates.pop(pid, None)
+            self.used[pid] += 1
         self.cursor = decision.cursor
         return decision
 
 
+class _IsAny(Func):
+    """``expression = ANY(array)``."""
+
+    arg_joiner = " = ANY("
+    template = "%(expressions)s)"
+    output_field = models.BooleanField()
+
+
+def _read_states(provider_ids: list[int]) -> dict[int, tuple[LockedProvider, int, int]]:
+    """The providers' states as the engine reads them, with their leads this cycle and quota.
+
+    ``id = ANY(array)``, one parameter: ``pk__in`` of a few thousand ids costs more to build
+    and to plan (a placeholder each) than to run."""
+    ids = Value(provider_ids, output_field=ArrayField(models.BigIntegerField()))
+    rows = Provider.objects.filter(_IsAny(F("pk"), ids)).values_list("pk", *_COLUMNS)
+    return {
+        pid: (LockedProvider.of(pid, tuple(row)), used, quota) for pid, *row, used, quota in rows
+    }
+
+
+def _pool_rows(service_id: int, key: str, honour_flag: bool) -> Iterable[tuple[int, int]]:
+    """(position, provider id) of the pool providers that may take a lead of the city, in
+    position order: the ones the engine's walk can reach at all. Now, that is the engine's own
+    per-city index (eligible and open, serving the city or everywhere: PoolCity); at a later
+    instant the materialised flag is not honoured, so active with quota and serving the city.
+    Which of them can take a lead is decided later, by candidate_of."""
+    if honour_flag:
+        return (
+            PoolCity.objects.filter(
+                service_id=service_id, city__in=sorted({"", key}), provider_eligible=True
+            )
+            .order_by("position")
+            .values_list("position", "provider_id")
+        )
+    # Serving the city: everywhere, or listing it ('' is served by the former).
+    serves = Q(provider__cities=[])
+    if key:
+        serves |= Q(provider__cities__contains=[key])
+    return (
+        Membership.objects.pool()
+        .filter(serves, service_id=service_id)
+        .filter(provider__status=Provider.Status.ACTIVE, provider__remaining_quota__gt=0)
+        .order_by("position")
+        .values_list("position", "provider_id")
+    )
+
+
 def _load(
-    service_id: int, city: str, at: datetime, what_if: WhatIf, now: datetime
+    service_id: int, city: str, at: datetime, what_if: WhatIf, now: datetime, leads: int
 ) -> tuple[_State, int, list[int]]:
-    """Everything the forecast reads, in the caller's snapshot: the state, the waiting leads
-    ahead in this queue and the ids of this queue's waiting leads (for a what-if drain)."""
+    """Everything the forecast reads first, in the caller's snapshot: the state, the waiting
+    leads ahead in this queue and the ids of this queue's waiting leads (for a what-if drain).
+    The pool providers' states are read later, as the walk reaches them (_State.walk)."""
     key = normalise_city(city)
     key = CityAlias.objects.filter(alias=key).values_list("city", flat=True).first() or key
     cursor = PoolCursor.objects.filter(service_id=service_id).values_list("position", flat=True)
@@ -188,37 +297,34 @@ def _load(
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    # Pool providers serving the city: everywhere, or listing it ('' is served by the former).
-    serves = Q(provider__cities=[])
-    if key:
-        serves |= Q(provider__cities__contains=[key])
-    rows = (
-        Membership.objects.filter(service_id=service_id)
-        .filter(
-            Q(role=Membership.Role.MANDATORY)
-            | serves
-            | Q(provider_id__in=sorted(what_if.provider_ids))
-        )
-        .values_list("role", "position", "provider_id", *_COLUMNS)
+    honour_flag = at <= now
+    pool = dict(_pool_rows(service_id, key, honour_flag))
+    # The mandatory providers and those a what-if changes (whatever their state now).
+    pinned = Membership.objects.filter(service_id=service_id).filter(
+        Q(role=Membership.Role.MANDATORY) | Q(provider_id__in=sorted(what_if.provider_ids))
     )
+    mandatory: list[tuple[int, int]] = []
+    for role, position, pid in pinned.values_list("role", "position", "provider_id"):
+        if role == Membership.Role.MANDATORY:
+            mandatory.append((pid, position))
+        else:
+            pool[position] = pid
     state = _State(
         at=at,
         city_key=key,
         cursor=cursor_position,
         states={},
-        mandatory=[],
-        pool=_Pool([], {}),
-        honour_flag=at <= now,
+        mandatory=sorted(mandatory, key=lambda m: m[1]),
+        pool=_Pool(sorted(pool), pool),
+        honour_flag=honour_flag,
+        read=_read_states,
+        # N leads take at most this many pool picks while the mandatory ones can take leads.
+        chunk=max((SLOTS - len(mandatory)) * leads, 64),
+        pool_positions={pid: pos for pos, pid in pool.items()},
     )
-    for role, position, pid, *row in rows:
-        *row, state.used[pid], state.quota[pid] = row
-        state.states[pid] = LockedProvider.of(pid, tuple(row))
-        if role == Membership.Role.MANDATORY:
-            state.mandatory.append((pid, position))
-        else:
-            state.pool_rows.append((pid, position))
-    state.mandatory.sort(key=lambda m: m[1])
-    state.rebuild_pool()
+    # The first read: the mandatory providers, the what-if's, and the pool's first chunk.
+    first = [pid for pid, _ in mandatory] + sorted(what_if.provider_ids & set(state.pool_positions))
+    state.read_from(next(state.pool.order(state.cursor), 0), first)
     return state, len(waiting), waiting
 
 
@@ -260,8 +366,7 @@ def _assume(state: _State, kind: str, pid: int, value: object) -> bool:
         if sorted(cities) == sorted(old.routing.cities):
             return False
         new = dataclasses.replace(old, routing=dataclasses.replace(old.routing, cities=cities))
-    state.states[pid] = new
-    state.rebuild_pool()
+    state.set_state(pid, new)
     if kind == "pause" or not _is_eligible(new):
         return False
     if kind == "resume":
@@ -359,7 +464,7 @@ def forecast(
         if not service:
             raise ForecastRefused({"service": ["This service is not available."]})
         _check_what_if(what_if)
-        state, ahead, waiting = _load(service_id, city, at, what_if, now)
+        state, ahead, waiting = _load(service_id, city, at, what_if, now, leads)
         cursor_before = state.cursor
         drained = 0
         for kind, pid, value in _changes(what_if):

@@ -200,3 +200,47 @@ def test_the_forecast_equals_what_real_leads_then_get(scenario):
         assert provider["leads_left"] <= left[provider["id"]]
         if provider["runs_out_at"] is None:
             assert provider["leads_left"] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+@settings(
+    max_examples=int(os.environ.get("FORECAST_DB_EXAMPLES", "40")) // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(scenarios(), st.integers(1, 3 * 24 * 60))
+def test_a_forecast_for_a_later_instant_equals_what_real_leads_then_get(scenario, minutes):
+    """``at`` later than now: the forecast reads past the materialised routing flags (it
+    assumes the routing check has run by then, docs/SPEC.md §2b); the real leads arrive then,
+    after that check. No lead waits (a check that opens a provider would drain it first)."""
+    n_mandatory, specs, positions, cursor, now, city, _, count, changes = scenario
+    later = now + timedelta(minutes=minutes)
+    number = Service.objects.count() + 1
+    clock = {"at": now}
+
+    with mock.patch.object(timezone, "now", side_effect=lambda: clock["at"]):
+        service, pks = build(n_mandatory, specs, positions, cursor, now, [], number)
+        what_if = WhatIf(
+            pause=tuple(pks[i] for i in changes.get("pause", [])),
+            resume=tuple(pks[i] for i in changes.get("resume", [])),
+            quota={pks[i]: q for i, q in changes.get("quota", {}).items()},
+            cities={pks[i]: tuple(c) for i, c in changes.get("cities", {}).items()},
+        )
+        answer = forecast(service.pk, leads=count, city=city, at=later, what_if=what_if)
+        clock["at"] = later
+        refresh_routing(provider_ids=pks, now=later)
+        make_real(what_if)
+        real = [
+            real_lead(
+                intake_lead(
+                    LeadInput(service_id=service.pk, name="x", phone=f"+1555{n:07d}", city=city)
+                ),
+                n,
+            )
+            for n in range(1, count + 1)
+        ]
+
+    for entry in answer["leads"]:
+        event(entry.get("reason") or entry["status"])
+    assert real == answer["leads"]
