@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
+from django.contrib.postgres.expressions import ArraySubquery
 from django.contrib.postgres.fields import ArrayField
 from django.db import connection, models, transaction
-from django.db.models import F, Func, Q, Value
+from django.db.models import F, Func, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from allocation.engine import SLOTS, Candidate, Decision, choose_providers
@@ -59,6 +62,9 @@ _COLUMNS = (
     *ROUTING_COLUMNS,
     "leads_this_cycle",
     "quota",
+)
+_READ_COLUMNS = tuple(
+    Cast("time_off", models.TextField()) if column == "time_off" else column for column in _COLUMNS
 )
 # SET TRANSACTION must be the transaction's first statement.
 READ_ONLY_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -242,13 +248,21 @@ class _IsAny(Func):
     output_field = models.BooleanField()
 
 
+def _id_array(ids: list[int]) -> Cast:
+    """The list as one bigint[] parameter; cast in SQL, since a Value typed as an ArrayField
+    would prepare each id in Python."""
+    return Cast(Value(ids), ArrayField(models.BigIntegerField()))
+
+
 def _read_states(provider_ids: list[int]) -> dict[int, tuple[LockedProvider, int, int]]:
     """The providers' states as the engine reads them, with their leads this cycle and quota.
 
     ``id = ANY(array)``, one parameter: ``pk__in`` of a few thousand ids costs more to build
-    and to plan (a placeholder each) than to run."""
-    ids = Value(provider_ids, output_field=ArrayField(models.BigIntegerField()))
-    rows = Provider.objects.filter(_IsAny(F("pk"), ids)).values_list("pk", *_COLUMNS)
+    and to plan (a placeholder each) than to run. The list goes to psycopg as it is and is cast
+    in SQL: a Value typed as an ArrayField would prepare each id in Python first. ``time_off``
+    is read as text, which LockedProvider.of parses (as it does CANDIDATES_SQL's) only when it
+    is not empty; the JSONField's converter parsed every row's."""
+    rows = _fetch(_state_rows, ids=provider_ids)
     return {
         pid: (LockedProvider.of(pid, tuple(row)), used, quota) for pid, *row, used, quota in rows
     }
@@ -261,13 +275,7 @@ def _pool_rows(service_id: int, key: str, honour_flag: bool) -> Iterable[tuple[i
     instant the materialised flag is not honoured, so active with quota and serving the city.
     Which of them can take a lead is decided later, by candidate_of."""
     if honour_flag:
-        return (
-            PoolCity.objects.filter(
-                service_id=service_id, city__in=sorted({"", key}), provider_eligible=True
-            )
-            .order_by("position")
-            .values_list("position", "provider_id")
-        )
+        return _fetch(_pool_city_rows, service_id, key)
     # Serving the city: everywhere, or listing it ('' is served by the former).
     serves = Q(provider__cities=[])
     if key:
@@ -281,30 +289,118 @@ def _pool_rows(service_id: int, key: str, honour_flag: bool) -> Iterable[tuple[i
     )
 
 
-def _load(
-    service_id: int, city: str, at: datetime, what_if: WhatIf, now: datetime, leads: int
-) -> tuple[_State, int, list[int]]:
-    """Everything the forecast reads first, in the caller's snapshot: the state, the waiting
-    leads ahead in this queue and the ids of this queue's waiting leads (for a what-if drain).
-    The pool providers' states are read later, as the walk reaches them (_State.walk)."""
-    key = normalise_city(city)
-    key = CityAlias.objects.filter(alias=key).values_list("city", flat=True).first() or key
-    cursor = PoolCursor.objects.filter(service_id=service_id).values_list("position", flat=True)
-    cursor_position = cursor.first()
-    waiting = list(
+@dataclass(frozen=True)
+class _Queue:
+    """What one statement reads first: the service's availability, the city's canonical key,
+    the pool cursor and the ids of the leads waiting in this service and city, oldest first."""
+
+    active: bool
+    city_key: str
+    cursor: int | None
+    waiting: list[int]
+
+
+# Placeholders for the parameters of the statements compiled once per process (_fetch).
+_SERVICE = -7_654_321
+_KEY = "\x00forecast city\x00"
+_IDS: list[int] = [-7_654_321]
+
+
+def _queue_rows() -> models.QuerySet:
+    """The service row with the city's alias, the cursor and the waiting leads as subqueries
+    (one round trip instead of four)."""
+    alias = CityAlias.objects.filter(alias=_KEY).values("city")[:1]
+    city_key = Coalesce(Subquery(alias), Value(_KEY))
+    cursor = PoolCursor.objects.filter(service_id=OuterRef("pk")).values("position")[:1]
+    waiting = (
         Lead.objects.waiting()
-        .filter(service_id=service_id, city_key=key)
+        .filter(service_id=OuterRef("pk"), city_key=city_key)
         .order_by("pk")
-        .values_list("pk", flat=True)
+        .values("pk")
     )
+    return Service.objects.filter(pk=_SERVICE).values_list(
+        "active", city_key, Subquery(cursor), ArraySubquery(waiting)
+    )
+
+
+def _pool_city_rows() -> models.QuerySet:
+    """(position, provider id) of the engine's per-city index for the city and everywhere."""
+    return (
+        PoolCity.objects.filter(Q(city="") | Q(city=_KEY), service_id=_SERVICE)
+        .filter(provider_eligible=True)
+        .order_by("position")
+        .values_list("position", "provider_id")
+    )
+
+
+def _pinned_rows() -> models.QuerySet:
+    """(role, position, provider id) of the mandatory providers and those of ``_IDS``."""
+    return (
+        Membership.objects.filter(service_id=_SERVICE)
+        .filter(Q(role=Membership.Role.MANDATORY) | _IsAny(F("provider_id"), _id_array(_IDS)))
+        .values_list("role", "position", "provider_id")
+    )
+
+
+def _state_rows() -> models.QuerySet:
+    """The providers of ``_IDS``: id, then _COLUMNS (``time_off`` as text)."""
+    return (
+        Provider.objects.filter(_IsAny(F("pk"), _id_array(_IDS)))
+        .order_by()
+        .values_list("pk", *_READ_COLUMNS)
+    )
+
+
+@functools.cache
+def _statement(build: Callable[[], models.QuerySet]) -> tuple[str, tuple[object, ...]]:
+    """A read's SQL and parameters, with the placeholders, compiled once per process: for the
+    seed catalogue, compiling these querysets cost about as much CPU as the 100 decisions."""
+    return build().query.sql_with_params()
+
+
+def _fetch(
+    build: Callable[[], models.QuerySet], service_id: int = 0, key: str = "", ids: list[int] = ()
+) -> list[tuple]:
+    """The rows of the read ``build`` makes, for this service, city key and ids; the values as
+    psycopg gives them (as CANDIDATES_SQL's rows reach LockedProvider.of)."""
+    sql, template = _statement(build)
+    params = [
+        ids
+        if value is _IDS
+        else service_id
+        if value == _SERVICE
+        else key
+        if value == _KEY
+        else value
+        for value in template
+    ]
+    with connection.cursor() as db:
+        db.execute(sql, params)
+        return db.fetchall()
+
+
+def _read_queue(service_id: int, city: str) -> _Queue:
+    """_queue_rows for this service and city; UnknownService if there is no such service."""
+    rows = _fetch(_queue_rows, service_id, normalise_city(city))
+    if not rows:
+        raise UnknownService(service_id)
+    active, city_key, cursor, waiting = rows[0]
+    return _Queue(active, city_key, cursor, waiting or [])
+
+
+def _load(
+    queue: _Queue, service_id: int, at: datetime, what_if: WhatIf, now: datetime, leads: int
+) -> _State:
+    """Everything else the forecast reads first, in the caller's snapshot, after ``queue``: the
+    pool the walk can reach, the mandatory providers and those the what-if changes. The pool
+    providers' states are read later, as the walk reaches them (_State.walk)."""
+    key, cursor_position = queue.city_key, queue.cursor
     honour_flag = at <= now
     pool = dict(_pool_rows(service_id, key, honour_flag))
     # The mandatory providers and those a what-if changes (whatever their state now).
-    pinned = Membership.objects.filter(service_id=service_id).filter(
-        Q(role=Membership.Role.MANDATORY) | Q(provider_id__in=sorted(what_if.provider_ids))
-    )
+    pinned = _fetch(_pinned_rows, service_id, ids=sorted(what_if.provider_ids))
     mandatory: list[tuple[int, int]] = []
-    for role, position, pid in pinned.values_list("role", "position", "provider_id"):
+    for role, position, pid in pinned:
         if role == Membership.Role.MANDATORY:
             mandatory.append((pid, position))
         else:
@@ -325,7 +421,7 @@ def _load(
     # The first read: the mandatory providers, the what-if's, and the pool's first chunk.
     first = [pid for pid, _ in mandatory] + sorted(what_if.provider_ids & set(state.pool_positions))
     state.read_from(next(state.pool.order(state.cursor), 0), first)
-    return state, len(waiting), waiting
+    return state
 
 
 def _is_eligible(state: LockedProvider) -> bool:
@@ -458,13 +554,12 @@ def forecast(
     at = at or now
 
     def work() -> dict[str, object]:
-        service = Service.objects.filter(pk=service_id).values_list("active", flat=True).first()
-        if service is None:
-            raise UnknownService(service_id)
-        if not service:
+        queue = _read_queue(service_id, city)
+        if not queue.active:
             raise ForecastRefused({"service": ["This service is not available."]})
         _check_what_if(what_if)
-        state, ahead, waiting = _load(service_id, city, at, what_if, now, leads)
+        state = _load(queue, service_id, at, what_if, now, leads)
+        waiting = queue.waiting
         cursor_before = state.cursor
         drained = 0
         for kind, pid, value in _changes(what_if):
@@ -473,7 +568,7 @@ def forecast(
                 while drained < len(waiting) and state.decide(head=True).complete:
                     drained += 1
         state.queued = drained < len(waiting)
-        return _answer(state, leads, ahead, drained, cursor_before, what_if)
+        return _answer(state, leads, len(waiting), drained, cursor_before, what_if)
 
     return _in_snapshot(work)
 

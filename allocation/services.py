@@ -19,7 +19,6 @@ bounded number of times too; after the last attempt the caller gets :class:`Busy
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import heapq
 import json
@@ -55,7 +54,7 @@ from allocation.engine import (
 )
 from allocation.models import Lead
 from events.services import announce_after_commit
-from leaddist.http.db import MAX_BIGINT, connection_lost, recover
+from leaddist.http.db import MAX_BIGINT, connection_lost, is_transient, recover
 from leaddist.http.metrics import ALLOCATION_SECONDS
 from providers.locks import lock_cursors, lock_providers
 from providers.models import CityAlias, PoolCursor, Provider, Service
@@ -81,8 +80,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# deadlock_detected, serialization_failure, lock_not_available (lock_timeout)
-TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 DUPLICATE_CONSTRAINT = "allocation_lead_unique_phone_per_service"
 # Eligible pool candidates read beyond the slots still open, on the first attempt. Each retry
 # caused by a stolen candidate doubles it.
@@ -137,10 +134,6 @@ class LeadInput:
     source: str = ""
 
 
-def _is_transient(exc: OperationalError) -> bool:
-    return getattr(exc.__cause__, "sqlstate", None) in TRANSIENT_SQLSTATES
-
-
 def run_with_retries(attempt: Callable[[int], T]) -> T:
     """Run ``attempt(slack)`` until it commits; retry transient conflicts, then raise Busy.
 
@@ -167,7 +160,7 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
                 reconnected = True
                 recover()
                 continue
-            if not _is_transient(exc):
+            if not is_transient(exc):
                 raise
             logger.info("allocation conflict (%s), attempt %d/%d", exc.__cause__, number, attempts)
         if number < attempts:
@@ -671,6 +664,17 @@ def _write(sql: str, params: dict[str, object]) -> int:
     return lead_id
 
 
+def _closed_by(rules: Routing, usage: Usage, now: datetime) -> tuple[str, datetime | None] | None:
+    """If the usage after a lead at ``now`` reaches one of the caps: why the provider closes, and
+    until when (None: no change ahead). None if it stays open, or has no caps."""
+    if rules.daily_cap is None and rules.weekly_cap is None:
+        return None
+    reason = time_reason(rules, usage, now)
+    if reason is None:
+        return None
+    return reason, next_change(rules, usage, now)
+
+
 def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
     """If this lead brings the picked provider to one of its caps: the routing state the
     allocation's UPDATE writes for it (closed, why, until when may it change). The UPDATE
@@ -678,30 +682,34 @@ def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
     rules = state.routing
     if rules.daily_cap is None and rules.weekly_cap is None:
         return None
-    usage = with_usage_day(rules, state.usage, now)
-    reason = time_reason(rules, usage, now)
-    if reason is None:
+    closed = _closed_by(rules, with_usage_day(rules, state.usage, now), now)
+    if closed is None:
         return None
-    until = next_change(rules, usage, now)
+    reason, until = closed
     return {"id": state.id, "reason": reason, "at": until.isoformat() if until else None}
 
 
 def allocated_state(state: LockedProvider, now: datetime) -> LockedProvider:
     """The provider's state after it takes a lead at ``now``, as ALLOCATION_WRITES_SQL writes
     it: a unit of quota less, the lead counted in its local day and week, and closed if this
-    lead brings it to a cap (``_closing``)."""
-    closing = _closing(state, now)
-    return dataclasses.replace(
-        state,
-        remaining_quota=state.remaining_quota - 1,
-        usage=with_usage_day(state.routing, state.usage, now),
-        routing_open=state.routing_open and closing is None,
-        routing_reason=closing["reason"] if closing else state.routing_reason,
-        routing_changes_at=(
-            (closing["at"] and datetime.fromisoformat(closing["at"]))
-            if closing
-            else state.routing_changes_at
-        ),
+    lead brings it to a cap (what ``_closing`` gives the write).
+
+    The forecast calls it for every pick, so it builds the new state directly: dataclasses.replace
+    cost more than the rest of the function."""
+    rules = state.routing
+    usage = with_usage_day(rules, state.usage, now)
+    closed = _closed_by(rules, usage, now)
+    return LockedProvider(
+        state.id,
+        state.name,
+        state.active,
+        state.remaining_quota - 1,
+        state.cycle,
+        rules,
+        usage,
+        state.routing_open and closed is None,
+        state.routing_reason if closed is None else closed[0],
+        state.routing_changes_at if closed is None else closed[1],
     )
 
 

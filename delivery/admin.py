@@ -68,12 +68,8 @@ class ProviderDeliveryForm(ProviderAdminForm):
 class ProviderWithEndpointAdmin(ProviderAdmin):
     form = ProviderDeliveryForm
 
-    def get_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
-        return [*super().get_fields(request, obj), *DELIVERY_FIELDS]
-
     def get_fieldsets(self, request: HttpRequest, obj: Provider | None = None) -> list[Any]:
-        """The catalogue's fields, then delivery's in a section of their own."""
-        catalogue = [f for f in self.get_fields(request, obj) if f not in DELIVERY_FIELDS]
+        """The catalogue's sections, then delivery's."""
         delivery = (
             "Delivery",
             {
@@ -82,7 +78,7 @@ class ProviderWithEndpointAdmin(ProviderAdmin):
                 "(https), an email, or both. A new or rotated signing secret is shown once.",
             },
         )
-        return [(None, {"fields": catalogue}), delivery]
+        return [*super().get_fieldsets(request, obj), delivery]
 
     def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

@@ -30,6 +30,23 @@ def lead_deliveries(lead_id: int) -> list[dict[str, Any]]:
     )
 
 
+def provider_lead_deliveries(
+    provider_id: int, lead_ids: list[int]
+) -> dict[int, list[dict[str, Any]]]:
+    """Each of these leads' deliveries to this one provider (channel, status, attempts,
+    updated_at), by channel; a lead with none maps to []. One query, whatever the number of
+    leads (the unique (lead, provider, channel) index serves it)."""
+    found: dict[int, list[dict[str, Any]]] = {lead_id: [] for lead_id in lead_ids}
+    rows = (
+        Delivery.objects.filter(provider_id=provider_id, lead_id__in=lead_ids)
+        .order_by("lead_id", "channel")
+        .values("lead_id", "channel", "status", "attempts", "updated_at")
+    )
+    for row in rows:
+        found[row.pop("lead_id")].append(row)
+    return found
+
+
 def recent_latency(*, window: int = 300) -> tuple[float | None, float | None, int]:
     """Speed to lead over the last ``window`` seconds: p50 and p99 of allocation to delivery
     (seconds; None when nothing was delivered), and how many deliveries."""

@@ -99,6 +99,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "leaddist.http.middleware.ApiErrorShapeMiddleware",
+    "leaddist.http.middleware.BusyDatabaseMiddleware",
 ]
 
 ROOT_URLCONF = "leaddist.urls"

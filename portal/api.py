@@ -1,7 +1,7 @@
 """The portal's JSON for scripts (SPEC §9), on the portal's session: GET /portal/api/leads,
 /portal/api/leads/{id}, /portal/api/provider, POST /portal/api/leads/{id}/return, and
 self-service: POST /portal/api/pause and /resume, GET and PUT /portal/api/endpoint,
-POST /portal/api/endpoint/rotate-secret.
+POST /portal/api/endpoint/rotate-secret, GET and PUT /portal/api/routing.
 
 Every answer reads or writes the signed-in account's provider only: another provider's lead
 is exactly as unknown as a lead that does not exist (404). Errors have SPEC §3's shape.
@@ -27,10 +27,13 @@ from portal.selectors import (
     provider_allocation,
     provider_lead,
     provider_leads,
+    provider_routing_answer,
     provider_summary,
 )
-from portal.services import set_provider_endpoint, set_provider_paused
+from portal.services import set_provider_endpoint, set_provider_paused, set_provider_routing
 from providers.models import Provider
+from providers.routing import RoutingError, parse_date_range
+from providers.services import EditConflict, clean_routing
 from returns.models import Return
 from returns.services import AlreadyReturned, OutsideWindow, return_lead
 
@@ -213,6 +216,71 @@ def rotate_secret(request: HttpRequest) -> HttpResponse:
     response = JsonResponse(_endpoint_answer(provider, new_secret))
     response["Cache-Control"] = "no-store"
     return response
+
+
+ROUTING_FIELDS = ("cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap")
+
+
+def _routing_changes(data: dict[str, Any]) -> dict[str, Any]:
+    """clean_routing's arguments from a JSON body; Rejected (422 by field) for wrong types."""
+    errors = {name: ["Unknown field."] for name in sorted(set(data) - {*ROUTING_FIELDS, "version"})}
+    errors |= json_type_errors(data, strings=("timezone", "hours"))
+    changes: dict[str, Any] = {}
+    for name in ("timezone", "hours"):
+        if name in data and name not in errors:
+            changes["tz" if name == "timezone" else name] = data[name] or ""
+    if "cities" in data:
+        cities = data["cities"]
+        if not isinstance(cities, list) or not all(isinstance(c, str) for c in cities):
+            errors["cities"] = ["A list of city names; [] for everywhere."]
+        else:
+            changes["cities"] = cities
+    if "time_off" in data:
+        ranges = data["time_off"]
+        shape = "A list of [first, last] pairs of dates, YYYY-MM-DD; [] for none."
+        if not isinstance(ranges, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(d, str) for d in r)
+            for r in ranges
+        ):
+            errors["time_off"] = [shape]
+        else:
+            try:
+                changes["time_off"] = [parse_date_range(f"{a}..{b}") for a, b in ranges]
+            except RoutingError as exc:
+                errors["time_off"] = [str(exc)]
+    for name in ("daily_cap", "weekly_cap"):
+        if name in data:
+            changes[name] = data[name]  # clean_routing refuses what is not a whole number
+    version = data.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        errors["version"] = ["The provider's version you read, a whole number."]
+    if errors:
+        raise _invalid(errors)
+    return changes
+
+
+@provider_api("GET", "PUT")
+def routing(request: HttpRequest) -> HttpResponse:
+    """GET: the routing rules, the counts against the caps, and what staff let this provider
+    set. PUT {"cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap", "version"}:
+    only the fields given change; with "version", refused (409) if the provider changed since."""
+    account = request.account
+    if request.method == "PUT":
+        try:
+            data: Any = parse_json_body(request)
+            if not isinstance(data, dict):
+                raise _invalid({"request": ["The body must be a JSON object."]})
+            rules = clean_routing(account.provider, **_routing_changes(data))
+            account.provider = set_provider_routing(
+                account, rules, seen_version=data.get("version")
+            )
+        except Rejected as rejected:
+            return rejected.response()
+        except EditConflict as exc:
+            return error_response(409, "edit_conflict", " ".join(exc.messages))
+        except ValidationError as exc:
+            return _invalid(exc.message_dict).response()
+    return JsonResponse(provider_routing_answer(account.provider))
 
 
 @provider_api("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -10,7 +10,7 @@ from typing import Any
 from delivery.endpoints import set_endpoint
 from delivery.guard import UnsafeTarget
 from delivery.models import Endpoint
-from delivery.selectors import lead_deliveries
+from delivery.selectors import provider_lead_deliveries
 from providers.models import Provider
 
 __all__ = ["EndpointShown", "UnsafeTarget", "change_endpoint", "deliveries_to", "endpoint_of"]
@@ -18,15 +18,8 @@ __all__ = ["EndpointShown", "UnsafeTarget", "change_endpoint", "deliveries_to", 
 
 def deliveries_to(provider_id: int, lead_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     """Each lead's deliveries to this provider, through delivery's selector (a lead with no
-    delivery, e.g. its provider had no endpoint, has none): one query per lead."""
-    found = {}
-    for lead_id in lead_ids:
-        found[lead_id] = [
-            {key: row[key] for key in ("channel", "status", "attempts", "updated_at")}
-            for row in lead_deliveries(lead_id)
-            if row["provider_id"] == provider_id
-        ]
-    return found
+    delivery, e.g. its provider had no endpoint, has none): one query for the whole page."""
+    return provider_lead_deliveries(provider_id, lead_ids)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.models import AbstractBaseUser
 
 from portal.models import ProviderUser
+from providers.forms import RoutingForm
+from providers.models import Provider
 from returns.models import Return
 
 
@@ -63,3 +65,16 @@ class VersionForm(forms.Form):
     """The provider's version the page was rendered with (optimistic concurrency)."""
 
     seen_version = forms.IntegerField(min_value=1, required=False)
+
+
+class PortalRoutingForm(RoutingForm):
+    """The provider's own routing rules (the admin's fields and checks); cities are read-only
+    while staff lock its areas."""
+
+    seen_version = forms.IntegerField(min_value=1, required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, provider: Provider, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.show_routing(provider)
+        self.fields["seen_version"].initial = provider.version
+        self.fields["cities_text"].disabled = provider.areas_locked

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -14,6 +14,7 @@ from django.utils import timezone
 from allocation.models import Allocation
 from portal.delivery import deliveries_to
 from providers.models import Provider
+from providers.selectors import provider_routing
 from returns.models import Return
 from returns.selectors import provider_returns
 
@@ -94,7 +95,7 @@ class ProviderSummary:
     leads_this_week: int
     returns_this_cycle: int
     approved_returns_this_cycle: int
-    # The routing issue's caps: None until they exist (no cap).
+    # The caps of its routing rules (SPEC §2a); None: no cap.
     daily_cap: int | None = None
     weekly_cap: int | None = None
 
@@ -114,6 +115,7 @@ class ProviderSummary:
             "remaining_quota": p.remaining_quota,
             "cycle": p.cycle,
             "leads_this_cycle": p.leads_this_cycle,
+            "credits_this_cycle": p.credits_this_cycle,
             "leads_today": self.leads_today,
             "leads_this_week": self.leads_this_week,
             "daily_cap": self.daily_cap,
@@ -124,23 +126,33 @@ class ProviderSummary:
         }
 
 
-def _day_and_week_start(now: datetime) -> tuple[datetime, datetime]:
-    """Midnight today and on Monday (ISO week), in the site's timezone."""
-    local = timezone.localtime(now)
-    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return day, day - timedelta(days=local.weekday())
-
-
 def provider_summary(provider_id: int, *, now: datetime | None = None) -> ProviderSummary:
-    """The provider as the portal shows it, read afresh: its quota, counts and return rate."""
+    """The provider as the portal shows it, read afresh: its quota, its leads today and this
+    week as its caps count them (its own timezone, the engine's counters: the selector the
+    dashboard and the API use), and its return rate."""
     provider = Provider.objects.get(pk=provider_id)
-    day, week = _day_and_week_start(now or timezone.now())
-    allocations = Allocation.objects.filter(provider=provider, created_at__gte=week)
+    counts = provider_routing(provider, now or timezone.now())["routing"]
     this_cycle = Return.objects.filter(provider=provider, cycle=provider.cycle)
     return ProviderSummary(
         provider=provider,
-        leads_today=allocations.filter(created_at__gte=day).count(),
-        leads_this_week=allocations.count(),
+        leads_today=counts["leads_today"],
+        leads_this_week=counts["leads_this_week"],
         returns_this_cycle=this_cycle.count(),
         approved_returns_this_cycle=Return.objects.approved_in_cycle(provider).count(),
+        daily_cap=provider.daily_cap,
+        weekly_cap=provider.weekly_cap,
     )
+
+
+def provider_routing_answer(provider: Provider, *, now: datetime | None = None) -> dict[str, Any]:
+    """The provider's routing rules, its counts against its caps, whether it can take leads
+    now, and what staff let it set itself: GET and PUT /portal/api/routing."""
+    return provider_routing(provider, now or timezone.now()) | {
+        "version": provider.version,
+        "limits": {
+            "areas_locked": provider.areas_locked,
+            "max_daily_cap": provider.max_daily_cap,
+            "max_weekly_cap": provider.max_weekly_cap,
+            "quota": provider.quota,
+        },
+    }

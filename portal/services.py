@@ -18,7 +18,13 @@ from leaddist.http.audit import log_event
 from portal.delivery import change_endpoint
 from portal.models import ProviderUser
 from providers.models import Provider
-from providers.services import pause_provider, resume_provider
+from providers.services import (
+    RoutingRules,
+    pause_provider,
+    resume_provider,
+    routing_values,
+    set_routing,
+)
 
 
 @dataclass(frozen=True)
@@ -116,3 +122,22 @@ def set_provider_endpoint(
     what = "Rotated the webhook secret" if rotate_secret else "Changed the delivery endpoint"
     _history(account, f"{what} from the portal")
     return new_secret
+
+
+def set_provider_routing(
+    account: ProviderUser, rules: RoutingRules, *, seen_version: int | None = None
+) -> Provider:
+    """Give the account's provider these routing rules through the admin's own service (its
+    locks, its version check, its drain when capacity is added), within the limits staff set
+    (ValidationError otherwise); then record who did it."""
+    started = time.monotonic()
+    provider = account.provider
+    asked = {k for k, v in routing_values(rules).items() if getattr(provider, k) != v}
+    # The rules were made from the provider as read for this request: without a version from
+    # the caller, that read's is the one to check, so a staff edit since is refused, not undone.
+    version = seen_version if seen_version is not None else provider.version
+    changed = set_routing(provider, rules, expected_version=version, by_provider=True)
+    if asked:
+        _history(account, f"Changed the routing rules from the portal: {', '.join(sorted(asked))}")
+        _audit(account, "provider_routing", started, fields=sorted(asked))
+    return changed

@@ -16,6 +16,7 @@ urlpatterns = [
     path("portal/resume", views.resume, name="resume"),
     path("portal/endpoint", views.endpoint, name="endpoint"),
     path("portal/endpoint/rotate", views.rotate_secret, name="rotate_secret"),
+    path("portal/routing", views.routing, name="routing"),
     path("portal/leads/<int:lead_id>/row", views.lead_row, name="lead_row"),
     path("portal/leads/<int:lead_id>/return", views.return_form, name="return_lead"),
     path("portal/api/leads", api.leads, name="api_leads"),
@@ -27,5 +28,6 @@ urlpatterns = [
     path("portal/api/resume", api.resume, name="api_resume"),
     path("portal/api/endpoint", api.endpoint, name="api_endpoint"),
     path("portal/api/endpoint/rotate-secret", api.rotate_secret, name="api_rotate_secret"),
+    path("portal/api/routing", api.routing, name="api_routing"),
     path("portal/api/<path:rest>", api.unknown_route, name="api_unknown"),
 ]

@@ -28,9 +28,16 @@ from leaddist.http.db import MAX_BIGINT
 from portal import signin
 from portal.access import account_of, provider_fragment, provider_page
 from portal.delivery import UnsafeTarget, endpoint_of
-from portal.forms import EndpointForm, ProviderSignInForm, ReturnForm, VersionForm
+from portal.forms import (
+    EndpointForm,
+    PortalRoutingForm,
+    ProviderSignInForm,
+    ReturnForm,
+    VersionForm,
+)
 from portal.selectors import provider_allocation, provider_lead, provider_leads, provider_summary
-from portal.services import set_provider_endpoint, set_provider_paused
+from portal.services import set_provider_endpoint, set_provider_paused, set_provider_routing
+from providers.forms import ERROR_FIELDS
 from providers.services import EditConflict
 from returns.models import Return
 from returns.services import AlreadyReturned, OutsideWindow, return_lead
@@ -103,7 +110,12 @@ def _int(value: str | None, default: int) -> int:
     )
 
 
-def _home(request: HttpRequest, *, new_secret: str | None = None) -> HttpResponse:
+def _home(
+    request: HttpRequest,
+    *,
+    new_secret: str | None = None,
+    routing_form: PortalRoutingForm | None = None,
+) -> HttpResponse:
     account = request.account
     query = request.GET.get("q", "")[:120]
     page = max(_int(request.GET.get("page"), 1), 1)
@@ -125,11 +137,14 @@ def _home(request: HttpRequest, *, new_secret: str | None = None) -> HttpRespons
         "reasons": Return.Reason.choices,
         "endpoint": endpoint_of(account.provider),
         "new_secret": new_secret,
+        "routing_form": routing_form or PortalRoutingForm(provider=account.provider),
         "last_event_id": last_event_id,
     }
     response = render(request, "portal/home.html", context)
     if new_secret:
         response["Cache-Control"] = "no-store"
+    if routing_form is not None:
+        response.status_code = 422
     return response
 
 
@@ -264,3 +279,33 @@ def rotate_secret(request: HttpRequest) -> HttpResponse:
     new_secret = set_provider_endpoint(request.account, url=None, email=None, rotate_secret=True)
     messages.success(request, "Secret rotated.")
     return _home(request, new_secret=new_secret)
+
+
+@require_POST
+@provider_page
+def routing(request: HttpRequest) -> HttpResponse:
+    """Change the routing rules (the admin's fields, checks and service, within the limits
+    staff set); a refused change shows the page again with the form's errors."""
+    provider = request.account.provider
+    form = PortalRoutingForm(request.POST, provider=provider)
+    form.is_valid()
+    rules = form.clean_routing_rules(provider)
+    if form.errors:
+        return _home(request, routing_form=form)
+    if rules is None:
+        messages.info(request, "Nothing to change in your routing rules.")
+        return HttpResponseRedirect(reverse("portal:home"))
+    try:
+        set_provider_routing(request.account, rules, seen_version=form.cleaned_data["seen_version"])
+    except EditConflict:
+        messages.error(
+            request,
+            "Your provider was changed by someone else meanwhile; nothing was changed. "
+            "Check your rules below and try again.",
+        )
+    except ValidationError as exc:
+        form.add_routing_errors(exc, ERROR_FIELDS)
+        return _home(request, routing_form=form)
+    else:
+        messages.success(request, "Routing rules saved.")
+    return HttpResponseRedirect(reverse("portal:home"))

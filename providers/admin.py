@@ -25,25 +25,19 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from providers.forms import RoutingForm
 from providers.locks import lock_cursors
 from providers.models import Membership, PoolCursor, Provider, Service
-from providers.routing import (
-    RoutingError,
-    format_time_off,
-    parse_cities,
-    parse_date_range,
-    time_off_from_json,
-)
 from providers.selectors import describe_routing, next_pool_provider
 from providers.services import (
     PROVIDER_FIELDS,
     SERVICE_FIELDS,
+    STAFF_LIMITS,
     MembershipEdit,
     RoutingRules,
     check_memberships,
     check_provider_edit,
     check_service_edit,
-    clean_routing,
     pause_provider,
     remove_memberships,
     resume_provider,
@@ -331,33 +325,29 @@ class QuotaLeftFilter(admin.SimpleListFilter):
 
 ROUTING_FORM_FIELDS = ["cities_text", "timezone_name", "hours_text", "time_off_text"]
 ROUTING_FORM_FIELDS += ["daily_cap_value", "weekly_cap_value"]
+LIMIT_FORM_FIELDS = ["areas_locked_value", "max_daily_cap_value", "max_weekly_cap_value"]
 
 
-class ProviderAdminForm(VersionedForm):
-    """Name, quota, status, and the routing rules of SPEC §2a, under one version check."""
+class ProviderAdminForm(VersionedForm, RoutingForm):
+    """Name, quota, status, the routing rules of SPEC §2a and the limits on what the provider
+    may set itself in the portal (SPEC §9), under one version check."""
 
-    cities_text = forms.CharField(
-        label="Cities",
+    areas_locked_value = forms.BooleanField(
+        label="Areas locked",
         required=False,
-        help_text="Comma-separated; compared normalised and through the city aliases. "
-        "Blank: everywhere.",
+        help_text="The provider cannot change its cities in the portal.",
     )
-    timezone_name = forms.CharField(
-        label="Timezone", required=False, help_text="An IANA name; blank: the site's."
-    )
-    hours_text = forms.CharField(
-        label="Hours",
+    max_daily_cap_value = forms.IntegerField(
+        label="Most daily cap",
         required=False,
-        help_text="e.g. “mon-fri 08:00-18:00; sat 09:00-13:00”; blank: always open.",
+        min_value=0,
+        help_text="The highest daily cap the provider may set itself; blank: its quota.",
     )
-    time_off_text = forms.CharField(
-        label="Time off",
+    max_weekly_cap_value = forms.IntegerField(
+        label="Most weekly cap",
         required=False,
-        help_text="Inclusive local dates, comma-separated: 2026-12-24..2026-12-26, 2027-01-01.",
-    )
-    daily_cap_value = forms.IntegerField(label="Daily cap", required=False, min_value=0)
-    weekly_cap_value = forms.IntegerField(
-        label="Weekly cap", required=False, min_value=0, help_text="Per ISO week, local."
+        min_value=0,
+        help_text="The highest weekly cap the provider may set itself; blank: its quota.",
     )
 
     class Meta:
@@ -367,54 +357,27 @@ class ProviderAdminForm(VersionedForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         p = self.instance
-        self.fields["cities_text"].initial = ", ".join(p.cities or [])
-        self.fields["timezone_name"].initial = p.timezone
-        self.fields["hours_text"].initial = p.hours
-        self.fields["time_off_text"].initial = format_time_off(time_off_from_json(p.time_off))
-        self.fields["daily_cap_value"].initial = p.daily_cap
-        self.fields["weekly_cap_value"].initial = p.weekly_cap
+        self.show_routing(p)
+        self.fields["areas_locked_value"].initial = p.areas_locked
+        self.fields["max_daily_cap_value"].initial = p.max_daily_cap
+        self.fields["max_weekly_cap_value"].initial = p.max_weekly_cap
         self.routing_rules: RoutingRules | None = None
-
-    def _routing_changes(self) -> dict[str, Any]:
-        changed = set(self.changed_data)
-        data = self.cleaned_data
-        changes: dict[str, Any] = {}
-        if "cities_text" in changed:
-            changes["cities"] = parse_cities(data["cities_text"])
-        if "timezone_name" in changed:
-            changes["tz"] = data["timezone_name"]
-        if "hours_text" in changed:
-            changes["hours"] = data["hours_text"]
-        if "time_off_text" in changed:
-            texts = [t for t in data["time_off_text"].split(",") if t.strip()]
-            try:
-                changes["time_off"] = [parse_date_range(t) for t in texts]
-            except RoutingError as exc:
-                self.add_error("time_off_text", str(exc))
-        if "daily_cap_value" in changed:
-            changes["daily_cap"] = data["daily_cap_value"]
-        if "weekly_cap_value" in changed:
-            changes["weekly_cap"] = data["weekly_cap_value"]
-        return changes
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        changes = self._routing_changes()
-        if changes:
-            try:
-                self.routing_rules = clean_routing(self.instance, **changes)
-            except ValidationError as exc:
-                fields = {
-                    "cities": "cities_text",
-                    "timezone": "timezone_name",
-                    "hours": "hours_text",
-                    "time_off": "time_off_text",
-                    "daily_cap": "daily_cap_value",
-                    "weekly_cap": "weekly_cap_value",
-                }
-                for name, messages_ in exc.message_dict.items():
-                    for message in messages_:
-                        self.add_error(fields.get(name), message)
+        changed = set(self.changed_data)
+        limits = {
+            name.removesuffix("_value"): cleaned.get(name)
+            for name in LIMIT_FORM_FIELDS
+            if name in changed
+        }
+        self.routing_rules = rules = self.clean_routing_rules(self.instance, extra=limits)
+        for name in ("daily_cap", "weekly_cap") if rules is not None else ():
+            cap, most = getattr(rules, name), getattr(rules, f"max_{name}")
+            if most is not None and (cap is None or cap > most):
+                # Staff's maximum binds what the provider sets; the cap itself must respect it
+                # too, or the provider would keep a higher cap than staff allow.
+                self.add_error(f"{name}_value", f"At most the maximum you set, {most}.")
         if self.instance.pk is not None and cleaned.get("seen_version") is not None:
             yours = {name: cleaned[name] for name in PROVIDER_FIELDS if name in cleaned}
             if self.routing_rules is not None:
@@ -440,6 +403,7 @@ class ProviderAdmin(admin.ModelAdmin):
         "remaining_quota",
         "cycle",
         "leads_this_cycle",
+        "credits_this_cycle",
         "leads_total",
         "routing_now",
         "created_at",
@@ -462,10 +426,27 @@ class ProviderAdmin(admin.ModelAdmin):
     readonly_fields = ENGINE_OWNED
     actions = ["pause_selected", "resume_selected"]
 
-    def get_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
-        return [*self.EDITABLE, *ROUTING_FORM_FIELDS, "seen_version"] + (
-            self.ENGINE_OWNED if obj is not None else []
-        )
+    def get_fieldsets(self, request: HttpRequest, obj: Provider | None = None) -> list:
+        """One section per concern, as the Delivery section below them: what the provider is,
+        where and when it takes leads, what it may set itself, and the engine's counters."""
+        sections = [
+            (None, {"fields": [*self.EDITABLE, "seen_version"]}),
+            (
+                "Routing: areas, hours, time off and caps",
+                {
+                    "fields": ROUTING_FORM_FIELDS,
+                    "description": "Leads come only in these cities, within these hours and "
+                    "outside the time off, up to the caps (counted in the provider's timezone).",
+                },
+            ),
+            (
+                "Limits on the provider's own changes in the portal",
+                {"fields": LIMIT_FORM_FIELDS},
+            ),
+        ]
+        if obj is not None:
+            sections.append(("Counters, kept by the engine", {"fields": self.ENGINE_OWNED}))
+        return sections
 
     @admin.display(description="Routing now")
     def routing_now(self, obj: Provider) -> str:
@@ -492,7 +473,8 @@ class ProviderAdmin(admin.ModelAdmin):
             saved = set_routing(saved, form.routing_rules)
         for field in [*self.EDITABLE, "version", *self.ENGINE_OWNED[:-2]]:
             setattr(obj, field, getattr(saved, field))
-        for field in ("cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap"):
+        routing = ("cities", "timezone", "hours", "time_off", "daily_cap", "weekly_cap")
+        for field in (*routing, *STAFF_LIMITS):
             setattr(obj, field, getattr(saved, field))
 
     # The actions write through update_provider too: PostgreSQL moves the version, so a change

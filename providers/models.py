@@ -68,6 +68,11 @@ class Provider(models.Model):
     # the quota; they are derivable from Allocation rows and the tests check that they agree.
     leads_this_cycle = models.PositiveIntegerField(default=0)
     leads_total = models.PositiveIntegerField(default=0)
+    # Units of quota given back to this cycle by approved returns (SPEC §9), kept under the
+    # provider's lock by credit_quota and zeroed by the quota reset. The quota left is always
+    # quota - leads_this_cycle + credits_this_cycle, within 0..quota (remaining_after), so a
+    # quota edited later in the cycle keeps them.
+    credits_this_cycle = models.PositiveIntegerField(default=0, db_default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Counts edits of name, quota, status and the routing rules: what the admin form writes.
     version = version_field()
@@ -93,6 +98,11 @@ class Provider(models.Model):
     )
     daily_cap = models.PositiveIntegerField(null=True, blank=True)
     weekly_cap = models.PositiveIntegerField(null=True, blank=True)
+    # What staff allow the provider to set itself in the portal (SPEC §9): its areas only
+    # while they are not locked, and caps no higher than these maximums (None: its quota).
+    areas_locked = models.BooleanField(default=False, db_default=False)
+    max_daily_cap = models.PositiveIntegerField(null=True, blank=True)
+    max_weekly_cap = models.PositiveIntegerField(null=True, blank=True)
     # Leads counted for the caps, per local day and ISO week (its Monday), in the provider's
     # timezone. The engine reads and bumps them under the provider's row lock, in the UPDATE
     # that takes the quota, so they are exact under any concurrency.
@@ -155,6 +165,11 @@ class Provider(models.Model):
     @property
     def usage(self) -> rules.Usage:
         return rules.Usage(self.cap_day, self.cap_day_count, self.cap_week, self.cap_week_count)
+
+    def remaining_after(self, *, quota: int, credits: int) -> int:
+        """The quota left with this quota and these credits: what the cycle has not used, net
+        of its credits, within 0..quota."""
+        return min(max(quota - self.leads_this_cycle + credits, 0), quota)
 
     def leads_on(self, local_day: date) -> tuple[int, int]:
         """Leads counted for the caps on that local day and in its ISO week."""

@@ -163,8 +163,9 @@ def update_provider(
     (EditConflict) if the provider was edited since that version.
 
     After a quota change the remaining quota is the new quota less the leads this cycle already
-    used, never below 0: a plan upgraded mid-cycle gives the extra leads at once, and no
-    sequence of changes restores used quota. Only the payment webhook does that.
+    used, plus the cycle's credits (approved returns), within 0..quota: a plan upgraded
+    mid-cycle gives the extra leads at once, the credits stay, and no sequence of changes
+    restores used quota. Only the payment webhook does that.
     """
     given = {"name": name, "quota": quota, "status": status}
     changes = {key: value for key, value in given.items() if value is not None}
@@ -176,9 +177,12 @@ def update_provider(
         for key in written:
             setattr(locked, key, changes[key])
         if "quota" in written:
-            # What is left is the new quota less what this cycle already used, never less
-            # than 0: lowering a quota and raising it back gives nothing back.
-            locked.remaining_quota = max(quota - locked.leads_this_cycle, 0)
+            # What is left is the new quota less what this cycle used net of its credits,
+            # never less than 0: lowering a quota and raising it back gives nothing back, and
+            # returns credited earlier in the cycle stay credited.
+            locked.remaining_quota = locked.remaining_after(
+                quota=quota, credits=locked.credits_this_cycle
+            )
             written.append("remaining_quota")
         if not written:
             return locked
@@ -540,18 +544,30 @@ def credit_quota(provider: Provider) -> bool:
     """Give one unit of quota back to the provider's current cycle (an approved lead return),
     never above its quota; return whether it did.
 
+    The credit is counted on the provider (``credits_this_cycle``), and the quota left is
+    quota - leads this cycle + credits, within 0..quota: a provider whose credits already
+    equal its leads this cycle (it is full) gets none, and a quota edited later keeps them.
+    While a quota lowered mid-cycle is still below what the cycle used, a credit counts but
+    the quota left stays 0.
+
     Under the engine's lock order: the cursors of the provider's services, then the provider
     (a caller that locked them already in its transaction takes them again at no cost). A
     credit adds capacity, so waiting leads of those services are drained after the commit.
     """
     with transaction.atomic():
         service_ids, locked = _lock_provider(provider.pk)
-        if locked.remaining_quota >= locked.quota:
+        # Full: nothing of the cycle is left to give back (credits_this_cycle equals its
+        # leads), or, the same thing said by the quota left, no room under the quota.
+        full = locked.credits_this_cycle >= locked.leads_this_cycle
+        if full or locked.remaining_quota >= locked.quota:
             return False
-        locked.remaining_quota += 1
-        locked.save(update_fields=["remaining_quota"])
+        locked.credits_this_cycle += 1
+        remaining = locked.remaining_after(quota=locked.quota, credits=locked.credits_this_cycle)
+        gained = remaining > locked.remaining_quota
+        locked.remaining_quota = remaining
+        locked.save(update_fields=["credits_this_cycle", "remaining_quota"])
         _announce_change(locked)
-        if locked.is_eligible:
+        if gained and locked.is_eligible:
             _announce_capacity(service_ids)
     return True
 
@@ -648,6 +664,19 @@ class RoutingRules:
     time_off: list[DateRange]
     daily_cap: int | None
     weekly_cap: int | None
+    # Staff's limits on what the provider sets itself (SPEC §9).
+    areas_locked: bool = False
+    max_daily_cap: int | None = None
+    max_weekly_cap: int | None = None
+
+
+CAP_NAMES = {"daily_cap": "daily", "weekly_cap": "weekly"}
+
+
+def _cap_error(value: Any) -> str | None:
+    if value is None or (not isinstance(value, bool) and isinstance(value, int) and value >= 0):
+        return None
+    return f"A cap is a whole number of leads, 0 or more; not {value}."
 
 
 def clean_routing(
@@ -660,13 +689,17 @@ def clean_routing(
     add_time_off: Sequence[DateRange] = (),
     daily_cap: Any = KEEP,
     weekly_cap: Any = KEEP,
+    areas_locked: Any = KEEP,
+    max_daily_cap: Any = KEEP,
+    max_weekly_cap: Any = KEEP,
 ) -> RoutingRules:
     """The provider's rules with these changes, checked; ValidationError says what is wrong.
 
     ``cities``: names (normalised and through the aliases here; empty: everywhere); ``tz``: an
     IANA name or '' (the site's); ``hours``: text for parse_hours ('' or 'always': always open);
     ``time_off``: the whole list of ranges; ``add_time_off``: ranges added to it; caps: a
-    number >= 0 or None (no cap). KEEP leaves a rule as it is.
+    number >= 0 or None (no cap). Staff's limits (``areas_locked``, ``max_daily_cap``,
+    ``max_weekly_cap``: a number >= 0 or None) are checked alike. KEEP leaves a rule as it is.
     """
     errors: dict[str, list[str]] = {}
 
@@ -690,17 +723,17 @@ def clean_routing(
     ranges += list(add_time_off)
     new_time_off = check("time_off", lambda: check_time_off(ranges))
     caps = {}
-    for name, value, current in (
-        ("daily_cap", daily_cap, provider.daily_cap),
-        ("weekly_cap", weekly_cap, provider.weekly_cap),
-    ):
-        value = current if value is KEEP else value
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
-        ):
-            errors.setdefault(name, []).append(
-                f"A cap is a whole number of leads, 0 or more; not {value}."
-            )
+    given = {
+        "daily_cap": daily_cap,
+        "weekly_cap": weekly_cap,
+        "max_daily_cap": max_daily_cap,
+        "max_weekly_cap": max_weekly_cap,
+    }
+    for name, value in given.items():
+        value = getattr(provider, name) if value is KEEP else value
+        error = _cap_error(value)
+        if error:
+            errors.setdefault(name, []).append(error)
         caps[name] = value
     if errors:
         raise ValidationError(errors)
@@ -711,6 +744,9 @@ def clean_routing(
         new_time_off or [],
         caps["daily_cap"],
         caps["weekly_cap"],
+        provider.areas_locked if areas_locked is KEEP else bool(areas_locked),
+        caps["max_daily_cap"],
+        caps["max_weekly_cap"],
     )
 
 
@@ -723,7 +759,47 @@ def routing_values(rules: RoutingRules) -> dict[str, Any]:
         "time_off": time_off_to_json(rules.time_off),
         "daily_cap": rules.daily_cap,
         "weekly_cap": rules.weekly_cap,
+        "areas_locked": rules.areas_locked,
+        "max_daily_cap": rules.max_daily_cap,
+        "max_weekly_cap": rules.max_weekly_cap,
     }
+
+
+STAFF_LIMITS = ("areas_locked", "max_daily_cap", "max_weekly_cap")
+
+
+def provider_limit_errors(provider: Provider, values: Mapping[str, Any]) -> dict[str, list[str]]:
+    """What staff's limits forbid in these routing values, set by the provider itself (SPEC §9),
+    by field; only what changes is judged, so a rule staff set stays as it is.
+
+    Staff's limits are staff's alone; the areas are staff's while ``areas_locked``; a cap is at
+    most the cycle quota (a higher one would never apply) and at most staff's maximum, and
+    "no cap" is refused while staff set a maximum.
+    """
+    errors: dict[str, list[str]] = {}
+    for name in STAFF_LIMITS:
+        if values[name] != getattr(provider, name):
+            errors[name] = ["Only the marketplace's staff set this."]
+    if provider.areas_locked and values["cities"] != list(provider.cities):
+        errors["cities"] = [
+            "Your areas are set by the marketplace's staff: ask them to change them."
+        ]
+    for name, which in CAP_NAMES.items():
+        value, most = values[name], getattr(provider, f"max_{name}")
+        if value == getattr(provider, name):
+            continue
+        ceiling = provider.quota if most is None else min(most, provider.quota)
+        why = (
+            f"the marketplace's staff allow a {which} cap of at most {most}"
+            if most is not None and most <= provider.quota
+            else f"a higher {which} cap than your quota ({provider.quota} leads a cycle) "
+            "would never apply"
+        )
+        if value is None and most is not None:
+            errors[name] = [f"Choose a number from 0 to {ceiling}: {why}."]
+        elif value is not None and value > ceiling:
+            errors[name] = [f"At most {ceiling}: {why}."]
+    return errors
 
 
 def set_routing(
@@ -732,20 +808,27 @@ def set_routing(
     *,
     expected_version: int | None = None,
     now: datetime | None = None,
+    by_provider: bool = False,
 ) -> Provider:
     """Give the provider these routing rules (from clean_routing), under the engine's lock order.
 
     The cursors of its services, then the provider; with ``expected_version`` the change is
-    refused (EditConflict) if the provider was edited since. The materialised time state is
-    recomputed in the same transaction. If the provider can take leads afterwards, its services'
-    waiting leads are drained after the commit: an area added, a cap raised or removed, hours or
-    time off changed may all let some through.
+    refused (EditConflict) if the provider was edited since. ``by_provider`` (the portal): what
+    staff's limits forbid is refused (ValidationError, provider_limit_errors), judged against
+    the row under its lock, so a limit staff set meanwhile is never passed. The materialised
+    time state is recomputed in the same transaction. If the provider can take leads
+    afterwards, its services' waiting leads are drained after the commit: an area added, a cap
+    raised or removed, hours or time off changed may all let some through.
     """
     now = now or timezone.now()
     values = routing_values(rules)
     with transaction.atomic():
         service_ids, locked = _lock_provider(provider.pk)
         _check_version(f"Provider “{locked.name}”", locked, expected_version, values)
+        if by_provider:
+            errors = provider_limit_errors(locked, values)
+            if errors:
+                raise ValidationError(errors)
         written = [key for key, value in values.items() if getattr(locked, key) != value]
         if not written:
             return locked

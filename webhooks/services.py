@@ -99,7 +99,7 @@ def _reset_providers(provider_ids: list[int] | None) -> int:
         if missing:
             raise UnknownProviders(missing)  # rolls back the event row with everything else
     Provider.objects.filter(pk__in=locked).update(
-        remaining_quota=F("quota"), cycle=F("cycle") + 1, leads_this_cycle=0
+        remaining_quota=F("quota"), cycle=F("cycle") + 1, leads_this_cycle=0, credits_this_cycle=0
     )
     return len(locked)
 
@@ -156,7 +156,8 @@ def apply_quota_reset(
        guard: a concurrent delivery of the same id blocks on the index until we commit, then
        fails the insert and reads our row (READ COMMITTED takes a new snapshot per query).
     2. Still in it: lock the affected services' cursors, then the providers by pk, and set
-       remaining_quota = quota, cycle + 1, leads_this_cycle = 0. Cursors and history stay.
+       remaining_quota = quota, cycle + 1, leads_this_cycle = 0, credits_this_cycle = 0.
+       Cursors and history stay.
        Defer the background job that finishes the reset (webhooks.tasks).
     3. After the commit: drain for at most DRAIN_INLINE_SECONDS, then announce quota.reset
        with how many leads that allocated, and answer with how many still wait.

@@ -157,6 +157,29 @@ def real_lead(intake, n):
     }
 
 
+def what_if_of(changes: dict, pks: list[int]) -> WhatIf:
+    """The drawn changes (indexes into the providers) as a WhatIf of their ids."""
+    return WhatIf(
+        pause=tuple(pks[i] for i in changes.get("pause", [])),
+        resume=tuple(pks[i] for i in changes.get("resume", [])),
+        quota={pks[i]: q for i, q in changes.get("quota", {}).items()},
+        cities={pks[i]: tuple(c) for i, c in changes.get("cities", {}).items()},
+    )
+
+
+def real_leads(service: Service, count: int, city: str) -> list[dict]:
+    """``count`` real leads of the service and city through intake, in the forecast's shape."""
+    return [
+        real_lead(
+            intake_lead(
+                LeadInput(service_id=service.pk, name="x", phone=f"+1555{n:07d}", city=city)
+            ),
+            n,
+        )
+        for n in range(1, count + 1)
+    ]
+
+
 @pytest.mark.django_db(transaction=True)
 @settings(
     max_examples=int(os.environ.get("FORECAST_DB_EXAMPLES", "40")),
@@ -172,23 +195,10 @@ def test_the_forecast_equals_what_real_leads_then_get(scenario):
 
     with mock.patch.object(timezone, "now", side_effect=lambda: clock["at"]):
         service, pks = build(n_mandatory, specs, positions, cursor, at, waiting, number)
-        what_if = WhatIf(
-            pause=tuple(pks[i] for i in changes.get("pause", [])),
-            resume=tuple(pks[i] for i in changes.get("resume", [])),
-            quota={pks[i]: q for i, q in changes.get("quota", {}).items()},
-            cities={pks[i]: tuple(c) for i, c in changes.get("cities", {}).items()},
-        )
+        what_if = what_if_of(changes, pks)
         answer = forecast(service.pk, leads=count, city=city, what_if=what_if)
         make_real(what_if)
-        real = [
-            real_lead(
-                intake_lead(
-                    LeadInput(service_id=service.pk, name="x", phone=f"+1555{n:07d}", city=city)
-                ),
-                n,
-            )
-            for n in range(1, count + 1)
-        ]
+        real = real_leads(service, count, city)
 
     for entry in answer["leads"]:
         event(entry.get("reason") or entry["status"])
@@ -221,25 +231,12 @@ def test_a_forecast_for_a_later_instant_equals_what_real_leads_then_get(scenario
 
     with mock.patch.object(timezone, "now", side_effect=lambda: clock["at"]):
         service, pks = build(n_mandatory, specs, positions, cursor, now, [], number)
-        what_if = WhatIf(
-            pause=tuple(pks[i] for i in changes.get("pause", [])),
-            resume=tuple(pks[i] for i in changes.get("resume", [])),
-            quota={pks[i]: q for i, q in changes.get("quota", {}).items()},
-            cities={pks[i]: tuple(c) for i, c in changes.get("cities", {}).items()},
-        )
+        what_if = what_if_of(changes, pks)
         answer = forecast(service.pk, leads=count, city=city, at=later, what_if=what_if)
         clock["at"] = later
         refresh_routing(provider_ids=pks, now=later)
         make_real(what_if)
-        real = [
-            real_lead(
-                intake_lead(
-                    LeadInput(service_id=service.pk, name="x", phone=f"+1555{n:07d}", city=city)
-                ),
-                n,
-            )
-            for n in range(1, count + 1)
-        ]
+        real = real_leads(service, count, city)
 
     for entry in answer["leads"]:
         event(entry.get("reason") or entry["status"])

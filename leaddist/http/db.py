@@ -35,6 +35,9 @@ T = TypeVar("T")
 # admin_shutdown, crash_shutdown, cannot_connect_now, idle_session_timeout; and class 08,
 # connection exceptions.
 LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P05"})
+# deadlock_detected, serialization_failure, lock_not_available (lock_timeout): the statement was
+# refused for now, nothing of its transaction is stored, and the same request may succeed later.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 # Dead pooled connections are logged once in this long per process, not one line each: a
 # restart of PostgreSQL kills every connection of every pool at once.
 DEAD_LOG_SECONDS = 60.0
@@ -56,6 +59,12 @@ def connection_lost(exc: BaseException) -> bool:
         # is closed", a failed connect.
         return isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError)
     return sqlstate.startswith("08") or sqlstate in LOST_SQLSTATES
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Was ``exc`` a lock wait or a conflict that gave up (as opposed to a bad statement)?"""
+    cause = exc.__cause__ if isinstance(exc, DatabaseError) else exc
+    return getattr(cause, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
 def lost_while_idle(conn: psycopg.Connection | psycopg.AsyncConnection) -> bool | None:

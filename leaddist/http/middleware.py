@@ -30,7 +30,8 @@ from django.middleware.csrf import CsrfViewMiddleware as DjangoCsrf
 from django.middleware.security import SecurityMiddleware as DjangoSecurity
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from leaddist.http.errors import error_body, error_response
+from leaddist.http.db import is_transient
+from leaddist.http.errors import busy_response, error_body, error_response
 
 GetResponse = Callable[[HttpRequest], Any]
 
@@ -249,6 +250,27 @@ class ApiErrorShapeMiddleware(BothModes):
             if "Allow" in response:
                 shaped["Allow"] = response["Allow"]
             return shaped
+        return response
+
+
+class BusyDatabaseMiddleware(BothModes):
+    """A lock wait that timed out (or a deadlock or serialization failure) in any view answers
+    503 busy with Retry-After, never 500: the view's transaction was rolled back, so nothing is
+    stored and the same request may be sent again. Views that retry on their own (the engine)
+    never let one escape; this is the answer for every other write, such as an admin or portal
+    edit that waits DB_LOCK_TIMEOUT_MS behind a long transaction."""
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_transient(exception):
+            return None
+        message = "The database is busy; nothing was saved. Try again shortly."
+        if request.path.startswith(("/api/", "/portal/api/")):
+            return busy_response(message)
+        response = HttpResponse(
+            f"<!doctype html><title>Busy</title><h1>Busy</h1><p>{message}</p>",
+            status=503,
+        )
+        response["Retry-After"] = str(settings.BUSY_RETRY_AFTER_SECONDS)
         return response
 
 

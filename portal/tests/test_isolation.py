@@ -143,6 +143,10 @@ def test_writes_need_their_csrf_token(provider_account, seeded_tx):
     api_endpoint = client.put(
         "/portal/api/endpoint", {"email": "x@y.test"}, content_type="application/json"
     )
+    routing_page = client.post("/portal/routing", {"daily_cap_value": "1"})
+    api_routing = client.put(
+        "/portal/api/routing", {"daily_cap": 1}, content_type="application/json"
+    )
 
     assert api.status_code == 403
     assert api.json()["error"]["code"] == "forbidden"
@@ -150,5 +154,9 @@ def test_writes_need_their_csrf_token(provider_account, seeded_tx):
     assert pause.status_code == 403
     assert api_pause.status_code == 403
     assert api_endpoint.status_code == 403
+    assert routing_page.status_code == 403
+    assert api_routing.status_code == 403
+    assert api_routing.json()["error"]["code"] == "forbidden"
+    assert Provider.objects.get(pk=2).daily_cap is None
     assert not Return.objects.exists()
     assert Provider.objects.get(pk=2).status == "active"

@@ -370,6 +370,10 @@ def test_provider_form_offers_no_way_to_change_the_remaining_quota(admin_client,
         "time_off_text",
         "daily_cap_value",
         "weekly_cap_value",
+        # what the provider may set itself in the portal (SPEC §9)
+        "areas_locked_value",
+        "max_daily_cap_value",
+        "max_weekly_cap_value",
     }
     assert 'name="remaining_quota"' not in response.content.decode()
 

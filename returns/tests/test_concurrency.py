@@ -1,5 +1,6 @@
-"""Returns, approvals and quota resets at once, on real threads against PostgreSQL: each return
-is decided once, credits at most one unit, and the quota never goes above its maximum."""
+"""Returns, approvals, quota edits and quota resets at once, on real threads against PostgreSQL:
+each return is decided once, credits at most one unit, the quota never goes above its maximum,
+and the quota left always equals the quota less the cycle's leads plus its credits."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections import Counter
 
 import pytest
 
+from allocation.models import Allocation
 from events.models import Event
 from leaddist.testing import storm
 from providers.models import Provider
+from providers.services import update_provider
 from returns.models import Return
 from returns.services import AlreadyDecided, AlreadyReturned, decide_return, return_lead
 from returns.tests.support import allocated_lead, allocation_of
@@ -100,3 +103,43 @@ def test_approvals_racing_a_quota_reset_never_credit_twice_nor_above_the_quota(s
     assert provider.remaining_quota == provider.quota == 10
     assert not approved.filter(decided_cycle=2, credited=True).exists()
     assert set(approved.filter(decided_cycle=1).values_list("credited", flat=True)) <= {True}
+
+
+def test_approvals_quota_edits_a_reset_and_leads_racing_keep_the_credits_in_the_quota(
+    seeded_tx, jobs
+):
+    pending, _ = setup_exhausted_provider_1()
+    provider = Provider.objects.get(pk=1)
+    storm_jobs = [
+        lambda r=r, who=who: decide_return(r, approve=True, who=who)
+        for r in pending
+        for who in ("staff:a", "staff:b")
+    ]
+    storm_jobs += [lambda q=q: update_provider(provider, quota=q) for q in (12, 8, 15, 11)]
+    storm_jobs += [lambda: allocated_lead() for _ in range(6)]  # P1 is service 1's mandatory
+    storm_jobs.insert(
+        len(storm_jobs) // 2,
+        lambda: apply_quota_reset(
+            event_id="reset-edit",
+            body_sha256=canonical_body_sha256({"eventId": "reset-edit", "providerIds": [1]}),
+            provider_ids=[1],
+        ),
+    )
+
+    errors = storm(storm_jobs)
+
+    assert Counter(type(e) for e in errors) == {AlreadyDecided: 6}, errors
+    assert set(decisions_per_return().values()) == {1}
+    provider.refresh_from_db()
+    assert provider.cycle == 2
+    # Whatever the order, the row says what the cycle's allocations and credited returns say,
+    # and the quota left is the quota less the cycle's leads plus its credits, within 0..quota.
+    leads = Allocation.objects.filter(provider_id=1, cycle=provider.cycle).count()
+    credits = Return.objects.filter(
+        provider_id=1, credited=True, decided_cycle=provider.cycle
+    ).count()
+    assert provider.leads_this_cycle == leads
+    assert provider.credits_this_cycle == credits
+    assert provider.quota in (12, 8, 15, 11)
+    assert provider.remaining_quota == min(max(provider.quota - leads + credits, 0), provider.quota)
+    assert Return.objects.filter(provider_id=1, status="approved").count() == 6

@@ -11,6 +11,7 @@ from allocation.models import Allocation, Lead
 from dashboard.selectors import service_cards
 from events.tests.support import published_since, stream_position
 from providers.models import Provider
+from providers.services import update_provider
 from returns.models import Return
 from returns.services import (
     AlreadyDecided,
@@ -22,6 +23,7 @@ from returns.services import (
     return_lead,
 )
 from returns.tests.support import allocated_lead, allocation_of
+from webhooks.services import apply_quota_reset, canonical_body_sha256
 
 pytestmark = pytest.mark.django_db
 
@@ -120,6 +122,67 @@ def test_approval_never_credits_above_the_quota(seeded):
     assert decided.status == Return.Status.APPROVED
     assert decided.credited is False
     assert seeded.provider(1).remaining_quota == 10
+
+
+def quota_state(provider_id: int) -> tuple[int, int, int, int]:
+    """quota, remaining_quota, leads_this_cycle, credits_this_cycle, read from the database."""
+    return Provider.objects.values_list(
+        "quota", "remaining_quota", "leads_this_cycle", "credits_this_cycle"
+    ).get(pk=provider_id)
+
+
+def test_a_quota_edited_later_in_the_cycle_keeps_the_returns_credits(seeded):
+    leads = [allocated_lead() for _ in range(10)]  # P1, mandatory, gets all 10: quota 0
+    for lead in leads[:2]:
+        ret = return_lead(allocation_of(lead, 1), reason="out_of_area", who=WHO)
+        decide_return(ret, approve=True, who="staff:operator")
+    assert quota_state(1) == (10, 2, 10, 2)
+
+    update_provider(seeded.provider(1), quota=12)
+    raised = quota_state(1)
+    update_provider(seeded.provider(1), quota=5)
+    lowered = quota_state(1)
+    update_provider(seeded.provider(1), quota=10)
+    back = quota_state(1)
+
+    # 12 - 10 leads + 2 credits; 5 - 10 + 2 is below 0; 10 - 10 + 2: the credits stay and
+    # lowering then raising the quota gives nothing else back.
+    assert raised == (12, 4, 10, 2)
+    assert lowered == (5, 0, 10, 2)
+    assert back == (10, 2, 10, 2)
+
+
+def test_a_quota_reset_starts_the_credits_afresh(seeded):
+    leads = [allocated_lead() for _ in range(10)]
+    ret = return_lead(allocation_of(leads[0], 1), reason="out_of_area", who=WHO)
+    decide_return(ret, approve=True, who="staff:operator")
+    assert quota_state(1) == (10, 1, 10, 1)
+
+    apply_quota_reset(
+        event_id="reset-credits",
+        body_sha256=canonical_body_sha256({"eventId": "reset-credits", "providerIds": [1]}),
+        provider_ids=[1],
+    )
+    after_reset = quota_state(1)
+    allocated_lead()
+    update_provider(seeded.provider(1), quota=11)
+
+    assert after_reset == (10, 10, 0, 0)
+    assert quota_state(1) == (11, 10, 1, 0)
+
+
+def test_a_credit_while_a_lowered_quota_is_used_up_counts_without_going_above_it(seeded):
+    leads = [allocated_lead() for _ in range(8)]  # P1: 8 leads this cycle, 2 left
+    update_provider(seeded.provider(1), quota=5)
+    assert quota_state(1) == (5, 0, 8, 0)
+
+    ret = return_lead(allocation_of(leads[0], 1), reason="out_of_area", who=WHO)
+    decided = decide_return(ret, approve=True, who="staff:operator")
+    update_provider(seeded.provider(1), quota=10)
+
+    assert decided.credited is True
+    # 10 - 8 leads + 1 credit: the credit counted while the quota left stayed at 0.
+    assert quota_state(1) == (10, 3, 8, 1)
 
 
 def test_a_second_return_of_the_same_lead_by_the_same_provider_is_refused(seeded):
