@@ -56,17 +56,27 @@ class WrkFailed(Exception):
     """wrk printed no result line (e.g. it could not connect at all)."""
 
 
-def run_wrk(url: str, key: str, *, clients: int, seconds: float, run: int) -> dict[str, float]:
-    command = [
+def wrk_command(url: str, key: str, *, clients: int, seconds: float, run: int) -> list[str]:
+    """wrk posting leads (wrk_leads.lua) for ``seconds`` (whole seconds: wrk takes no others)."""
+    return [
         "wrk",
-        *("-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{seconds}s"),
+        *("-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{round(seconds)}s"),
         *("--timeout", "30s", "-s", str(LUA), url, "--", key, str(run)),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    for line in result.stdout.splitlines():
+
+
+def wrk_stats(returncode: int, stdout: str, stderr: str) -> dict[str, float]:
+    """The BENCH_JSON line wrk_leads.lua prints at the end of a run."""
+    for line in stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             return json.loads(line.removeprefix("BENCH_JSON "))
-    raise WrkFailed(f"wrk failed ({result.returncode}): {result.stdout} {result.stderr}".strip())
+    raise WrkFailed(f"wrk failed ({returncode}): {stdout} {stderr}".strip())
+
+
+def run_wrk(url: str, key: str, *, clients: int, seconds: float, run: int) -> dict[str, float]:
+    command = wrk_command(url, key, clients=clients, seconds=seconds, run=run)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    return wrk_stats(result.returncode, result.stdout, result.stderr)
 
 
 # --- Delivery modes (--delivery) ----------------------------------------------------------

@@ -22,7 +22,7 @@ from allocation.models import Allocation, Lead
 from delivery.selectors import recent_latency
 from events.models import Event
 from events.types import FEED_TYPES
-from providers.models import Membership, PoolCursor, Provider, Service
+from providers.models import Membership, PoolCity, PoolCursor, Provider, Service
 from providers.routing import local_time
 from providers.selectors import next_pool_provider, provider_routing
 
@@ -33,6 +33,8 @@ POOL_WINDOW = 16
 FEED_SIZE = 30
 DELIVERY_RATE_WINDOW = 100
 WAITING_CITIES = 8
+# Cities offered in the forecast's city field (docs/DASHBOARD.md, Forecast).
+FORECAST_CITIES = 100
 
 
 @dataclass(frozen=True)
@@ -455,6 +457,17 @@ def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> 
 
 def service_count() -> int:
     return Service.objects.count()
+
+
+def forecast_cities(*, limit: int = FORECAST_CITIES) -> list[str]:
+    """The cities named in some pool provider's area (canonical, as the forecast compares
+    them), alphabetically: one query."""
+    return list(
+        PoolCity.objects.exclude(city="")
+        .values_list("city", flat=True)
+        .distinct()
+        .order_by("city")[:limit]
+    )
 
 
 def _trace_lines(lead: Lead | None, names: dict[int, str]) -> list[TraceLine]:

@@ -20,6 +20,7 @@ from dashboard.selectors import (
     SERVICES_SHOWN,
     dashboard_summary,
     feed_items,
+    forecast_cities,
     last_event,
     provider_page,
     provider_rows,
@@ -30,6 +31,10 @@ from dashboard.selectors import (
 from events.hub import stream_id
 from providers.models import Provider
 
+# The forecast panel (docs/DASHBOARD.md, Forecast): the leads shown per service, and how far
+# ahead the page asks so that the provider rows can say when each provider runs out.
+FORECAST_LEADS = 10
+FORECAST_HORIZON = 100
 # Ids one fragment request may name: a page of providers, and more events than the feed shows.
 MAX_FRAGMENT_IDS = max(PROVIDERS_PER_PAGE, 2 * FEED_SIZE)
 
@@ -61,6 +66,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "services_total": service_count(),
         "services_shown": SERVICES_SHOWN,
         "feed": recent_feed(),
+        "forecast_cities": forecast_cities(),
+        "forecast_leads": FORECAST_LEADS,
+        "forecast_horizon": FORECAST_HORIZON,
     }
     return render(request, "dashboard/dashboard.html", context)
 

@@ -16,6 +16,11 @@
  *   now and then whether the session is back (signed in again in another tab), then catches up.
  * EventSource does not expose the status of a refused connection: it only closes. So on a
  * close, the page asks the fragments URL, which answers 401/403 rather than redirecting.
+ *
+ * Other scripts of the page (static/js/forecast.js) follow along through two DOM events on the
+ * [data-dashboard] element: "dashboard:event" ({type, data}) for each new event applied, the
+ * stream opening ("stream-open") and a reset ("stream-reset"), and "dashboard:swapped" once
+ * fragments have replaced rows.
  */
 (function () {
   "use strict";
@@ -82,6 +87,10 @@
   function sequence(id) {
     var match = /:(\d+)$/.exec(id || "");
     return match ? Number(match[1]) : -1;
+  }
+
+  function announce(type, data) {
+    root.dispatchEvent(new CustomEvent("dashboard:event", { detail: { type: type, data: data } }));
   }
 
   function setStatus(state, text) {
@@ -162,6 +171,7 @@
     source = stream;
     stream.addEventListener("open", function () {
       setStatus("live", "Live");
+      announce("stream-open", {});
       if (hasPending()) {
         schedule(); // work a refusal or an outage left undone
       }
@@ -200,6 +210,7 @@
       pending.services = true;
       pending.summary = true;
       schedule();
+      announce("stream-reset", {});
     });
   }
 
@@ -219,6 +230,7 @@
     } catch (error) {
       return;
     }
+    announce(event.type, data);
     if (event.type === "lead.allocated") {
       (data.provider_ids || []).forEach(function (id) {
         pending.providers[id] = true;
@@ -389,6 +401,7 @@
     if (source && source.readyState === EventSource.OPEN) {
       setStatus("live", "Live");
     }
+    root.dispatchEvent(new CustomEvent("dashboard:swapped"));
   }
 
   function insertFeedItem(item) {
