@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from allocation.forecast import WhatIf, forecast
 from allocation.models import Lead
 from allocation.services import LeadInput, intake_lead
+from allocation.tests.test_forecast import as_forecast
 from allocation.tests.test_routing_properties import (
     CITIES,
     STARTS,
@@ -145,19 +146,6 @@ def make_real(what_if: WhatIf) -> None:
         set_routing(p, rules)
 
 
-def real_lead(intake, n):
-    if intake.lead.status == Lead.Status.WAITING:
-        return {"n": n, "status": "waiting", "reason": intake.lead.wait_reason}
-    return {
-        "n": n,
-        "status": "allocated",
-        "providers": [
-            {"id": p.id, "name": p.name, "role": p.role, "rank": rank}
-            for rank, p in enumerate(intake.providers, start=1)
-        ],
-    }
-
-
 def what_if_of(changes: dict, pks: list[int]) -> WhatIf:
     """The drawn changes (indexes into the providers) as a WhatIf of their ids."""
     return WhatIf(
@@ -171,7 +159,7 @@ def what_if_of(changes: dict, pks: list[int]) -> WhatIf:
 def real_leads(service: Service, count: int, city: str) -> list[dict]:
     """``count`` real leads of the service and city through intake, in the forecast's shape."""
     return [
-        real_lead(
+        as_forecast(
             intake_lead(
                 LeadInput(service_id=service.pk, name="x", phone=f"+1555{n:07d}", city=city)
             ),
