@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from delivery.endpoints import set_endpoint
 from delivery.guard import UnsafeTarget
-from providers.models import Provider
+from providers.management import provider_named
 
 
 class Command(BaseCommand):
@@ -31,10 +31,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            provider = Provider.objects.get(pk=options["provider_id"])
-        except Provider.DoesNotExist as exc:
-            raise CommandError(f"No provider with id {options['provider_id']}.") from exc
+        provider = provider_named(options["provider_id"])
         try:
             change = set_endpoint(
                 provider,

@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal.services import create_provider_user
-from providers.models import Provider
+from providers.management import provider_named
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
@@ -31,10 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--email", default="", help="the user's email address")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            provider = Provider.objects.get(pk=options["provider_id"])
-        except Provider.DoesNotExist as exc:
-            raise CommandError(f"No provider with id {options['provider_id']}.") from exc
+        provider = provider_named(options["provider_id"])
         try:
             created = create_provider_user(
                 provider,

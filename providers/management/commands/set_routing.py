@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from providers.models import Provider
+from providers.management import provider_named
 from providers.routing import RoutingError, parse_cities, parse_date_range
 from providers.selectors import describe_routing
 from providers.services import EditConflict, clean_routing, set_routing
@@ -54,9 +54,7 @@ class Command(BaseCommand):
         weekly.add_argument("--no-weekly-cap", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        provider = Provider.objects.filter(pk=options["provider_id"]).first()
-        if provider is None:
-            raise CommandError(f"No provider with id {options['provider_id']}.")
+        provider = provider_named(options["provider_id"])
         changes: dict[str, Any] = {}
         if options["everywhere"]:
             changes["cities"] = []
