@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TypeVar
 
 from django.conf import settings
@@ -543,7 +543,8 @@ def _decide(
 
     # The walk in order: every pool row we read, cut after the last eligible one (beyond it we
     # know nothing). Providers not in it sit between eligible ones and are ineligible.
-    ordered = [under_lock(pid, pos) for pid, pos in found.eligible]
+    eligible = [under_lock(pid, pos) for pid, pos in found.eligible]
+    ordered = list(eligible)
     listed = {pid for pid, _ in found.eligible}
     ordered += [as_read(pid, pos) for pid, pos in found.seen if pid not in listed]
     ordered = walk_order(ordered, cursor)
@@ -558,11 +559,7 @@ def _decide(
     # Read as open, found closed by their time rules under our lock: their materialised state
     # is behind (the transition refresh has not run yet). Nothing adds capacity by closing
     # them, so they can be refreshed after this transaction without holding anything.
-    stale = [
-        pid
-        for pid, _ in found.eligible
-        if found.locked[pid].takes_leads and reason(found.locked[pid]) in TIME_REASONS
-    ]
+    stale = [c.provider_id for c in eligible if c.blocked in TIME_REASONS]
     if not decision.complete and not covers_all_eligible:
         # Another service took a candidate's last unit of quota between our read and our lock,
         # or stale candidates hid the ones behind them: read wider (after refreshing those).
@@ -577,15 +574,26 @@ def _decide(
 # Data-modifying CTEs all run, in full, on the statement's snapshot; the rows they touch are
 # the ones locked above.
 #
+# The picks come as one row of scalar parameters each (PICK_COLUMNS, in rank order): psycopg
+# dumps scalars in C, where each array parameter cost a lead about 60 Python calls. Each row
+# carries the local day the lead counts in for that provider's caps (the UPDATE derives the
+# ISO week) and, if the lead brings it to a cap, why it closes and until when (else NULL).
+#
 # The engine knows nothing of delivery: delivery's own trigger on the allocation rows inserts
 # a lead's deliveries within this statement (delivery migration 0006, docs/DELIVERY.md), so
 # they commit or roll back with the lead and cost the engine no round trip.
+PICK_COLUMNS = (
+    ("provider", "bigint"),
+    ("role", "varchar"),
+    ("cycle", "integer"),
+    ("day", "date"),
+    ("closes", "varchar"),
+    ("until", "timestamptz"),
+)
+PICK_KEYS = tuple(tuple(f"{name}{rank}" for name, _ in PICK_COLUMNS) for rank in range(SLOTS))
 ALLOCATION_WRITES_SQL = """
-WITH lead AS ({lead}),
-picks AS (
-    SELECT * FROM unnest(%(providers)s::bigint[], %(roles)s::varchar[], %(cycles)s::integer[])
-           WITH ORDINALITY AS pick(provider_id, role, cycle, rank)
-),
+WITH lead AS ({{lead}}),
+picks (provider_id, role, cycle, day, closes, until, rank) AS (VALUES {picks}),
 allocations AS (
     INSERT INTO allocation_allocation (lead_id, provider_id, role, rank, cycle, created_at)
     SELECT lead.id, pick.provider_id, pick.role, pick.rank, pick.cycle, %(now)s
@@ -596,18 +604,17 @@ quotas AS (
        SET remaining_quota = p.remaining_quota - 1,
            leads_this_cycle = p.leads_this_cycle + 1,
            leads_total = p.leads_total + 1,
-           cap_day = c.day,
-           cap_day_count = CASE WHEN p.cap_day = c.day THEN p.cap_day_count + 1 ELSE 1 END,
-           cap_week = c.week,
-           cap_week_count = CASE WHEN p.cap_week = c.week THEN p.cap_week_count + 1 ELSE 1 END,
-           routing_open = p.routing_open AND x.id IS NULL,
-           routing_reason = COALESCE(x.reason, p.routing_reason),
-           routing_changes_at = CASE WHEN x.id IS NULL THEN p.routing_changes_at ELSE x.at END
-      FROM (SELECT d.id, d.day, date_trunc('week', d.day)::date AS week
-              FROM unnest(%(providers)s::bigint[], %(cap_days)s::date[]) AS d(id, day)) AS c
-      LEFT JOIN jsonb_to_recordset(%(closing)s::jsonb) AS x(id bigint, reason text,
-                                                             at timestamptz) ON x.id = c.id
-     WHERE p.id = c.id
+           cap_day = pick.day,
+           cap_day_count = CASE WHEN p.cap_day = pick.day THEN p.cap_day_count + 1 ELSE 1 END,
+           cap_week = date_trunc('week', pick.day)::date,
+           cap_week_count = CASE WHEN p.cap_week = date_trunc('week', pick.day)::date
+                                 THEN p.cap_week_count + 1 ELSE 1 END,
+           routing_open = p.routing_open AND pick.closes IS NULL,
+           routing_reason = COALESCE(pick.closes, p.routing_reason),
+           routing_changes_at = CASE WHEN pick.closes IS NULL THEN p.routing_changes_at
+                                     ELSE pick.until END
+      FROM picks AS pick
+     WHERE p.id = pick.provider_id
 ),
 pool_cursor AS (
     UPDATE providers_poolcursor SET position = %(cursor)s, updated_at = %(now)s
@@ -617,13 +624,21 @@ event AS (
     INSERT INTO events_event (type, data, created_at)
     SELECT 'lead.allocated',
            jsonb_build_object('lead_id', lead.id, 'service_id', %(service)s,
-                              'provider_ids', to_jsonb(%(providers)s::bigint[]),
+                              'provider_ids', (SELECT jsonb_agg(provider_id ORDER BY rank)
+                                                 FROM picks),
                               'status', 'allocated'),
            %(now)s
       FROM lead
 )
 SELECT lead.id FROM lead
-"""
+""".format(
+    picks=", ".join(
+        "("
+        + ", ".join(f"%({key})s::{kind}" for key, (_, kind) in zip(keys, PICK_COLUMNS, strict=True))
+        + f", {rank})"
+        for rank, keys in enumerate(PICK_KEYS, 1)
+    )
+)
 
 NEW_LEAD_COLUMNS = """
     INSERT INTO allocation_lead (service_id, name, phone, city, city_key, description, source,
@@ -675,18 +690,14 @@ def _closed_by(rules: Routing, usage: Usage, now: datetime) -> tuple[str, dateti
     return reason, next_change(rules, usage, now)
 
 
-def _closing(state: LockedProvider, now: datetime) -> dict[str, object] | None:
+def _closing(state: LockedProvider, now: datetime) -> tuple[str, datetime | None] | None:
     """If this lead brings the picked provider to one of its caps: the routing state the
     allocation's UPDATE writes for it (closed, why, until when may it change). The UPDATE
-    counts the lead itself, in the local day ``now`` falls on (cap_days)."""
+    counts the lead itself, in the local day ``now`` falls on (its ``day``)."""
     rules = state.routing
     if rules.daily_cap is None and rules.weekly_cap is None:
         return None
-    closed = _closed_by(rules, with_usage_day(rules, state.usage, now), now)
-    if closed is None:
-        return None
-    reason, until = closed
-    return {"id": state.id, "reason": reason, "at": until.isoformat() if until else None}
+    return _closed_by(rules, with_usage_day(rules, state.usage, now), now)
 
 
 def allocated_state(state: LockedProvider, now: datetime) -> LockedProvider:
@@ -720,20 +731,28 @@ def _allocation_params(
     *,
     now: datetime,
 ) -> dict[str, object]:
-    states = [locked[pick.provider_id] for pick in decision.picks]
-    closing = [c for c in (_closing(state, now) for state in states) if c is not None]
-    return {
+    params: dict[str, object] = {
         "service": service_id,
-        "providers": [pick.provider_id for pick in decision.picks],
-        "roles": [pick.role for pick in decision.picks],
-        "cycles": [state.cycle for state in states],
-        # The local day of each pick, for its cap counts (the UPDATE derives the ISO week).
-        "cap_days": [local_time(state.routing, now).date() for state in states],
-        "closing": json.dumps(closing),
         "cursor": decision.cursor,
         "trace": json.dumps(_trace(decision)),
         "now": now,
     }
+    days: dict[str, date] = {}  # the local date of ``now``, per timezone
+    for keys, pick in zip(PICK_KEYS, decision.picks, strict=True):
+        state = locked[pick.provider_id]
+        tz = state.routing.timezone
+        day = days.get(tz)
+        if day is None:
+            day = days[tz] = local_time(state.routing, now).date()
+        closing = _closing(state, now)
+        params.update(
+            zip(
+                keys,
+                (pick.provider_id, pick.role, state.cycle, day, *(closing or (None, None))),
+                strict=True,
+            )
+        )
+    return params
 
 
 def _committed_after_all(exc: Exception, written: QuerySet[Lead]) -> bool:

@@ -20,7 +20,7 @@ import itertools
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -263,11 +263,20 @@ class Routing:
     time_off: tuple[DateRange, ...] = ()
     daily_cap: int | None = None
     weekly_cap: int | None = None
+    # Whether any rule depends on the time (hours, time off, a cap), computed once: the engine
+    # asks for every candidate of every lead.
+    has_time_rules: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def has_time_rules(self) -> bool:
-        return bool(
-            self.hours or self.time_off or self.daily_cap is not None or self.weekly_cap is not None
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "has_time_rules",
+            bool(
+                self.hours
+                or self.time_off
+                or self.daily_cap is not None
+                or self.weekly_cap is not None
+            ),
         )
 
 
