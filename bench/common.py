@@ -105,8 +105,11 @@ def recreate_database(url: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def app_env(url: str, *, debug: bool = False, redis_url: str | None = None) -> dict[str, str]:
-    """The environment of every app process the benchmarks start (servers and manage.py)."""
+def app_env(
+    url: str, *, debug: bool = False, redis_url: str | None = None, app_dir: Path = APP_DIR
+) -> dict[str, str]:
+    """The environment of every app process the benchmarks start (servers and manage.py), of
+    the app in ``app_dir`` (default APP_DIR)."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -125,19 +128,19 @@ def app_env(url: str, *, debug: bool = False, redis_url: str | None = None) -> d
         RATE_LIMIT_PER_IP="0",
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(APP_DIR),
+        PYTHONPATH=str(app_dir),
     )
     if redis_url:
         env["REDIS_URL"] = redis_url
     return env
 
 
-def manage(url: str, *args: str) -> str:
+def manage(url: str, *args: str, app_dir: Path = APP_DIR) -> str:
     """Run ``manage.py ARGS`` against the database of ``url``; return its stdout."""
     result = subprocess.run(
         [PYTHON, "manage.py", *args],
-        cwd=APP_DIR,
-        env=app_env(url),
+        cwd=app_dir,
+        env=app_env(url, app_dir=app_dir),
         capture_output=True,
         text=True,
         check=False,
@@ -147,12 +150,12 @@ def manage(url: str, *args: str) -> str:
     return result.stdout
 
 
-def prepare_app_database(url: str, *, api_key: bool = True) -> str | None:
+def prepare_app_database(url: str, *, api_key: bool = True, app_dir: Path = APP_DIR) -> str | None:
     """A fresh database at ``url``: migrated, seeded, ample quotas; return a new API key."""
     log(f"preparing database {database_name(url)} (migrate, seed)")
     recreate_database(url)
-    manage(url, "migrate", "--no-input", "--verbosity", "0")
-    manage(url, "seed")
+    manage(url, "migrate", "--no-input", "--verbosity", "0", app_dir=app_dir)
+    manage(url, "seed", app_dir=app_dir)
     with connect(url) as conn:
         conn.execute(
             "UPDATE providers_provider SET quota = %s, remaining_quota = %s",
@@ -160,7 +163,7 @@ def prepare_app_database(url: str, *, api_key: bool = True) -> str | None:
         )
     if not api_key:
         return None
-    return manage(url, "create_api_key", "bench").strip().splitlines()[-1].strip()
+    return manage(url, "create_api_key", "bench", app_dir=app_dir).strip().splitlines()[-1].strip()
 
 
 SESSION_SCRIPT = """
@@ -246,7 +249,13 @@ def http_status(port: int, path: str, timeout: float = 2.0) -> int:
 
 @contextlib.contextmanager
 def run_server(
-    name: str, *, url: str, workers: int, redis_url: str | None, log_dir: Path
+    name: str,
+    *,
+    url: str,
+    workers: int,
+    redis_url: str | None,
+    log_dir: Path,
+    app_dir: Path = APP_DIR,
 ) -> Iterator[Server]:
     """Start the entry ``name`` of SERVERS on a free port until the block ends.
 
@@ -258,14 +267,19 @@ def run_server(
     port = free_port()
     workers = server_workers(name, workers)
     command = server_command(name, port=port, workers=workers)
-    env = app_env(url, debug=name in DEBUG_SERVERS, redis_url=redis_url if workers > 1 else None)
+    env = app_env(
+        url,
+        debug=name in DEBUG_SERVERS,
+        redis_url=redis_url if workers > 1 else None,
+        app_dir=app_dir,
+    )
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{name}-w{workers}-{port}.log"
     log(f"starting {name} (workers {workers}): {' '.join(command)}")
     with log_path.open("wb") as output:
         process = subprocess.Popen(
             command,
-            cwd=APP_DIR,
+            cwd=app_dir,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
