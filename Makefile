@@ -41,7 +41,8 @@ format: install-dev
 
 run: export WEBHOOK_SECRET ?= $(DEMO_WEBHOOK_SECRET)
 # Development delivers to local receivers (http, 127.0.0.1) too: the flag reaches the delivery
-# worker, set_delivery and the admin alike. Production (`make serve`) leaves it off.
+# worker and the admin alike (a set_delivery run in another terminal needs it set there:
+# docs/DELIVERY.md). Production (`make serve`) leaves it off.
 run: export ALLOW_PRIVATE_DELIVERY_TARGETS ?= true
 run: export PORT := $(PORT)
 run: install
@@ -55,7 +56,7 @@ run: install
 	trap 'kill $$drains $$deliveries 2>/dev/null; wait $$drains $$deliveries' EXIT; \
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) leaddist.asgi:application
 
-# Production: DEBUG off, settings from the environment (README, Production). The settings
+# Production: DEBUG off, settings from the environment (docs/OPERATIONS.md). The settings
 # refuse to load without SECRET_KEY, WEBHOOK_SECRET and DELIVERY_SECRET_KEYS, so each step below
 # stops there.
 serve: export DEBUG := false
