@@ -2,7 +2,7 @@
 # background worker beside it: BACKGROUND_WORKERS=0 for none), the server `make serve` runs. A
 # worker-only container runs `python -m leaddist.background --concurrency 1` (drains) and
 # `python manage.py deliver_leads` (deliveries). Configure it with environment
-# variables (README, Configuration);
+# variables (docs/OPERATIONS.md, Configuration);
 # it refuses to start without SECRET_KEY, WEBHOOK_SECRET and DELIVERY_SECRET_KEYS. Run
 # `python manage.py migrate` once per release, before starting the new containers.
 FROM python:3.11-slim

@@ -1,4 +1,5 @@
-"""Settings for leaddist; deploy-specific values come from the environment (see README)."""
+"""Settings for leaddist; deploy-specific values come from the environment (docs/OPERATIONS.md,
+Configuration)."""
 
 import base64
 import hashlib
@@ -30,7 +31,7 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
-# --- HTTPS and proxies (README: production environment) -------------------------------------
+# --- HTTPS and proxies (docs/OPERATIONS.md, Production environment) --------------------------
 # Secure by default with DEBUG off; each can be overridden from the environment.
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # Load balancers and container probes call /healthz over plain HTTP.
@@ -197,7 +198,7 @@ SERVICE_CACHE_SECONDS = env.float("SERVICE_CACHE_SECONDS", default=5.0)
 # anything reads the body.
 MAX_BODY_BYTES = 64 * 1024
 
-# Intake rate limits (README: rate limits), "<count>/<s|m|h>" per fixed window, "0" off.
+# Intake rate limits (docs/API.md, Rate limits), "<count>/<s|m|h>" per fixed window, "0" off.
 # Counted in Redis with REDIS_URL, so they hold across processes and hosts; in-process
 # otherwise. RATE_LIMIT_PER_KEY is the default of every API key without a limit of its own
 # (ApiKey.rate_limit); it is sized so that a marketplace's burst through one key passes while

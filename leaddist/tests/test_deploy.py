@@ -1,4 +1,5 @@
-"""Production settings (SPEC §7, README: production environment) and the security headers."""
+"""Production settings (SPEC §7, docs/OPERATIONS.md: Production environment) and the security
+headers."""
 
 from __future__ import annotations
 
