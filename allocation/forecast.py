@@ -40,12 +40,8 @@ from django.utils import timezone
 
 from allocation.engine import SLOTS, Candidate, Decision, choose_providers
 from allocation.models import Lead
-from allocation.services import (
-    ROUTING_COLUMNS,
-    LockedProvider,
-    allocated_state,
-    candidate_of,
-)
+from allocation.services import LockedProvider, allocated_state, candidate_of
+from allocation.sql import READ_ONLY, READ_ONLY_SNAPSHOT, ROUTING_COLUMNS
 from providers.models import CityAlias, Membership, PoolCity, PoolCursor, Provider, Service
 from providers.routing import local_time, normalise_city, week_of
 from providers.services import canonical_cities
@@ -66,9 +62,6 @@ _COLUMNS = (
 _READ_COLUMNS = tuple(
     Cast("time_off", models.TextField()) if column == "time_off" else column for column in _COLUMNS
 )
-# SET TRANSACTION must be the transaction's first statement.
-READ_ONLY_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-READ_ONLY = "SET TRANSACTION READ ONLY"
 
 
 class UnknownService(Exception):

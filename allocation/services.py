@@ -53,6 +53,16 @@ from allocation.engine import (
     walk_order,
 )
 from allocation.models import Lead
+from allocation.sql import (
+    CANDIDATES_SQL,
+    DRAINED_LEAD_SQL,
+    EXPIRE_SQL,
+    HEAD_OF_QUEUE_SQL,
+    HEAD_OF_SERVICE_SQL,
+    NEW_ALLOCATED_LEAD_SQL,
+    NEW_WAITING_LEAD_SQL,
+    PICK_KEYS,
+)
 from events.services import announce_after_commit
 from leaddist.http.db import MAX_BIGINT, connection_lost, is_transient, recover
 from leaddist.http.metrics import ALLOCATION_SECONDS
@@ -168,137 +178,6 @@ def run_with_retries(attempt: Callable[[int], T]) -> T:
             time.sleep(random.uniform(0, 0.005 * 2**number))
     raise Busy(retry_after=settings.BUSY_RETRY_AFTER_SECONDS)
 
-
-# Steps 2 and 3 in one round trip. Under the cursor lock (step 1) this statement's snapshot is
-# fresh for this service; each part goes through an index:
-# - the lead's canonical city (``key``: its normalised city through the staff's aliases);
-# - whether the service is active, and whether an older lead of it and of this city waits
-#   (partial index lead_waiting_queue): then nothing is locked;
-# - the mandatory providers, and the first ``wanted`` pool providers eligible for this city in
-#   walk order (after the cursor, then from the start): the city's rows and the everywhere rows
-#   ('') of providers_poolcity, through its partial index poolcity_eligible_walk, merged;
-# - those providers, locked FOR UPDATE in primary-key order (``locked``), so services sharing
-#   providers can neither oversell a quota nor deadlock each other; their state as locked;
-# - for the trace, the pool memberships the walk passes up to the last eligible one read (at
-#   most ``seen`` per lap) that are not both eligible and everywhere (partial index
-#   membership_skippable_walk: empty in a catalogue without routing rules), with their
-#   providers' state, unlocked: whatever kept them out of the eligible rows (paused, no quota,
-#   another city, closed by their time rules) cannot be lifted while we hold the cursor, since
-#   everything that adds capacity takes the cursors of the provider's services first.
-CANDIDATES_SQL = """
-WITH
-key AS (
-    SELECT COALESCE((SELECT city FROM providers_cityalias WHERE alias = %(city)s), %(city)s)
-               AS city
-),
-blocked AS (
-    SELECT EXISTS (SELECT FROM providers_service WHERE id = %(service)s AND active)
-               AS active,
-           EXISTS (SELECT FROM allocation_lead
-                    WHERE service_id = %(service)s AND status = 'waiting'
-                      AND city_key = (SELECT city FROM key) AND id < %(before)s)
-               AS queued
-),
-mandatory AS (
-    SELECT m.provider_id, m.position FROM providers_membership m
-     WHERE m.service_id = %(service)s AND m.role = 'mandatory'
-),
-eligible AS (
-    SELECT provider_id, position, lap FROM (
-        (SELECT a.provider_id, a.position, 0 AS lap FROM providers_poolcity a
-          WHERE a.service_id = %(service)s AND a.city = '' AND a.provider_eligible
-            AND a.position > %(cursor)s
-          ORDER BY a.position LIMIT %(wanted)s)
-        UNION ALL
-        (SELECT a.provider_id, a.position, 0 AS lap FROM providers_poolcity a
-          WHERE a.service_id = %(service)s AND a.city = NULLIF((SELECT city FROM key), '')
-            AND a.provider_eligible AND a.position > %(cursor)s
-          ORDER BY a.position LIMIT %(wanted)s)
-        UNION ALL
-        (SELECT a.provider_id, a.position, 1 AS lap FROM providers_poolcity a
-          WHERE a.service_id = %(service)s AND a.city = '' AND a.provider_eligible
-            AND a.position <= %(cursor)s
-          ORDER BY a.position LIMIT %(wanted)s)
-        UNION ALL
-        (SELECT a.provider_id, a.position, 1 AS lap FROM providers_poolcity a
-          WHERE a.service_id = %(service)s AND a.city = NULLIF((SELECT city FROM key), '')
-            AND a.provider_eligible AND a.position <= %(cursor)s
-          ORDER BY a.position LIMIT %(wanted)s)
-    ) AS walk
-    ORDER BY lap, position LIMIT %(wanted)s
-),
-locked AS MATERIALIZED (
-    SELECT p.id, p.name, p.status, p.remaining_quota, p.cycle, {routing}
-      FROM providers_provider p
-     WHERE p.id = ANY (ARRAY (SELECT provider_id FROM mandatory
-                              UNION ALL SELECT provider_id FROM eligible))
-       AND (SELECT (active OR NOT %(intake)s) AND NOT queued FROM blocked)
-     ORDER BY p.id
-       FOR UPDATE
-),
-bound AS (
-    SELECT CASE WHEN last.lap > 0 OR NOT f.got_all THEN %(max_position)s ELSE last.position END
-               AS lap0,
-           CASE WHEN NOT f.got_all THEN %(cursor)s
-                WHEN last.lap = 1 THEN LEAST(last.position, %(cursor)s)
-                ELSE -1 END
-               AS lap1
-      FROM (SELECT (SELECT count(*) FROM eligible) >= %(wanted)s AS got_all) AS f
-      LEFT JOIN LATERAL (SELECT lap, position FROM eligible
-                          ORDER BY lap DESC, position DESC LIMIT 1) AS last ON true
-),
-seen AS (
-    SELECT w.position, p.id, p.name, p.status, p.remaining_quota, p.cycle, {routing}
-      FROM ((SELECT m.provider_id, m.position FROM providers_membership m
-              WHERE m.service_id = %(service)s AND m.role = 'pool' AND m.position > %(cursor)s
-                AND m.position <= (SELECT lap0 FROM bound)
-                AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
-              ORDER BY m.position LIMIT %(seen)s)
-            UNION ALL
-            (SELECT m.provider_id, m.position FROM providers_membership m
-              WHERE m.service_id = %(service)s AND m.role = 'pool'
-                AND m.position <= (SELECT lap1 FROM bound)
-                AND (NOT m.provider_eligible OR NOT m.provider_everywhere)
-              ORDER BY m.position LIMIT %(seen)s)) AS w
-      JOIN providers_provider p ON p.id = w.provider_id
-)
-SELECT 'mandatory', m.position, l.* FROM mandatory m JOIN locked l ON l.id = m.provider_id
-UNION ALL
-SELECT 'eligible', e.position, l.* FROM eligible e JOIN locked l ON l.id = e.provider_id
-UNION ALL
-SELECT 'seen', s.* FROM seen s
-UNION ALL
-SELECT 'key', 0, 0, k.city, CASE WHEN b.active THEN '' ELSE 'unavailable' END, b.queued::int, 0,
-       {nulls} FROM key k, blocked b
-"""
-# The provider columns the routing rules need, in this order (LockedProvider.of reads them).
-ROUTING_COLUMNS = (
-    "cities",
-    "timezone",
-    "hours",
-    "time_off",
-    "daily_cap",
-    "weekly_cap",
-    "cap_day",
-    "cap_day_count",
-    "cap_week",
-    "cap_week_count",
-    "routing_open",
-    "routing_reason",
-    "routing_changes_at",
-)
-# ``bound``: where the trace's window ends, as an upper position for each lap (index conditions,
-# so that no scan runs past it): up to the last eligible row read, or to the end of the walk
-# when the read found fewer than it asked for, and so every eligible one.
-#
-# The statement is sent with its whitespace collapsed: psycopg keeps its parsed form of a
-# statement only up to 4,096 characters (MAX_CACHED_STATEMENT_LENGTH), and parsing a longer one
-# for every lead cost intake a third more CPU per lead.
-CANDIDATES_SQL = CANDIDATES_SQL.format(
-    routing=", ".join(f"p.{c}" for c in ROUTING_COLUMNS),
-    nulls=", ".join("NULL" for _ in ROUTING_COLUMNS),
-)
-CANDIDATES_SQL = " ".join(CANDIDATES_SQL.split())  # it has no comments or quoted spaces
 
 _NO_RULES: dict[str, Routing] = {}
 
@@ -569,107 +448,6 @@ def _decide(
     return Decided(decision, found.locked, found.city_key)
 
 
-# Step 4 in one round trip: the lead (new, or a waiting one now allocated), its allocations,
-# the quotas, the cursor and the lead.allocated event, as one statement.
-# Data-modifying CTEs all run, in full, on the statement's snapshot; the rows they touch are
-# the ones locked above.
-#
-# The picks come as one row of scalar parameters each (PICK_COLUMNS, in rank order): psycopg
-# dumps scalars in C, where each array parameter cost a lead about 60 Python calls. Each row
-# carries the local day the lead counts in for that provider's caps (the UPDATE derives the
-# ISO week) and, if the lead brings it to a cap, why it closes and until when (else NULL).
-#
-# The engine knows nothing of delivery: delivery's own trigger on the allocation rows inserts
-# a lead's deliveries within this statement (delivery migration 0006, docs/DELIVERY.md), so
-# they commit or roll back with the lead and cost the engine no round trip.
-PICK_COLUMNS = (
-    ("provider", "bigint"),
-    ("role", "varchar"),
-    ("cycle", "integer"),
-    ("day", "date"),
-    ("closes", "varchar"),
-    ("until", "timestamptz"),
-)
-PICK_KEYS = tuple(tuple(f"{name}{rank}" for name, _ in PICK_COLUMNS) for rank in range(SLOTS))
-ALLOCATION_WRITES_SQL = """
-WITH lead AS ({{lead}}),
-picks (provider_id, role, cycle, day, closes, until, rank) AS (VALUES {picks}),
-allocations AS (
-    INSERT INTO allocation_allocation (lead_id, provider_id, role, rank, cycle, created_at)
-    SELECT lead.id, pick.provider_id, pick.role, pick.rank, pick.cycle, %(now)s
-      FROM lead, picks AS pick
-),
-quotas AS (
-    UPDATE providers_provider AS p
-       SET remaining_quota = p.remaining_quota - 1,
-           leads_this_cycle = p.leads_this_cycle + 1,
-           leads_total = p.leads_total + 1,
-           cap_day = pick.day,
-           cap_day_count = CASE WHEN p.cap_day = pick.day THEN p.cap_day_count + 1 ELSE 1 END,
-           cap_week = date_trunc('week', pick.day)::date,
-           cap_week_count = CASE WHEN p.cap_week = date_trunc('week', pick.day)::date
-                                 THEN p.cap_week_count + 1 ELSE 1 END,
-           routing_open = p.routing_open AND pick.closes IS NULL,
-           routing_reason = COALESCE(pick.closes, p.routing_reason),
-           routing_changes_at = CASE WHEN pick.closes IS NULL THEN p.routing_changes_at
-                                     ELSE pick.until END
-      FROM picks AS pick
-     WHERE p.id = pick.provider_id
-),
-pool_cursor AS (
-    UPDATE providers_poolcursor SET position = %(cursor)s, updated_at = %(now)s
-     WHERE service_id = %(service)s AND position IS DISTINCT FROM %(cursor)s
-),
-event AS (
-    INSERT INTO events_event (type, data, created_at)
-    SELECT 'lead.allocated',
-           jsonb_build_object('lead_id', lead.id, 'service_id', %(service)s,
-                              'provider_ids', (SELECT jsonb_agg(provider_id ORDER BY rank)
-                                                 FROM picks),
-                              'status', 'allocated'),
-           %(now)s
-      FROM lead
-)
-SELECT lead.id FROM lead
-""".format(
-    picks=", ".join(
-        "("
-        + ", ".join(f"%({key})s::{kind}" for key, (_, kind) in zip(keys, PICK_COLUMNS, strict=True))
-        + f", {rank})"
-        for rank, keys in enumerate(PICK_KEYS, 1)
-    )
-)
-
-NEW_LEAD_COLUMNS = """
-    INSERT INTO allocation_lead (service_id, name, phone, city, city_key, description, source,
-                                 status, wait_reason, trace, created_at, allocated_at)
-    VALUES (%(service)s, %(name)s, %(phone)s, %(city)s, %(city_key)s, %(description)s,
-            %(source)s, %(status)s, %(wait_reason)s, %(trace)s::jsonb, %(now)s, %(allocated_at)s)
-    RETURNING id"""
-
-NEW_ALLOCATED_LEAD_SQL = ALLOCATION_WRITES_SQL.format(lead=NEW_LEAD_COLUMNS)
-
-DRAINED_LEAD_SQL = ALLOCATION_WRITES_SQL.format(
-    lead="""
-    UPDATE allocation_lead
-       SET status = 'allocated', wait_reason = '', trace = %(trace)s::jsonb,
-           allocated_at = %(now)s
-     WHERE id = %(lead)s AND status = 'waiting'
-    RETURNING id"""
-)
-
-NEW_WAITING_LEAD_SQL = f"""
-WITH lead AS ({NEW_LEAD_COLUMNS}),
-event AS (
-    INSERT INTO events_event (type, data, created_at)
-    SELECT 'lead.waiting', jsonb_build_object('lead_id', lead.id, 'service_id', %(service)s),
-           %(now)s
-      FROM lead
-)
-SELECT id FROM lead
-"""
-
-
 def _write(sql: str, params: dict[str, object]) -> int:
     with connection.cursor() as db:
         db.execute(sql, params)
@@ -885,26 +663,6 @@ def submit_lead(data: LeadInput) -> Lead:
     return intake_lead(data).lead
 
 
-# The head of a (service, city) waiting queue, locked, and the id of the lead behind it in the
-# same queue (a hint for the drain's order, read in the same round trip). Run under the
-# service's cursor lock, which every drain of the service takes first: nobody else allocates
-# these leads meanwhile.
-HEAD_OF_QUEUE_SQL = """
-SELECT head.id, head.city_key,
-       (SELECT min(behind.id) FROM allocation_lead AS behind
-         WHERE behind.service_id = head.service_id AND behind.status = 'waiting'
-           AND behind.city_key = head.city_key AND behind.id > head.id)
-  FROM allocation_lead AS head
- WHERE head.service_id = %(service)s AND head.status = 'waiting'
-   AND head.city_key = %(city_key)s
- ORDER BY head.id
- LIMIT 1
-   FOR UPDATE OF head
-"""
-# The service's oldest waiting lead, of any city (allocate_next_waiting without a city).
-HEAD_OF_SERVICE_SQL = HEAD_OF_QUEUE_SQL.replace("AND head.city_key = %(city_key)s\n", "")
-
-
 def allocate_next_waiting(service_id: int, city_key: str | None = None) -> tuple[bool, int | None]:
     """Allocate the oldest waiting lead of the service and city if 3 providers can take it.
 
@@ -992,25 +750,6 @@ def allocate_waiting_leads(*, deadline: float | None = None) -> int:
                 heapq.heappush(heads, (behind, service_id, city_key))
         if not progressed:
             return allocated
-
-
-# Expire the waiting leads of one service that arrived before the cutoff, and announce each.
-# Run under the service's cursor lock: the drain, the only other writer of waiting leads, holds
-# it too, so a lead is either allocated or expired, never both.
-EXPIRE_SQL = """
-WITH expired AS (
-    UPDATE allocation_lead
-       SET status = 'expired', wait_reason = '', expired_at = %(now)s
-     WHERE service_id = %(service)s AND status = 'waiting' AND created_at < %(cutoff)s
-    RETURNING id
-),
-event AS (
-    INSERT INTO events_event (type, data, created_at)
-    SELECT 'lead.expired', jsonb_build_object('lead_id', id, 'service_id', %(service)s), %(now)s
-      FROM expired
-)
-SELECT count(*) FROM expired
-"""
 
 
 def expire_waiting_leads(*, now: datetime | None = None) -> int:

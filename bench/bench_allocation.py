@@ -161,13 +161,8 @@ def explain(service_id: int) -> None:
     an index scan with a bounded number of rows (docs/PERFORMANCE.md)."""
     from django.db import transaction
 
-    from allocation.services import (
-        CANDIDATES_SQL,
-        INITIAL_SLACK,
-        MAX_POSITION,
-        SLOTS,
-        TRACE_LIMIT,
-    )
+    from allocation.services import INITIAL_SLACK, MAX_POSITION, SLOTS, TRACE_LIMIT
+    from allocation.sql import CANDIDATES_SQL
 
     cursor_position = PoolCursor.objects.get(service_id=service_id).position
     params = {

@@ -20,6 +20,7 @@ from ninja.errors import AuthenticationError, AuthorizationError
 from ninja.security.http import HttpBearer
 
 from credentials.models import ApiKey
+from credentials.sql import USABLE_KEY_FIELDS, USABLE_KEY_SQL
 from leaddist.http.db import connection_lost, recover
 from leaddist.http.errors import error_response
 from leaddist.http.ratelimit import client_ip, hit, parse_rate
@@ -51,15 +52,6 @@ def _passes_csrf(request: HttpRequest) -> bool:
     middleware = CsrfViewMiddleware(lambda request: HttpResponseForbidden())
     middleware.process_request(request)
     return middleware.process_view(request, _csrf_view, (), {}) is None
-
-
-# Every API request looks its key up: hand-written, so it skips the ORM's query compiler.
-# The columns are in the model's field order, as Model.from_db takes them.
-USABLE_KEY_FIELDS = ("id", "name", "key_prefix", "key_hash", "last_used_at", "rate_limit")
-USABLE_KEY_SQL = (
-    f"SELECT {', '.join(USABLE_KEY_FIELDS)} FROM allocation_apikey"
-    " WHERE key_hash = %s AND revoked_at IS NULL"
-)
 
 
 class _VerifiedKeys:

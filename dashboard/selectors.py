@@ -19,10 +19,11 @@ from django.utils import timezone
 
 from allocation.engine import SLOTS
 from allocation.models import Allocation, Lead
+from dashboard import sql
 from delivery.selectors import recent_latency
 from events.models import Event
 from events.types import FEED_TYPES
-from providers.models import Membership, PoolCity, PoolCursor, Provider, Service
+from providers.models import Membership, PoolCity, Provider, Service
 from providers.routing import local_time
 from providers.selectors import next_pool_provider, provider_routing
 
@@ -254,20 +255,9 @@ def latest_leads(provider_ids: list[int], *, per_provider: int) -> dict[int, lis
     """The newest allocations of each provider, through the (provider, -id) index."""
     if not provider_ids:
         return {}
-    sql = f"""
-        SELECT p.id, a.lead_id, s.name, a.created_at
-        FROM unnest(%s::bigint[]) AS p(id)
-        CROSS JOIN LATERAL (
-            SELECT lead_id, created_at FROM {Allocation._meta.db_table}
-            WHERE provider_id = p.id ORDER BY id DESC LIMIT %s
-        ) AS a
-        JOIN {Lead._meta.db_table} AS l ON l.id = a.lead_id
-        JOIN {Service._meta.db_table} AS s ON s.id = l.service_id
-        ORDER BY p.id, a.lead_id DESC
-    """
     latest: dict[int, list[LatestLead]] = {pk: [] for pk in provider_ids}
     with connection.cursor() as cursor:
-        cursor.execute(sql, [provider_ids, per_provider])
+        cursor.execute(sql.LATEST_LEADS, [provider_ids, per_provider])
         for provider_id, lead_id, service_name, created_at in cursor.fetchall():
             latest[provider_id].append(LatestLead(lead_id, service_name, created_at))
     return latest
@@ -276,21 +266,11 @@ def latest_leads(provider_ids: list[int], *, per_provider: int) -> dict[int, lis
 def delivery_rates(provider_ids: list[int], *, window: int) -> dict[int, tuple[int, int]]:
     """(delivered, finished) of each provider's last ``window`` finished deliveries, through
     the (provider, -id) index: the work does not grow with a provider's history. The table is
-    the delivery app's (docs/DELIVERY.md), read by name like the engine writes it."""
+    the delivery app's (docs/DELIVERY.md), read in dashboard/sql.py."""
     if not provider_ids:
         return {}
-    sql = """
-        SELECT p.id, count(*) FILTER (WHERE d.status = 'delivered'), count(*)
-        FROM unnest(%s::bigint[]) AS p(id)
-        CROSS JOIN LATERAL (
-            SELECT status FROM delivery_delivery
-            WHERE provider_id = p.id AND status IN ('delivered', 'failed')
-            ORDER BY id DESC LIMIT %s
-        ) AS d
-        GROUP BY p.id
-    """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [provider_ids, window])
+        cursor.execute(sql.DELIVERY_RATES, [provider_ids, window])
         return {pid: (delivered, finished) for pid, delivered, finished in cursor.fetchall()}
 
 
@@ -342,42 +322,9 @@ def _pool_rows(
     Each row counts the leads this service's pool gave the provider in its current cycle: a
     provider's leads_this_cycle adds up every service and its mandatory places, which says
     nothing about how fairly one pool turns."""
-    membership, provider = Membership._meta.db_table, Provider._meta.db_table
-    allocation, lead = Allocation._meta.db_table, Lead._meta.db_table
-    # Through the partial index alloc_pool_cycle: at most a cycle's leads per provider shown.
-    pool_leads = f"""(
-        SELECT count(*) FROM {allocation} AS a JOIN {lead} AS l ON l.id = a.lead_id
-        WHERE a.provider_id = m.provider_id AND a.cycle = p.cycle AND a.role = 'pool'
-          AND l.service_id = m.service_id)"""
-    # In the order _chip() unpacks them.
-    columns = (
-        "m.provider_id, m.position, p.name, p.status, p.quota, p.remaining_quota, "
-        f"p.leads_this_cycle, {pool_leads} AS pool_leads"
-    )
-
-    def part(kind: str, condition: str, limit: str) -> str:
-        return f"""(
-            SELECT '{kind}' AS kind, {columns} FROM {membership} AS m
-            JOIN {provider} AS p ON p.id = m.provider_id
-            WHERE m.service_id = svc.id AND m.role = 'pool' AND {condition}
-            ORDER BY m.position LIMIT {limit})"""
-
-    sql = f"""
-        SELECT svc.id, w.* FROM (
-            SELECT s.id, s.next_id, COALESCE(c.position, 0) AS cur
-            FROM unnest(%(ids)s::bigint[], %(next)s::bigint[]) AS s(id, next_id)
-            LEFT JOIN {PoolCursor._meta.db_table} AS c ON c.service_id = s.id
-        ) AS svc
-        CROSS JOIN LATERAL (
-            {part("after", "m.position > svc.cur", "%(window)s")}
-            UNION ALL {part("wrap", "m.position <= svc.cur", "%(window)s")}
-            UNION ALL {part("cursor", "m.position = svc.cur", "1")}
-            UNION ALL {part("next", "m.provider_id = svc.next_id", "1")}
-        ) AS w
-    """
     rows: dict[int, dict[str, list[tuple]]] = {pk: defaultdict(list) for pk in service_ids}
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"ids": service_ids, "next": next_ids, "window": window})
+        cursor.execute(sql.POOL_ROWS, {"ids": service_ids, "next": next_ids, "window": window})
         for service_id, kind, *row in cursor.fetchall():
             rows[service_id][kind].append(tuple(row))
     return rows
@@ -558,25 +505,8 @@ class WaitingQueue:
     oldest_age_seconds: float  # 0 when nothing waits
 
 
-# Per service, through the partial index of waiting leads (lead_waiting_queue): its size and
-# the age of its head, by the database's clock. Cost grows with the services and the waiting
-# leads, never with the leads allocated. clock_timestamp(): now() is the start of the
-# transaction, and the lead's clock is the app's (greatest: the two may differ a little).
-WAITING_QUEUES_SQL = """
-SELECT s.slug, q.waiting,
-       greatest(extract(epoch FROM clock_timestamp() - (SELECT created_at FROM allocation_lead
-                                                        WHERE id = q.head)), 0)::float8
-  FROM providers_service s
- CROSS JOIN LATERAL (
-       SELECT count(*) AS waiting, min(l.id) AS head FROM allocation_lead l
-        WHERE l.service_id = s.id AND l.status = 'waiting'
- ) AS q
- ORDER BY s.slug
-"""
-
-
 def waiting_queues() -> list[WaitingQueue]:
     """Every service's waiting queue, empty ones included, in one query (for /metrics)."""
     with connection.cursor() as cursor:
-        cursor.execute(WAITING_QUEUES_SQL)
+        cursor.execute(sql.WAITING_QUEUES_SQL)
         return [WaitingQueue(slug, waiting, age) for slug, waiting, age in cursor.fetchall()]

@@ -48,6 +48,7 @@ from providers.routing import (
     zone,
 )
 from providers.signals import capacity_added
+from providers.sql import SEQUENCES_PAST_SEEDED_ROWS
 from providers.validation import MembershipSpec, membership_errors
 
 PROVIDER_FIELDS = ("name", "quota", "status")
@@ -531,12 +532,8 @@ def seed_catalogue() -> dict[str, int]:
                     created["memberships"] += 1
         # Explicit ids leave the sequences behind; move them past the seeded rows.
         with connection.cursor() as cursor:
-            for model in (Service, Provider):
-                table = model._meta.db_table
-                cursor.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"GREATEST((SELECT MAX(id) FROM {table}), 1))"
-                )
+            for statement in SEQUENCES_PAST_SEEDED_ROWS:
+                cursor.execute(statement)
     return created
 
 

@@ -6,7 +6,6 @@ from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 
 from allocation.forecast import (
-    READ_ONLY_SNAPSHOT,
     ForecastRefused,
     UnknownService,
     WhatIf,
@@ -15,6 +14,7 @@ from allocation.forecast import (
 )
 from allocation.models import Allocation, Lead
 from allocation.services import LeadInput, intake_lead
+from allocation.sql import READ_ONLY_SNAPSHOT
 from events.models import Event
 from providers.models import PoolCursor, Provider, Service
 from providers.services import clean_routing, set_routing

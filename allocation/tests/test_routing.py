@@ -399,7 +399,7 @@ def test_staff_change_and_delete_city_aliases_in_the_admin(admin_client, seeded)
 def test_the_candidates_statement_is_short_enough_for_psycopgs_statement_cache():
     from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 
-    from allocation.services import CANDIDATES_SQL, NEW_ALLOCATED_LEAD_SQL
+    from allocation.sql import CANDIDATES_SQL, NEW_ALLOCATED_LEAD_SQL
 
     # Longer statements are parsed again for every lead (a third more CPU per lead, measured).
     assert len(CANDIDATES_SQL) <= MAX_CACHED_STATEMENT_LENGTH

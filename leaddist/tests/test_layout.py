@@ -7,6 +7,7 @@ every import it makes, function-local ones included, is an edge between two pack
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from django.conf import settings
@@ -241,11 +242,9 @@ def sql_sources() -> dict[str, tuple[str, str]]:
     return sources
 
 
-def tables_named(package: str, source: str, owners: dict[str, str]) -> set[str]:
+def tables_named(package: str | None, source: str, owners: dict[str, str]) -> set[str]:
     """Other apps' tables that ``source`` names: literally in its text, or through another
-    app's model (``Model._meta.db_table``)."""
-    import re
-
+    app's model (``Model._meta.db_table``). ``package`` None: every app's tables, its own too."""
     named = {
         table
         for table, owner in owners.items()
@@ -313,3 +312,121 @@ def test_the_table_checker_sees_names_and_models_of_other_apps():
         "delivery_delivery",
         "allocation (through Lead._meta.db_table)",
     }
+
+
+# --- Hand-written SQL in one module per app --------------------------------------------------
+#
+# STYLE: where a measured hot path needs SQL, it lives in its app's sql.py, with table names and
+# choices from the models. No other module of an app holds a statement, names another app's
+# table, or takes a table's name from a model (tests aside; migrations too: a migration's SQL is
+# the schema as it was then, and must not change with today's models). Its own tables' names
+# written out are not counted: prose says them, and the models module declares them.
+
+# A string that reads as a statement; keywords in capitals, as the project writes SQL.
+STATEMENT = re.compile(
+    r"\bSELECT\b[\s\S]*\bFROM\b"
+    r"|\bSELECT\s+\w+\("
+    r"|\bINSERT\s+INTO\b"
+    r"|\bUPDATE\s+\S+\s+(?:AS\s+\w+\s+)?SET\b"
+    r"|\bDELETE\s+FROM\b"
+    r"|\bSET\s+TRANSACTION\b"
+)
+
+
+def statements_in(source: str) -> list[str]:
+    """The string literals of ``source`` that read as SQL statements, docstrings aside; an
+    f-string is read whole, each of its values standing as ``{}``."""
+    tree = ast.parse(source)
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                skipped.add(id(first.value))
+        elif isinstance(node, ast.JoinedStr):
+            skipped.update(id(value) for value in node.values)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) in skipped:
+                continue
+            text = node.value
+        else:
+            continue
+        if STATEMENT.search(text):
+            found.append(" ".join(text.split())[:60])
+    return found
+
+
+def hand_written_sql(package: str, source: str, owners: dict[str, str]) -> list[str]:
+    """What in ``source`` is hand-written SQL: the tables it names (another app's, or any
+    app's through its model) and the statements in its strings."""
+    tables = {t for t in tables_named(None, source, owners) if owners.get(t) != package}
+    return sorted(tables) + statements_in(source)
+
+
+def outside_sql_modules() -> dict[str, tuple[str, str]]:
+    return {
+        module: (package, source)
+        for module, (package, source) in sql_sources().items()
+        if module != f"{package}.sql" and "migrations" not in module.split(".")
+    }
+
+
+def test_hand_written_sql_lives_only_in_each_apps_sql_module():
+    owners = table_owners()
+    wrong = {}
+    for module, (package, source) in outside_sql_modules().items():
+        found = hand_written_sql(package, source, owners)
+        if found:
+            wrong[module] = found
+    assert wrong == {}
+
+
+def test_the_sql_checker_sees_the_statements_of_every_sql_module():
+    owners = table_owners()
+    seen = {
+        module: hand_written_sql(package, source, owners)
+        for module, (package, source) in sql_sources().items()
+        if module == f"{package}.sql"
+    }
+
+    assert set(seen) == {
+        "allocation.sql",
+        "credentials.sql",
+        "dashboard.sql",
+        "delivery.sql",
+        "providers.sql",
+    }
+    assert [module for module, found in seen.items() if not found] == []
+
+
+def test_the_sql_checker_sees_statements_and_tables_from_models_but_not_prose():
+    owners = {"allocation_lead": "allocation", "allocation_apikey": "credentials"}
+    source = (
+        '"""Reads SELECT id FROM allocation_lead, row by row."""\n'
+        "from allocation.models import Lead\n"
+        "T = Lead._meta.db_table\n"
+        "def f(n):\n"
+        '    """UPDATE a SET b in prose."""\n'
+        "    return f'SELECT id FROM {T} LIMIT {n}'\n"
+        "LOCK = 'SELECT pg_advisory_xact_lock(%s)'\n"
+        "RO = 'SET TRANSACTION READ ONLY'\n"
+        "class Meta:\n"
+        "    db_table = 'allocation_apikey'\n"
+    )
+
+    found = hand_written_sql("allocation", source, owners)
+    declared = hand_written_sql("credentials", source, owners)
+
+    assert set(found) == {
+        "allocation (through Lead._meta.db_table)",
+        "allocation_apikey",
+        "SELECT id FROM {} LIMIT {}",
+        "SELECT pg_advisory_xact_lock(%s)",
+        "SET TRANSACTION READ ONLY",
+    }
+    assert "allocation_lead" not in found
+    assert "allocation_apikey" not in declared
