@@ -41,6 +41,11 @@ RECORD_BATCH_MAX = 200
 RECONNECT_WAITS = (0.1, 5.0)
 
 
+def _close_connection() -> None:
+    """Close the calling thread's Django connection (back to the pool)."""
+    connection.close()
+
+
 class Database:
     """One thread with one Django connection, for the loop's database work of one kind.
 
@@ -104,7 +109,9 @@ class Database:
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):
-            await loop.run_in_executor(self._thread, connection.close)
+            # ``connection`` names the calling thread's connection: looked up here, in the
+            # loop's thread, it would close that one and leave this thread's out of the pool.
+            await loop.run_in_executor(self._thread, _close_connection)
         self._thread.shutdown(wait=False)
 
 

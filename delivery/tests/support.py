@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from asgiref.sync import async_to_sync
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -21,6 +22,9 @@ from delivery.queue import claim, register_worker
 from delivery.sending import close_clients
 from delivery.worker import Worker
 from providers.models import Provider
+
+# One snapshot for every read of the transaction; SET TRANSACTION must be its first statement.
+SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 
 def lead_input(service_id: int, n: int) -> LeadInput:
@@ -89,18 +93,31 @@ def running_worker(*, concurrency: int = 4, poll: float = 0.02) -> Iterator[Work
 
 
 def nothing_due() -> bool:
-    """No delivery in flight, and none due now (retries scheduled later do not count)."""
-    return (
-        not Delivery.objects.open()
-        .filter(Q(worker_id__isnull=False) | Q(next_attempt_at__lte=timezone.now()))
-        .exists()
-    )
+    """No delivery in flight or held back for a place, and none due now (retries scheduled
+    later do not count; a held-back one is due work that its provider's cap put back until a
+    place frees).
+
+    "Now" is read after the snapshot is taken: a worker stamps a retry due at its own
+    ``timezone.now()``, read before it commits, so every row the snapshot holds was stamped
+    before this clock reading. Read before the query (as it once was), the clock could precede
+    a retry recorded while the query began: due for the worker, still ahead for this check. On
+    a busy machine, whose threads stall between the two, deliver_due then stopped the worker
+    before that retry was made.
+    """
+    deliveries = Delivery.objects.open()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(SNAPSHOT)
+        # The transaction's first query takes its snapshot.
+        if deliveries.filter(Q(worker_id__isnull=False) | Q(held_back=True)).exists():
+            return False
+        now = timezone.now()
+        return not deliveries.filter(next_attempt_at__lte=now).exists()
 
 
 def deliver_due(*, seconds: float = 30, concurrency: int = 4) -> None:
     """Run a worker until nothing is due or in flight, as a worker that runs on would have."""
     with running_worker(concurrency=concurrency):
-        time.sleep(0.05)
         wait_until(nothing_due, seconds=seconds, what="every due delivery")
 
 

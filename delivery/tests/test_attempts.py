@@ -1,6 +1,6 @@
 """Attempts over real HTTP, made by a real delivery worker (delivery.worker.Worker on its own
-event loop): signing, retries, timeouts, redirects, email, resends, and one provider's hanging
-endpoint beside the others."""
+event loop): signing, retries, timeouts, redirects, email, resends, one provider's hanging
+endpoint beside the others, and the worker's connections given back when it stops."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -173,6 +174,31 @@ def test_a_resend_is_a_new_attempt_under_the_same_webhook_id(seeded_tx, receiver
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.generation) == ("delivered", 2, 1)
     assert [r.headers["webhook-id"] for r in receiver.of("/p1")] == [str(delivery.pk)] * 2
+
+
+def test_a_stopped_worker_gives_its_database_connections_back_to_the_pool(
+    seeded_tx, receiver, local_targets
+):
+    """Its claims and its records each ran on a pooled connection, in a thread of their own;
+    stopping closes each in its thread. A test process runs a worker per test: had it kept them,
+    the pool (DB_POOL_MAX_SIZE) would run dry after about ten and every connection would wait
+    the pool's timeout."""
+    endpoint(1, url=receiver.url("/p1"))
+    lead = submit(1, 1)
+    pool = connection.pool
+
+    def lent() -> int:
+        stats = pool.get_stats()
+        return stats["pool_size"] - stats["pool_available"]
+
+    before = lent()
+
+    deliver_due()
+
+    # Delivered and recorded: both threads took a connection.
+    assert Delivery.objects.get(lead=lead).status == "delivered"
+    # A connection the pool is still opening counts as lent for a moment.
+    wait_until(lambda: lent() <= before, seconds=10, what="the worker's connections back")
 
 
 def test_a_delivery_due_long_ago_is_sent_like_any_other(seeded_tx, receiver, local_targets):
