@@ -3,11 +3,15 @@ dashboard."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from django.core.paginator import Page, Paginator
+from django.db import connection
 from django.db.models import Prefetch, QuerySet
 
+from allocation import sql
 from allocation.models import Allocation, Lead
 from allocation.services import Intake
 from providers.models import Provider, Service
@@ -118,3 +122,46 @@ def lead_trace(lead: Lead) -> list[dict[str, Any]]:
         }
         for entry in lead.trace or []
     ]
+
+
+# --- Dashboard reads ---------------------------------------------------------------------------
+# One query each, whatever the number of rows asked about or stored (allocation/sql.py).
+
+
+def latest_allocations(
+    provider_ids: list[int], *, per_provider: int
+) -> dict[int, list[tuple[int, int, datetime]]]:
+    """The newest ``per_provider`` allocations of each of these providers, newest first, as
+    (lead id, service id, allocated at); a provider with none maps to []."""
+    latest: dict[int, list[tuple[int, int, datetime]]] = {pk: [] for pk in provider_ids}
+    if not provider_ids:
+        return latest
+    with connection.cursor() as cursor:
+        cursor.execute(sql.LATEST_ALLOCATIONS, {"ids": provider_ids, "per_provider": per_provider})
+        for provider_id, lead_id, service_id, created_at in cursor.fetchall():
+            latest[provider_id].append((lead_id, service_id, created_at))
+    return latest
+
+
+def pool_leads(keys: Iterable[tuple[int, int, int]]) -> dict[tuple[int, int, int], int]:
+    """For each (service id, provider id, cycle): how many of the service's leads its pool gave
+    the provider in that cycle (the fairness chart)."""
+    unique = sorted(set(keys))
+    if not unique:
+        return {}
+    services, providers, cycles = (list(column) for column in zip(*unique, strict=True))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.POOL_LEADS, {"services": services, "providers": providers, "cycles": cycles}
+        )
+        return {(s, p, c): n for s, p, c, n in cursor.fetchall()}
+
+
+def waiting_queue_heads(service_ids: list[int]) -> dict[int, tuple[int, float]]:
+    """For each of these services: its waiting leads and the age in seconds of the oldest (0
+    when none waits), by the database's clock."""
+    if not service_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql.WAITING_QUEUES, {"ids": service_ids})
+        return {pk: (waiting, age) for pk, waiting, age in cursor.fetchall()}

@@ -1,5 +1,6 @@
 """Every statement the allocation app runs by hand, and nothing else (STYLE: SQL on a measured
-hot path): the engine's (services.py) and the forecast's (forecast.py).
+hot path): the engine's (services.py), the forecast's (forecast.py) and the reads of leads and
+allocations the dashboard shows (selectors.py; they name only this app's tables).
 
 Table names and choices come from the models and events.types. Besides the engine's own tables
 (leads, allocations), the statements touch two other apps' tables, both in
@@ -322,3 +323,49 @@ SELECT count(*) FROM expired
 # transaction's first statement.
 READ_ONLY_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 READ_ONLY = "SET TRANSACTION READ ONLY"
+
+
+# --- Reads for the dashboard (selectors.py): this app's tables only --------------------------
+
+# The newest %(per_provider)s allocations of each provider of the bigint[] %(ids)s, through the
+# (provider, -id) index (alloc_provider_recent): provider id, lead id, the lead's service id,
+# allocated at; newest first per provider.
+LATEST_ALLOCATIONS = f"""
+SELECT p.id, a.lead_id, l.service_id, a.created_at
+FROM unnest(%(ids)s::bigint[]) AS p(id)
+CROSS JOIN LATERAL (
+    SELECT lead_id, created_at FROM {ALLOCATION}
+    WHERE provider_id = p.id ORDER BY id DESC LIMIT %(per_provider)s
+) AS a
+JOIN {LEAD} AS l ON l.id = a.lead_id
+ORDER BY p.id, a.lead_id DESC
+"""
+
+# For each (service, provider, cycle) of the arrays %(services)s, %(providers)s, %(cycles)s:
+# the leads of that service the pool gave that provider in that cycle, through the partial
+# index alloc_pool_cycle (role = 'pool', written out so the planner matches it): at most a
+# cycle's leads per row, whatever the history.
+POOL_LEADS = f"""
+SELECT k.service_id, k.provider_id, k.cycle, (
+    SELECT count(*) FROM {ALLOCATION} AS a JOIN {LEAD} AS l ON l.id = a.lead_id
+    WHERE a.provider_id = k.provider_id AND a.cycle = k.cycle AND a.role = '{POOL}'
+      AND l.service_id = k.service_id)
+FROM unnest(%(services)s::bigint[], %(providers)s::bigint[], %(cycles)s::int[])
+    AS k(service_id, provider_id, cycle)
+"""
+
+# Per service of the bigint[] %(ids)s, through the partial index of waiting leads
+# (lead_waiting_queue): its waiting leads and the age of its head, by the database's clock.
+# Cost grows with the services and the waiting leads, never with the leads allocated.
+# clock_timestamp(): now() is the start of the transaction, and the lead's clock is the app's
+# (greatest: the two may differ a little).
+WAITING_QUEUES = f"""
+SELECT s.id, q.waiting,
+       greatest(extract(epoch FROM clock_timestamp() - (SELECT created_at FROM {LEAD}
+                                                        WHERE id = q.head)), 0)::float8
+  FROM unnest(%(ids)s::bigint[]) AS s(id)
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS waiting, min(l.id) AS head FROM {LEAD} l
+        WHERE l.service_id = s.id AND l.status = '{WAITING}'
+ ) AS q
+"""

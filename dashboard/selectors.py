@@ -2,7 +2,9 @@
 
 Each read costs a fixed number of queries, whatever the number of providers, services or leads:
 lists are paginated or cut, and per-row details come from one query per kind (a LATERAL join
-where "the latest few per row" is needed)."""
+where "the latest few per row" is needed). The dashboard has no tables and runs no SQL of its
+own: what needs hand-written SQL is read by each app's selectors, over its own tables, and put
+together here."""
 
 from __future__ import annotations
 
@@ -12,20 +14,26 @@ from datetime import datetime
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db import connection
 from django.db.models import Count, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from allocation.engine import SLOTS
 from allocation.models import Allocation, Lead
-from dashboard import sql
-from delivery.selectors import recent_latency
+from allocation.selectors import latest_allocations, pool_leads, waiting_queue_heads
+from delivery.selectors import delivery_rates, recent_latency
 from events.models import Event
 from events.types import FEED_TYPES
 from providers.models import Membership, PoolCity, Provider, Service
 from providers.routing import local_time
-from providers.selectors import next_pool_provider, provider_routing
+from providers.selectors import (
+    PoolRow,
+    next_pool_provider,
+    pool_window,
+    provider_routing,
+    service_names,
+    service_slugs,
+)
 
 PROVIDERS_PER_PAGE = 50
 LATEST_LEADS_PER_PROVIDER = 3
@@ -252,26 +260,16 @@ def dashboard_summary() -> Summary:
 
 
 def latest_leads(provider_ids: list[int], *, per_provider: int) -> dict[int, list[LatestLead]]:
-    """The newest allocations of each provider, through the (provider, -id) index."""
+    """The newest allocations of each provider, with their services' names: two queries (the
+    allocations through the (provider, -id) index, then the names), none without providers."""
     if not provider_ids:
         return {}
-    latest: dict[int, list[LatestLead]] = {pk: [] for pk in provider_ids}
-    with connection.cursor() as cursor:
-        cursor.execute(sql.LATEST_LEADS, [provider_ids, per_provider])
-        for provider_id, lead_id, service_name, created_at in cursor.fetchall():
-            latest[provider_id].append(LatestLead(lead_id, service_name, created_at))
-    return latest
-
-
-def delivery_rates(provider_ids: list[int], *, window: int) -> dict[int, tuple[int, int]]:
-    """(delivered, finished) of each provider's last ``window`` finished deliveries, through
-    the (provider, -id) index: the work does not grow with a provider's history. The table is
-    the delivery app's (docs/DELIVERY.md), read in dashboard/sql.py."""
-    if not provider_ids:
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(sql.DELIVERY_RATES, [provider_ids, window])
-        return {pid: (delivered, finished) for pid, delivered, finished in cursor.fetchall()}
+    allocations = latest_allocations(provider_ids, per_provider=per_provider)
+    names = service_names(sorted({s for rows in allocations.values() for _, s, _ in rows}))
+    return {
+        pk: [LatestLead(lead_id, names.get(s, ""), at) for lead_id, s, at in rows]
+        for pk, rows in allocations.items()
+    }
 
 
 def _provider_rows(providers: list[Provider]) -> list[ProviderRow]:
@@ -282,7 +280,7 @@ def _provider_rows(providers: list[Provider]) -> list[ProviderRow]:
 
 
 def provider_page(page_number: object, *, per_page: int = PROVIDERS_PER_PAGE) -> Page:
-    """One page of providers by id, each row with its latest leads and its delivery rate: four
+    """One page of providers by id, each row with its latest leads and its delivery rate: five
     queries."""
     paginator = Paginator(Provider.objects.order_by("pk"), per_page)
     page = paginator.get_page(page_number)
@@ -291,49 +289,40 @@ def provider_page(page_number: object, *, per_page: int = PROVIDERS_PER_PAGE) ->
 
 
 def provider_rows(provider_ids: list[int]) -> list[ProviderRow]:
-    """These providers' rows (unknown ids are left out): three queries."""
+    """These providers' rows (unknown ids are left out): four queries."""
     return _provider_rows(list(Provider.objects.filter(pk__in=provider_ids).order_by("pk")))
 
 
-def _chip(row: tuple, cursor: int | None, next_id: int | None) -> Chip:
-    provider_id, position, name, status, quota, remaining, this_cycle, pool_leads = row
+def _chip(
+    row: PoolRow,
+    cursor: int | None,
+    next_id: int | None,
+    given: dict[tuple[int, int, int], int],
+    service_id: int,
+) -> Chip:
+    """``given``: what each (service, provider, cycle)'s pool gave (allocation's pool_leads)."""
     return Chip(
-        provider_id,
-        name,
-        status,
-        quota,
-        remaining,
-        this_cycle,
-        position,
-        is_cursor=cursor is not None and position == cursor,
-        is_next=provider_id == next_id,
-        pool_leads=pool_leads,
+        row.provider_id,
+        row.name,
+        row.status,
+        row.quota,
+        row.remaining_quota,
+        row.leads_this_cycle,
+        row.position,
+        is_cursor=cursor is not None and row.position == cursor,
+        is_next=row.provider_id == next_id,
+        pool_leads=given.get((service_id, row.provider_id, row.cycle), 0),
     )
-
-
-def _pool_rows(
-    service_ids: list[int], next_ids: list[int | None], window: int
-) -> dict[int, dict[str, list[tuple]]]:
-    """Per service: the pool rows after the cursor, from the start up to it, the cursor's own
-    row, and the next pool provider's (as providers.selectors.next_pool_provider picks it,
-    annotated on the services). A handful of indexed reads per service, in one query:
-    nothing scans the whole pool.
-
-    Each row counts the leads this service's pool gave the provider in its current cycle: a
-    provider's leads_this_cycle adds up every service and its mandatory places, which says
-    nothing about how fairly one pool turns."""
-    rows: dict[int, dict[str, list[tuple]]] = {pk: defaultdict(list) for pk in service_ids}
-    with connection.cursor() as cursor:
-        cursor.execute(sql.POOL_ROWS, {"ids": service_ids, "next": next_ids, "window": window})
-        for service_id, kind, *row in cursor.fetchall():
-            rows[service_id][kind].append(tuple(row))
-    return rows
 
 
 def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> list[ServiceCard]:
     """Each service with its mandatory providers, its pool around the cursor with what the pool
-    gave each of them this cycle, the next provider in line and its waiting leads: six
-    queries."""
+    gave each of them this cycle, the next provider in line and its waiting leads: seven
+    queries.
+
+    What the pool gave each provider counts the leads this service's pool gave it in its
+    current cycle: a provider's leads_this_cycle adds up every service and its mandatory
+    places, which says nothing about how fairly one pool turns."""
     services = list(
         Service.objects.select_related("cursor")
         .annotate(next_pool_provider_id=next_pool_provider("pk", "cursor__position"))
@@ -367,7 +356,15 @@ def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> 
         .annotate(n=Count("pk"))
         .values_list("service_id", "n")
     )
-    pool_rows = _pool_rows(ids, [s.next_pool_provider_id for s in services], window)
+    # The pool window is the catalogue's (providers), what the pool gave is the engine's
+    # (allocation): one query each, for every service shown.
+    pool_rows = pool_window(ids, [s.next_pool_provider_id for s in services], window=window)
+    given = pool_leads(
+        (service_id, row.provider_id, row.cycle)
+        for service_id, kinds in pool_rows.items()
+        for rows in kinds.values()
+        for row in rows
+    )
 
     cards = []
     for service in services:
@@ -375,16 +372,20 @@ def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> 
         cursor = cursor_row.position if cursor_row is not None else None
         rows = pool_rows[service.pk]
         next_row = (rows["next"] or [None])[0]
-        next_id = next_row[0] if next_row else None
+        next_id = next_row.provider_id if next_row else None
+
+        at = (cursor, next_id, given, service.pk)
         size = pool_sizes.get(service.pk, 0)
         windowed = size > window
         if windowed:
-            walk = rows["cursor"] + [r for r in rows["after"] + rows["wrap"] if r[1] != cursor]
-            pool = [_chip(r, cursor, next_id) for r in walk[:window]]
+            walk = rows["cursor"] + [
+                r for r in rows["after"] + rows["wrap"] if r.position != cursor
+            ]
+            pool = [_chip(r, *at) for r in walk[:window]]
         else:
             pool = [
-                _chip(r, cursor, next_id)
-                for r in sorted(rows["after"] + rows["wrap"], key=lambda r: r[1])
+                _chip(r, *at)
+                for r in sorted(rows["after"] + rows["wrap"], key=lambda r: r.position)
             ]
         cards.append(
             ServiceCard(
@@ -394,8 +395,8 @@ def service_cards(*, limit: int = SERVICES_SHOWN, window: int = POOL_WINDOW) -> 
                 pool=pool,
                 pool_size=size,
                 windowed=windowed,
-                last_picked=next((_chip(r, cursor, next_id) for r in rows["cursor"]), None),
-                next_provider=_chip(next_row, cursor, next_id) if next_row else None,
+                last_picked=next((_chip(r, *at) for r in rows["cursor"]), None),
+                next_provider=_chip(next_row, *at) if next_row else None,
                 waiting=waiting.get(service.pk, 0),
             )
         )
@@ -506,7 +507,8 @@ class WaitingQueue:
 
 
 def waiting_queues() -> list[WaitingQueue]:
-    """Every service's waiting queue, empty ones included, in one query (for /metrics)."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql.WAITING_QUEUES_SQL)
-        return [WaitingQueue(slug, waiting, age) for slug, waiting, age in cursor.fetchall()]
+    """Every service's waiting queue, empty ones included, by slug (for /metrics): two queries,
+    the services, then their queues."""
+    services = service_slugs()
+    heads = waiting_queue_heads([pk for pk, _ in services])
+    return [WaitingQueue(slug, *heads.get(pk, (0, 0.0))) for pk, slug in services]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import IntegerField, OuterRef, Prefetch, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from leaddist.http.db import MAX_BIGINT
+from providers import sql
 from providers.models import Membership, Provider, Service
 from providers.routing import format_time_off, local_time, open_again_at, time_reason
 
@@ -120,6 +123,52 @@ def service_list(*, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]
             }
         )
     return items, Service.objects.count()
+
+
+# --- The dashboard's catalogue reads -----------------------------------------------------------
+
+
+def service_names(service_ids: list[int]) -> dict[int, str]:
+    """These services' names by id (unknown ids are left out): one query."""
+    if not service_ids:
+        return {}
+    return dict(Service.objects.filter(pk__in=service_ids).values_list("pk", "name"))
+
+
+def service_slugs() -> list[tuple[int, str]]:
+    """Every service as (id, slug), by slug: one query."""
+    return list(Service.objects.order_by("slug").values_list("pk", "slug"))
+
+
+class PoolRow(NamedTuple):
+    """A pool member as the dashboard's service card shows it, with its provider's state."""
+
+    provider_id: int
+    position: int
+    name: str
+    status: str
+    quota: int
+    remaining_quota: int
+    leads_this_cycle: int
+    cycle: int
+
+
+def pool_window(
+    service_ids: list[int], next_ids: list[int | None], *, window: int
+) -> dict[int, dict[str, list[PoolRow]]]:
+    """Per service (``next_ids``: each one's next pool provider, as ``next_pool_provider``
+    annotates it): its pool rows by kind, "after" the cursor and from the start up to it
+    ("wrap"), at most ``window`` of each in position order, the "cursor"'s own row and the
+    "next" pool provider's. One query of a handful of indexed reads per service: nothing scans
+    the whole pool."""
+    rows: dict[int, dict[str, list[PoolRow]]] = {pk: defaultdict(list) for pk in service_ids}
+    if not service_ids:
+        return rows
+    with connection.cursor() as cursor:
+        cursor.execute(sql.POOL_WINDOW, {"ids": service_ids, "next": next_ids, "window": window})
+        for service_id, kind, *row in cursor.fetchall():
+            rows[service_id][kind].append(PoolRow(*row))
+    return rows
 
 
 # --- Routing rules (SPEC §2a) ------------------------------------------------------------------

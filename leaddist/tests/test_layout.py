@@ -208,12 +208,6 @@ SQL_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("delivery", "providers"): "a claim reads the service's slug and name it sends",
     ("delivery", "events"): "the record and resend statements insert delivery.updated with "
     "the change they make: one statement per batch of attempts",
-    # Read only. Each dashboard read is one statement over several apps' rows, held to a fixed
-    # number of queries per page by its tests; moving them behind each app's selectors is
-    # left for later (docs/ARCHITECTURE.md, "Known exceptions").
-    ("dashboard", "allocation"): "the dashboard's page reads (latest leads, fairness chart)",
-    ("dashboard", "providers"): "the dashboard's page reads (providers, pools and cursors)",
-    ("dashboard", "delivery"): "the dashboard's delivery rate per provider",
 }
 
 
@@ -396,7 +390,6 @@ def test_the_sql_checker_sees_the_statements_of_every_sql_module():
     assert set(seen) == {
         "allocation.sql",
         "credentials.sql",
-        "dashboard.sql",
         "delivery.sql",
         "providers.sql",
     }
