@@ -5,9 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+# A gated hang answers after this long even if its test never opens the gate (it failed first).
+GATE_MAX_SECONDS = 120
 
 
 @dataclass
@@ -16,12 +20,17 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    # The same moment on the wall clock, comparable with what the worker records
+    # (Attempt.started_at, ``timezone.now()``): both run in the test's process.
+    received_at: datetime
 
 
 @dataclass
 class Receiver:
     """Answers POSTs by script: each path has a list of answers, used in turn, the last one
-    repeated. An answer is a status code, or ("hang", seconds) to say nothing for that long."""
+    repeated. An answer is a status code, ("hang", seconds) to say nothing for that long, or
+    ("hang", gate) with a gate from :meth:`gate` to say nothing until the test opens it (then
+    200): a hang that lasts exactly as long as the test needs, however slow the machine."""
 
     port: int = 0
     script: dict[str, list[object]] = field(default_factory=dict)
@@ -30,6 +39,14 @@ class Receiver:
     # whose client gave up counts until its scripted answer is over).
     active: dict[str, int] = field(default_factory=dict)
     peak: dict[str, int] = field(default_factory=dict)
+    gates: list[threading.Event] = field(default_factory=list)
+
+    def gate(self) -> threading.Event:
+        """A gate for ("hang", gate): set it to answer. The receiver opens every gate as it
+        closes, so no request is left hanging after its test."""
+        gate = threading.Event()
+        self.gates.append(gate)
+        return gate
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -66,6 +83,7 @@ def receiver():
                         {k.lower(): v for k, v in self.headers.items()},
                         body,
                         time.monotonic(),
+                        datetime.now(tz=UTC),
                     )
                 )
                 answer = state.answer_for(self.path)
@@ -79,7 +97,11 @@ def receiver():
 
         def answer(self, answer: object) -> None:
             if isinstance(answer, tuple):
-                time.sleep(answer[1])
+                hang = answer[1]
+                if isinstance(hang, threading.Event):
+                    hang.wait(GATE_MAX_SECONDS)
+                else:
+                    time.sleep(hang)
                 answer = 200
             payload = b"x" * 100_000 if answer == 500 else b"ok"
             try:
@@ -101,6 +123,8 @@ def receiver():
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield state
+    for gate in state.gates:
+        gate.set()
     server.shutdown()
     server.server_close()
 
