@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
-import time
 
 import pytest
 from django.test import Client, RequestFactory
@@ -224,17 +224,84 @@ def test_429_body_is_the_error_shape(client, seeded, settings, api_key):
     assert int(response["Retry-After"]) <= 3600
 
 
-def test_an_unreachable_redis_costs_intake_nothing_and_limits_per_process(
-    client, seeded, settings, api_key, caplog
+class SilentRedis:
+    """A port that accepts connections and never answers: Redis hung, the worst way for it to
+    be unreachable (a refused connection fails at once). It records each connection, and how
+    it ended: the client hung up (it gave up on its own timeout), or still open after 30 s."""
+
+    GIVE_UP_SECONDS = 30
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.server.getsockname()[1]}/0"
+        self.endings: list[str] = []
+        self._handlers: list[threading.Thread] = []
+        self._sentinel: tuple | None = None
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while True:
+            conn, peer = self.server.accept()
+            if peer == self._sentinel:
+                conn.close()
+                return
+            handler = threading.Thread(target=self._hold, args=(conn,), daemon=True)
+            self._handlers.append(handler)
+            handler.start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        conn.settimeout(self.GIVE_UP_SECONDS)
+        try:
+            while conn.recv(4096):
+                pass  # read the commands, answer none
+            self.endings.append("client hung up")
+        except TimeoutError:
+            self.endings.append(f"still open after {self.GIVE_UP_SECONDS} s")
+        finally:
+            conn.close()
+
+    def finish(self) -> list[str]:
+        """How every connection made so far ended. A last connection of our own queues behind
+        them (accepts are in order), so none still waiting to be accepted is missed."""
+        with socket.socket() as sentinel:
+            sentinel.bind(("127.0.0.1", 0))
+            self._sentinel = sentinel.getsockname()
+            sentinel.connect(self.server.getsockname())
+            self._acceptor.join(self.GIVE_UP_SECONDS)
+        for handler in self._handlers:
+            handler.join(self.GIVE_UP_SECONDS + 5)
+        self.server.close()
+        return sorted(self.endings)
+
+
+def test_an_unreachable_redis_costs_intake_one_timeout_and_limits_per_process(
+    client, seeded, settings, api_key, caplog, monkeypatch
 ):
+    """What Redis being away may cost intake: one call, ended by the client's own
+    REDIS_TIMEOUT_SECONDS and not retried, then nothing while the breaker is open (here longer
+    than the test). Counted at the silent port, so load cannot move it; a request that waited
+    on Redis each time, or retried a timeout, makes more than one connection."""
+    settings.RATE_LIMIT_PER_KEY = "2/m"
+    silent = SilentRedis()
+    settings.REDIS_URL = silent.url
+    monkeypatch.setattr(redis_client.breaker, "seconds", 600.0)
+
+    statuses = [post_lead(client, lead(n), key=api_key).status_code for n in range(3)]
+    endings = silent.finish()
+
+    assert statuses == [201, 201, 429]  # still limited, by this process's own count
+    assert endings == ["client hung up"]  # one try, given up by the client, never again
+    assert "Redis unavailable" in caplog.text
+
+
+def test_a_refused_redis_connection_limits_per_process(client, seeded, settings, api_key, caplog):
     settings.RATE_LIMIT_PER_KEY = "2/m"
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    started = time.monotonic()
 
     statuses = [post_lead(client, lead(n), key=api_key).status_code for n in range(3)]
 
-    assert statuses == [201, 201, 429]  # still limited, by this process's own count
-    assert time.monotonic() - started < 2  # no retries, no waiting on the dead server
+    assert statuses == [201, 201, 429]
     assert "Redis unavailable" in caplog.text
 
 
